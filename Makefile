@@ -1,0 +1,43 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# Extra wheel folders configured for pip on this machine (e.g. the CPU build of torch).
+UV_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+
+.PHONY: install data test lint bench demo clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV) pip install --quiet --python $(PY) $(UV_LINKS) -c constraints.txt -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (works offline from the mirror).
+data:
+	@if [ -z "$$FASHION_MNIST_DIR" ] && [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Installing Debian's dataset-fashion-mnist ..."; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+test: install data
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+lint: install
+	$(VENV)/bin/ruff check seasoning configs tests benchmarks
+	$(VENV)/bin/ruff format --check seasoning configs tests benchmarks
+
+bench: install data
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+demo: install data
+	bash launch/demo.sh
+
+clean:
+	rm -rf $(VENV) runs

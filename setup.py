@@ -1,0 +1,33 @@
+"""seasoning: adversarially robust model soups in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="seasoning",
+    version="0.1.0",
+    description="Adversarially robust model soups (Croce et al., CVPR 2023) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["seasoning", "seasoning.*"]),
+    # Ranges a user can install into; constraints.txt pins the exact versions CI runs.
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "chex>=0.1.92",
+        "absl-py>=2.1",
+        "ml-collections>=1.1",
+        "tensorflow-datasets>=4.9.10",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.9",
+        "numpy>=2.0",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "scipy>=1.13"],
+        # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
+        "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],
+    },
+)

@@ -1,0 +1,121 @@
+"""Checkpoints of a run: the only module that touches orbax.
+
+A checkpoint holds the TrainState's pytree (restored with the target's shardings) and a small
+JSON record of what it belongs to (the model config), so a run never resumes into a model
+that differs from the one it saved.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from seasoning import workdir as workdir_lib
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class ModelMismatchError(ValueError):
+    """A checkpoint was saved from a different model than the one asked for."""
+
+
+class Checkpointer:
+    """Keep-last-N checkpoints of one run directory, saved asynchronously.
+
+    Orbax writes each save to a temporary folder and renames it when complete, so a run
+    killed mid-save (even with SIGKILL) leaves only whole checkpoints behind.
+    """
+
+    def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=use_async, create=True
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        """Starts saving `tree` (and the JSON `meta`) as checkpoint `step`."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+
+    def restore(self, abstract_tree: Any, expect_meta: dict[str, Any], step: int | None = None):
+        """Restores checkpoint `step` (default: the latest) onto `abstract_tree`'s shardings.
+
+        Args:
+          abstract_tree: a pytree of `jax.ShapeDtypeStruct` with `.sharding` (e.g. from
+            `jax.eval_shape` plus the shardings), giving structure, dtypes and placement.
+          expect_meta: what the checkpoint's record must say about the model: every key of it
+            must match.
+
+        Returns:
+          (the restored tree, the step).
+
+        Raises:
+          ModelMismatchError: the checkpoint records a different model; the message lists the
+            differing fields.
+          FileNotFoundError: no checkpoint.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        check_meta(meta["meta"], expect_meta, where=f"{self._manager.directory}/{step}")
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree))
+        )
+        return restored["state"], step
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Reads a run's checkpoint without a target: (tree of numpy arrays, meta, step).
+
+    For inspecting and comparing finished runs; training resumes through `Checkpointer.restore`.
+    """
+    path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {path}.")
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+    tree = jax.tree.map(np.asarray, restored["state"])
+    return tree, restored["meta"], step
+
+
+def check_meta(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    """Raises ModelMismatchError naming each field of `expected` that differs.
+
+    Each difference reads `field: checkpoint value -> config value`.
+    """
+    diffs = workdir_lib.diff_dicts({key: found.get(key) for key in expected}, expected)
+    if diffs:
+        raise ModelMismatchError(
+            f"The checkpoint at {where} was saved from a different model:\n  " + "\n  ".join(diffs)
+        )
+
+
+def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """ShapeDtypeStructs of `tree` (arrays or structs) placed with `sharding`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

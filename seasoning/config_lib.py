@@ -1,0 +1,334 @@
+"""Experiment configs: load `path[:arg]`, apply `--config.a.b=v` overrides, validate.
+
+A config is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict`. `arg` is a
+`key=value,key2,...` string (big_vision style) read with `parse_arg`; the bare key `runlocal`
+shrinks any experiment to seconds. Training configs start from `base_train_config()`, which is
+also the schema: `validate_train_config` rejects keys it does not know, values of the wrong
+type and unknown names (model, dataset, optimizer, ...), each with a message naming the value
+and the valid ones.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+# Keys whose contents are free-form (keyword arguments of a model constructor).
+_OPEN_KEYS = frozenset({"model"})
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+    """Parses a config's `arg` string against typed defaults.
+
+    Args:
+      arg: `"key=value,flag,..."` or None. A bare `flag` sets a boolean default to True.
+      **defaults: every accepted key with its default value; the default's type is the type
+        the value is converted to.
+
+    Returns:
+      A ConfigDict holding the defaults overridden by `arg`.
+
+    Raises:
+      ValueError: an unknown key or a value that does not convert.
+    """
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"Unknown config arg {key!r} in {arg!r}. {_valid_keys(key, defaults)}")
+        if not sep:
+            if not isinstance(defaults[key], bool):
+                raise ValueError(f"Config arg {key!r} needs a value ({key}=...), got {arg!r}.")
+            out[key] = True
+        else:
+            out[key] = convert_value(raw.strip(), defaults[key], key)
+    return out
+
+
+def convert_value(raw: str, like: Any, name: str) -> Any:
+    """Converts the string `raw` to the type of `like` (the current value of key `name`)."""
+    try:
+        if isinstance(like, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if isinstance(like, int):
+            return int(raw)
+        if isinstance(like, float):
+            return _to_float(raw)
+        if isinstance(like, str):
+            return raw
+        if isinstance(like, tuple | list):
+            value = ast.literal_eval(raw)
+            value = value if isinstance(value, tuple | list) else (value,)
+            return type(like)(value)
+        if like is None:
+            try:
+                return ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                return raw
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        pass
+    raise ValueError(
+        f"Config value {name}={raw!r} is not a valid {type(like).__name__} "
+        f"(current value: {like!r})."
+    )
+
+
+def _to_float(raw: str) -> float:
+    """Parses `0.03`, `8/255` or `1e-3`."""
+    num, sep, den = raw.partition("/")
+    return float(num) / float(den) if sep else float(raw)
+
+
+def _valid_keys(key: str, valid: Any) -> str:
+    names = sorted(valid)
+    near = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    return f"Valid keys: {', '.join(names)}.{hint}"
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path[:arg]`, applies `a.b=v` overrides and locks the config.
+
+    Args:
+      spec: a config file path, optionally followed by `:arg` for its `get_config`.
+      overrides: strings `a.b=value` (what `--config.a.b=value` flags carry).
+
+    Returns:
+      The locked ConfigDict.
+
+    Raises:
+      ValueError: the file is missing or has no `get_config`, or an override names an unknown
+        key or holds a value of the wrong type.
+    """
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"Config file {path!r} does not exist.")
+    module_spec = importlib.util.spec_from_file_location(
+        f"_seasoning_config_{abs(hash(path))}", path
+    )
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"Config file {path!r} defines no get_config(arg=None).")
+    config = module.get_config(arg or None)
+    for override in overrides:
+        apply_override(config, override)
+    config.lock()
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Applies one `a.b.c=value` override in place, typed by the current value."""
+    dotted, sep, raw = override.partition("=")
+    if not sep:
+        raise ValueError(f"Config override {override!r} is not of the form key=value.")
+    *parents, leaf = dotted.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            where = ".".join(parents[:i]) or "config"
+            raise ValueError(
+                f"Unknown config key {dotted!r}: {where} has no section {part!r}. "
+                f"{_valid_keys(part, _sections(node))}"
+            )
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"Unknown config key {dotted!r}. {_valid_keys(leaf, node.keys())}")
+    with node.unlocked():
+        node[leaf] = convert_value(raw, node[leaf], dotted)
+
+
+def _sections(node: ml_collections.ConfigDict) -> list[str]:
+    return [k for k, v in node.items() if isinstance(v, ml_collections.ConfigDict)]
+
+
+def split_config_flags(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
+    """Separates `--config=...` and `--config.a.b=v` from the other command-line arguments.
+
+    Returns:
+      (remaining argv, the config spec or None, the overrides as `a.b=v` strings).
+    """
+    rest, spec, overrides = [], None, []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("--config",) and args:
+            spec = args.pop(0)
+        elif arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg.startswith("--config."):
+            body = arg[len("--config.") :]
+            if "=" not in body and args:
+                body = f"{body}={args.pop(0)}"
+            overrides.append(body)
+        else:
+            rest.append(arg)
+    return rest, spec, overrides
+
+
+# --------------------------------------------------------------------------------------------
+# The training schema.
+
+DATASET_NAMES = ("fashion_mnist", "synthetic", "cifar10", "cifar100", "imagenet2012")
+OPTIMIZER_NAMES = ("sgd", "adamw")
+SCHEDULE_NAMES = ("constant", "piecewise", "cosine")
+ATTACK_NAMES = ("none", "pgd", "apgd")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def base_train_config() -> ml_collections.ConfigDict:
+    """Every key a training config may hold, with defaults (SGD, piecewise, nominal)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = dict(
+        name="fashion_mnist",
+        data_dir="",  # "" = the dataset's default location
+        train_split="train",
+        eval_split="test",
+        image_size=0,  # 0 = native resolution; else resize (shorter side) + centre crop
+        crop_padding=0,  # random crop after zero padding by this many pixels; 0 = off
+        flip=False,  # random horizontal flip
+        num_eval_examples=0,  # 0 = the whole eval split
+        num_classes=10,  # for "synthetic" only; other datasets know theirs
+        num_train_examples=2048,  # for "synthetic" only
+    )
+    c.model = dict(name="cnn-small")  # + keyword arguments of models.get_model
+    c.threat = dict(norm="none", eps=0.0)
+    c.attack = dict(name="none", loss="ce", steps=10, step_size=0.0, random_start=False)
+    c.optimizer = dict(
+        name="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=5e-4,
+        decay_bn_and_bias=False,  # weight decay on 1-d leaves (BN scales, biases)
+        grad_clip_norm=0.0,  # 0 = off
+    )
+    c.schedule = dict(
+        name="piecewise",
+        boundaries=(0.5, 0.75),  # fractions of the run
+        decay_factor=0.1,
+        warmup_steps=0,
+    )
+    c.label_smoothing = 0.0
+    c.compute_dtype = "float32"
+    c.batch_size = 128  # global, over all devices and hosts
+    c.eval_batch_size = 500
+    c.num_epochs = 10
+    c.max_steps = 0  # 0 = num_epochs decides; else at most this many steps
+    c.log_every_steps = 50
+    c.eval_every_steps = 0  # 0 = once per epoch and at the end
+    c.checkpoint_every_steps = 0  # 0 = once per epoch and at the end
+    c.keep_checkpoints = 2
+    c.init_from = ""  # a finished run's workdir: fine-tune from its weights
+    return c
+
+
+def validate_train_config(config: ml_collections.ConfigDict) -> None:
+    """Checks a training config against `base_train_config()`.
+
+    Raises:
+      ValueError: naming the first unknown key, wrongly typed value or unknown name.
+    """
+    _check_against_schema(config, base_train_config(), prefix="")
+    from seasoning import models, threat  # late: keeps config loading light
+
+    _check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
+    _check_choice("model.name", config.model.name, models.MODEL_NAMES)
+    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZER_NAMES)
+    _check_choice("schedule.name", config.schedule.name, SCHEDULE_NAMES)
+    _check_choice("attack.name", config.attack.name, ATTACK_NAMES)
+    _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
+    threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
+    for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
+        if config[key] <= 0:
+            raise ValueError(f"Config {key}={config[key]} must be positive.")
+    for key in ("num_epochs", "max_steps", "eval_every_steps", "checkpoint_every_steps"):
+        if config[key] < 0:
+            raise ValueError(f"Config {key}={config[key]} must be >= 0.")
+    if config.num_epochs == 0 and config.max_steps == 0:
+        raise ValueError("Config sets num_epochs=0 and max_steps=0: nothing to train.")
+    if not math.isfinite(config.optimizer.lr) or config.optimizer.lr < 0:
+        raise ValueError(f"Config optimizer.lr={config.optimizer.lr} must be finite and >= 0.")
+    boundaries = tuple(config.schedule.boundaries)
+    if any(not 0 < b < 1 for b in boundaries) or list(boundaries) != sorted(boundaries):
+        raise ValueError(
+            f"Config schedule.boundaries={boundaries} must be increasing fractions in (0, 1)."
+        )
+
+
+def _check_against_schema(config: Any, schema: Any, prefix: str) -> None:
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            raise ValueError(f"Unknown config key {path!r}. {_valid_keys(key, schema.keys())}")
+        expected = schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ValueError(f"Config {path!r} must be a section, got {value!r}.")
+            if key not in _OPEN_KEYS or prefix:
+                _check_against_schema(value, expected, prefix=f"{path}.")
+                missing = sorted(set(expected.keys()) - set(value.keys()))
+                if missing:
+                    raise ValueError(
+                        f"Config section {path!r} lacks {', '.join(missing)}. (Replacing a "
+                        f"section with a dict drops its defaults: use `c.{path}.update(...)`.)"
+                    )
+        elif not _same_kind(value, expected):
+            raise ValueError(
+                f"Config {path}={value!r} has type {type(value).__name__}, "
+                f"expected {type(expected).__name__} (like the default {expected!r})."
+            )
+
+
+def _same_kind(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(expected, bool)
+    if isinstance(expected, float):
+        return isinstance(value, int | float)
+    if isinstance(expected, tuple | list):
+        return isinstance(value, tuple | list)
+    return isinstance(value, type(expected))
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}.{hint}")
+
+
+def main_with_config(main, argv: Sequence[str] | None = None) -> None:
+    """Runs an absl `main(argv, config)` with `--config` and `--config.*` parsed here.
+
+    absl's own parser never sees the config flags, so errors in them come out as one clear
+    line and exit status 2 rather than a traceback.
+    """
+    from absl import app
+
+    argv = list(sys.argv if argv is None else argv)
+    rest, spec, overrides = split_config_flags(argv)
+    if spec is None:
+        print("error: --config=path/to/config.py[:arg] is required.", file=sys.stderr)
+        sys.exit(2)
+    try:
+        config = load_config(spec, overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(lambda args: main(args, config), argv=rest)

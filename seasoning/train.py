@@ -1,0 +1,205 @@
+"""Train (or fine-tune) one model: `python -m seasoning.train --config=... --workdir=...`.
+
+`train_and_evaluate(config, workdir)` is the whole run; `main` only parses flags. A run
+killed at any point and started again with the same command resumes from its last
+checkpoint and ends with the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+from seasoning import checkpoints, config_lib, data, models, optim, parallel, training
+from seasoning import metrics as metrics_lib
+from seasoning import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "Start jax.distributed (multi-host jobs)."
+)
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The Flax module that config section `model` describes, for `num_classes` classes."""
+    kwargs = dict(config.model)
+    name = kwargs.pop("name")
+    declared = kwargs.pop("num_classes", num_classes)
+    if declared != num_classes:
+        raise ValueError(
+            f"Config model.num_classes={declared} but dataset {config.dataset.name!r} has "
+            f"{num_classes} classes."
+        )
+    if config.compute_dtype == "bfloat16":
+        kwargs["dtype"] = jnp.bfloat16
+    return models.get_model(name, num_classes=num_classes, **kwargs)
+
+
+def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """num_epochs passes over the training set, capped by max_steps when it is set."""
+    steps = config.num_epochs * steps_per_epoch if config.num_epochs else config.max_steps
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as it reads back from config.json (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs (or resumes) training in `workdir`; returns the final evaluation metrics.
+
+    Everything that can be checked (config, data, model) is checked before anything is written.
+    """
+    config_lib.validate_train_config(config)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    train_source = data.get_source(config.dataset, config.dataset.train_split, seed=config.seed)
+    eval_source = data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
+    model = build_model(config, train_source.num_classes)
+    if config.threat.norm != "none":
+        logging.warning(
+            "threat=%s:%s is validated and stored, but this trainer is nominal (clean) until "
+            "adversarial training lands.", config.threat.norm, config.threat.eps,
+        )  # fmt: skip
+    per_epoch = data.steps_per_epoch(train_source, config.batch_size)
+    num_steps = total_steps(config, per_epoch)
+    schedule = optim.make_schedule(config.schedule, config.optimizer.lr, num_steps)
+    tx = optim.make_optimizer(config.optimizer, schedule)
+
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    make_state = functools.partial(
+        training.create_train_state, model, tx, image_shape=train_source.image_shape
+    )
+    abstract_state = jax.eval_shape(make_state, init_key)  # checks the model, allocates nothing
+    logging.info(
+        "model %s: %s parameters",
+        config.model.name,
+        f"{models.param_count(abstract_state.params):,}",
+    )
+    meta = {"model": config_as_json(config)["model"], "image_shape": list(train_source.image_shape),
+            "num_classes": train_source.num_classes}  # fmt: skip
+
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        workdir_lib.claim(workdir, config_as_json(config))
+    ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
+    replicated = parallel.replicated(mesh)
+    if ckpt.latest_step() is not None:
+        items, start_step = ckpt.restore(
+            checkpoints.abstract_with_sharding(abstract_state.checkpoint_items(), replicated), meta
+        )
+        state = abstract_state.replace_items(items)
+        logging.info("Resumed from the checkpoint at step %d.", start_step)
+        writer.write_event(start_step, event="resumed")
+    else:
+        state = jax.jit(make_state, out_shardings=replicated)(init_key)
+        start_step = 0
+        writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
+
+    train_step = training.make_train_step(mesh, model=model, label_smoothing=config.label_smoothing)
+    eval_step = training.make_eval_step(mesh, model=model)
+    evaluate = functools.partial(
+        evaluate_accuracy, eval_step, eval_source, mesh,
+        parallel.round_up_to_devices(config.eval_batch_size, mesh),
+        config.dataset.num_eval_examples,
+    )  # fmt: skip
+    batches = data.prefetch(
+        data.train_batches(
+            train_source,
+            config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            crop_padding=config.dataset.crop_padding,
+            flip=config.dataset.flip,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+    eval_every = config.eval_every_steps or per_epoch
+    checkpoint_every = config.checkpoint_every_steps or per_epoch
+    progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)
+    pending: list[dict[str, jax.Array]] = []
+    window_start = time.monotonic()
+    final: dict[str, float] = {}
+    for step in range(start_step, num_steps):
+        batch = parallel.host_to_global(next(batches), mesh)
+        state, step_metrics = train_step(state, batch, jax.random.fold_in(train_key, step))
+        pending.append(step_metrics)
+        done = step + 1
+        if done % config.log_every_steps == 0 or done == num_steps:
+            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+            elapsed = time.monotonic() - window_start
+            summary["lr"] = float(schedule(step))
+            summary["steps_per_s"] = len(pending) / elapsed
+            summary["images_per_s"] = len(pending) * config.batch_size / elapsed
+            writer.write(done, summary, prefix="train/")
+            pending, window_start = [], time.monotonic()
+        if done % checkpoint_every == 0 or done == num_steps:
+            ckpt.save(done, state.checkpoint_items(), meta)
+        if done % eval_every == 0 or done == num_steps:
+            final = evaluate(state.variables())
+            writer.write(done, final, prefix="eval/")
+            logging.info("step %d: eval %s", done, _fmt(final))
+        progress.update(done, force=done == num_steps)
+    if start_step >= num_steps:
+        final = evaluate(state.variables())
+        logging.info("Already trained for %d steps; eval %s", num_steps, _fmt(final))
+    ckpt.close()
+    writer.close()
+    return final
+
+
+def evaluate_accuracy(
+    eval_step, source: data.Source, mesh, batch_size: int, num_examples: int, variables: Any
+) -> dict[str, float]:
+    """Clean accuracy and mean loss of `variables` on (the first `num_examples` of) `source`."""
+    sums = None
+    for batch in data.eval_batches(
+        source,
+        batch_size,
+        num_examples=num_examples,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
+        out = eval_step(variables, parallel.host_to_global(batch, mesh))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    sums = jax.device_get(sums)
+    count = float(sums["count"])
+    return {"accuracy": float(sums["correct"]) / count, "loss": float(sums["loss"]) / count}
+
+
+def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    return {k: jnp.stack([m[k] for m in items]) for k in items[0]}
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in values.items())
+
+
+def main(argv, config: ml_collections.ConfigDict) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+    parallel.initialize_distributed(_DISTRIBUTED.value)
+    try:
+        train_and_evaluate(config, _WORKDIR.value)
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    config_lib.main_with_config(main)

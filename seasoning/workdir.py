@@ -1,0 +1,80 @@
+"""A run's directory: its files, atomic writes, and the guard against mixing two runs.
+
+A workdir holds `config.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard events and
+results. Files are written atomically (temporary file, then rename), and a workdir that
+belongs to a different config is never written into silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+CONFIG_FILE = "config.json"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as indented JSON, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class WorkdirConflictError(ValueError):
+    """The workdir already belongs to a run with a different config."""
+
+
+def claim(workdir: str, config: dict[str, Any]) -> bool:
+    """Makes `workdir` this run's: writes config.json, or checks the one there.
+
+    Returns:
+      True when the workdir already held this very config (a resumed run).
+
+    Raises:
+      WorkdirConflictError: config.json holds a different config; lists the differences.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if os.path.exists(path):
+        existing = read_json(path)
+        if existing == config:
+            return True
+        diffs = "\n  ".join(diff_dicts(existing, config))
+        raise WorkdirConflictError(
+            f"{workdir} holds a run with a different config; not overwriting it.\n  {diffs}\n"
+            "Use a new --workdir, or delete that one if it is no longer wanted."
+        )
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, config)
+    return False
+
+
+def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences `key: old -> new` between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += diff_dicts(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]

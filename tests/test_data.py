@@ -1,0 +1,136 @@
+"""Data sources and the batch pipeline."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from seasoning import data
+from seasoning.data import fashion_mnist, pipeline, synthetic
+from seasoning.data.tfds_source import TfdsSource
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return fashion_mnist.load("test")
+
+
+def test_fashion_mnist_real_files(fmnist_test):
+    assert len(fmnist_test) == 10_000
+    assert fmnist_test.image_shape == (28, 28, 1)
+    images, labels = fmnist_test.get(np.arange(100))
+    assert images.dtype == np.uint8 and labels.dtype == np.int32
+    assert set(np.unique(fmnist_test.labels)) == set(range(10))
+    assert np.bincount(fmnist_test.labels).tolist() == [1000] * 10
+    assert 0.2 < images.mean() / 255 < 0.4
+
+
+def test_fashion_mnist_missing_prints_install_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        fashion_mnist.load("train", str(tmp_path))
+
+
+def test_fashion_mnist_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    assert fashion_mnist.data_dir() == str(tmp_path)
+    assert fashion_mnist.data_dir("/explicit") == "/explicit"
+
+
+def _source(n=100, shape=(8, 8, 1)):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
+    return data.ArraySource(images, np.arange(n, dtype=np.int32) % 10, 10)
+
+
+def test_train_batches_deterministic_and_resumable():
+    source = _source()
+    kwargs = dict(seed=3, crop_padding=2, flip=True)
+    a = [next(it) for it in [data.train_batches(source, 16, **kwargs)] for _ in range(9)]
+    resumed = data.train_batches(source, 16, start_step=7, **kwargs)
+    for expected in a[7:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["image"], expected["image"])
+        np.testing.assert_array_equal(got["label"], expected["label"])
+    other_seed = next(data.train_batches(source, 16, seed=4))
+    assert not np.array_equal(other_seed["label"], a[0]["label"])
+
+
+def test_train_batches_epochs_cover_dataset_once():
+    source = _source(n=64)
+    it = data.train_batches(source, 16, seed=0)
+    labels = np.concatenate([next(it)["label"] for _ in range(4)])
+    assert sorted(labels.tolist()) == sorted(source.labels.tolist())
+
+
+def test_hosts_read_disjoint_slices_of_the_same_global_batch():
+    source = _source()
+    kwargs = dict(seed=1, crop_padding=1, flip=True)
+    whole = next(data.train_batches(source, 16, **kwargs))
+    parts = [
+        next(data.train_batches(source, 16, process_index=i, process_count=4, **kwargs))
+        for i in range(4)
+    ]
+    np.testing.assert_array_equal(np.concatenate([p["image"] for p in parts]), whole["image"])
+    np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), whole["label"])
+
+
+def test_augment_crop_and_flip():
+    images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
+    rows = slice(0, 2)
+    same = pipeline.augment(
+        images, np.random.default_rng(0), crop_padding=0, flip=False, rows=rows, global_size=2
+    )
+    np.testing.assert_array_equal(same, images)
+    out = pipeline.augment(
+        images, np.random.default_rng(0), crop_padding=2, flip=True, rows=rows, global_size=2
+    )
+    assert out.shape == images.shape
+    for img, orig in zip(out, images, strict=True):
+        # Every output is a shifted (and maybe mirrored) window of the zero-padded original.
+        padded = np.pad(orig, ((2, 2), (2, 2), (0, 0)))
+        windows = [padded[y : y + 4, x : x + 4] for y in range(5) for x in range(5)]
+        windows += [w[:, ::-1] for w in windows]
+        assert any(np.array_equal(img, w) for w in windows)
+
+
+def test_eval_batches_pad_and_mask():
+    source = _source(n=21)
+    batches = list(data.eval_batches(source, 8))
+    assert [b["image"].shape[0] for b in batches] == [8, 8, 8]
+    assert [b["mask"].sum() for b in batches] == [8, 8, 5]
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    np.testing.assert_array_equal(labels, source.labels)
+    assert sum(b["mask"].sum() for b in data.eval_batches(source, 8, num_examples=10)) == 10
+
+
+def test_float_images_in_unit_box():
+    batch = next(data.train_batches(_source(), 16, seed=0))
+    assert batch["image"].dtype == np.float32
+    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
+    assert batch["label"].dtype == np.int32
+
+
+def test_synthetic_is_seeded_and_split():
+    a = synthetic.load("train", num_examples=32, image_shape=(16, 16, 3))
+    b = synthetic.load("train", num_examples=32, image_shape=(16, 16, 3))
+    c = synthetic.load("test", num_examples=32, image_shape=(16, 16, 3))
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.images, c.images)
+    assert a.image_shape == (16, 16, 3)
+
+
+def test_tfds_source_with_mock_data():
+    with tfds.testing.mock_data(num_examples=12):
+        cifar = TfdsSource("cifar10", "train")
+        images, labels = cifar.get(np.array([0, 5]))
+        assert len(cifar) == 12 and cifar.num_classes == 10
+        assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+        assert labels.dtype == np.int32
+        imagenet = TfdsSource("imagenet2012", "validation", image_size=48)
+        assert imagenet.image_shape == (48, 48, 3) and imagenet.num_classes == 1000
+        batch = next(data.train_batches(imagenet, 4, seed=0, flip=True))
+        assert batch["image"].shape == (4, 48, 48, 3)
+
+
+def test_tfds_missing_prints_build_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
+        TfdsSource("cifar10", "train", data_dir=str(tmp_path))

@@ -1,0 +1,131 @@
+"""The training driver, run for real: in-process and as the `python -m seasoning.train` CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from seasoning import checkpoints, config_lib, train, training
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
+
+
+def _cli(*args, **kwargs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "seasoning.train", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_runlocal_writes_run_files_and_compiles_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "train_step", chex.assert_max_traces(training.train_step, n=1))
+    config = config_lib.load_config(f"{FMNIST}:runlocal", ["eval_every_steps=10"])
+    workdir = str(tmp_path / "run")
+    final = train.train_and_evaluate(config, workdir)
+    assert 0.0 <= final["accuracy"] <= 1.0
+    files = os.listdir(workdir)
+    assert "config.json" in files and "metrics.jsonl" in files
+    assert any(f.startswith("events.out.tfevents") for f in files)
+    assert json.load(open(os.path.join(workdir, "config.json")))["max_steps"] == 20
+    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train_lines = [m for m in lines if "train/loss" in m]
+    assert [m["step"] for m in train_lines] == [5, 10, 15, 20]
+    assert all(m["train/images_per_s"] > 0 for m in train_lines)
+    assert [m["step"] for m in lines if "eval/accuracy" in m] == [10, 20]
+    tree, meta, step = checkpoints.read_numpy(workdir)
+    assert step == 20 and int(tree["step"]) == 20
+    assert meta["model"]["name"] == "cnn-small"
+
+
+def test_vit_runlocal_trains_on_synthetic_data(tmp_path):
+    config = config_lib.load_config(f"{ROOT}/configs/vitb_linf.py:runlocal")
+    final = train.train_and_evaluate(config, str(tmp_path / "vit"))
+    assert np.isfinite(final["loss"])
+    tree, meta, _ = checkpoints.read_numpy(str(tmp_path / "vit"))
+    assert meta["model"]["name"] == "vit-ti16" and not tree["batch_stats"]
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"])
+    train.train_and_evaluate(config, workdir)
+    os.remove(os.path.join(workdir, "config.json"))  # even without config.json's guard
+    other = config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2", "model.std=(0.5,)"])
+    with pytest.raises(checkpoints.ModelMismatchError, match=r"model.std: \[0.353\] -> \[0.5\]"):
+        train.train_and_evaluate(other, workdir)
+
+
+def test_workdir_of_another_config_is_not_overwritten(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"]), workdir)
+    before = open(os.path.join(workdir, "config.json")).read()
+    other = config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2", "optimizer.lr=0.3"])
+    with pytest.raises(ValueError, match=r"optimizer.lr: 0.05 -> 0.3"):
+        train.train_and_evaluate(other, workdir)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.optimizer.lrr=0.1", "Unknown config key 'optimizer.lrr'"),
+        ("--config.batch_size=big", "batch_size='big' is not a valid int"),
+        ("--config.model.name=resnet-5O", "Unknown model.name 'resnet-5O'"),
+        ("--config.dataset.name=fmnist", "Unknown dataset.name 'fmnist'"),
+    ],
+)
+def test_cli_config_errors_exit_nonzero_and_write_nothing(tmp_path, override, message):
+    workdir = tmp_path / "run"
+    proc = _cli(f"--config={FMNIST}:runlocal", f"--workdir={workdir}", override)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    assert message in out
+    assert "Traceback" not in out
+    assert not workdir.exists()
+
+
+def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
+    """SIGKILL mid-run, then the same command again: bitwise the parameters of a clean run."""
+    args = [f"--config={FMNIST}:runlocal", "--config.max_steps=240", "--config.batch_size=32",
+            "--config.checkpoint_every_steps=20", "--config.log_every_steps=40"]  # fmt: skip
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    proc = _cli(*args, f"--workdir={killed}")
+    first_checkpoint = killed / "checkpoints" / "20"
+    deadline = time.time() + 120
+    while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    steps = sorted(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
+    assert steps and steps[-1] < 240, f"the kill came too late to test anything: {steps}"
+
+    resumed = _cli(*args, f"--workdir={killed}")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "Resumed from the checkpoint at step" in out
+    uninterrupted = _cli(*args, f"--workdir={clean}")
+    out, _ = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, out
+
+    tree_a, _, step_a = checkpoints.read_numpy(str(clean))
+    tree_b, _, step_b = checkpoints.read_numpy(str(killed))
+    assert step_a == step_b == 240
+    leaves_a, leaves_b = jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for a, b in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -7,13 +7,19 @@ UV := $(VENV)/bin/uv
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 # Extra wheel folders configured for pip on this machine (e.g. the CPU build of torch).
 UV_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+# The PyTorch reference (test-torch extra) comes with the CPU torch wheel of PIP_FIND_LINKS;
+# without it uv would pull ~5 GB of CUDA packages, so it is left out unless WITH_TORCH=1.
+WITH_TORCH ?= $(if $(PIP_FIND_LINKS),1,0)
+comma := ,
+EXTRAS := $(if $(filter 1,$(WITH_TORCH)),test$(comma)test-torch,test)
 
 .PHONY: install data test lint bench demo clean
 
-$(VENV)/.installed: setup.py constraints.txt
+$(VENV)/.installed: setup.py constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv
-	$(UV) pip install --quiet --python $(PY) $(UV_LINKS) -c constraints.txt -e '.[test]'
+	$(UV) pip install --quiet --python $(PY) $(UV_LINKS) -c constraints.txt -e '.[$(EXTRAS)]'
+	@[ "$(WITH_TORCH)" = 1 ] || echo "note: PyTorch reference not installed (set WITH_TORCH=1); its cross-check tests will skip"
 	@touch $@
 
 install: $(VENV)/.installed

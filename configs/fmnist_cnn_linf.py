@@ -1,4 +1,4 @@
-r"""Linf adversarial training of the small CNN on Fashion-MNIST (the demo's root ingredient).
+r"""Linf adversarial training of the small CNN on Fashion-MNIST (the soups' root ingredient).
 
   python -m seasoning.train --config=configs/fmnist_cnn_linf.py --workdir=runs/fmnist_linf
   python -m seasoning.train --config=configs/fmnist_cnn_linf.py:runlocal --workdir=runs/smoke

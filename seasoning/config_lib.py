@@ -239,6 +239,76 @@ def base_train_config() -> ml_collections.ConfigDict:
     return c
 
 
+def finetune_config(
+    parent: ml_collections.ConfigDict,
+    *,
+    norm: str,
+    eps: float,
+    init_from: str,
+    num_epochs: int,
+    attack_steps: int = 10,
+) -> ml_collections.ConfigDict:
+    """A child of `parent`'s run: the same model and data, fine-tuned to another threat model.
+
+    The recipe of the fine-tuning reference (Croce & Hein 2022, fra31/robust-finetuning):
+    APGD-CE (L1-APGD for l1) with `attack_steps` iterations and no random start, SGD with
+    momentum 0.9 and weight decay 5e-4, lr 0.01 divided by 10 after 1/3 and 2/3 of the run,
+    batch 128, no label smoothing, a fresh optimiser state. Every value stays overridable.
+
+    Args:
+      parent: the parent's training config (its model and dataset are kept).
+      norm: the child's threat model norm; "none" for nominal (clean) fine-tuning.
+      eps: its radius (0 for "none").
+      init_from: the parent's workdir, whose last checkpoint gives the starting weights.
+      num_epochs: epochs of fine-tuning (the reference: 3 on CIFAR-10, 1 on ImageNet).
+      attack_steps: iterations of the training attack.
+    """
+    c = ml_collections.ConfigDict(parent.to_dict())
+    c.threat.update(norm=norm, eps=float(eps))
+    if norm == "none":
+        c.attack.update(name="none", steps=attack_steps, step_size=0.0, random_start=False)
+    else:
+        c.attack.update(name="apgd", loss="ce", steps=attack_steps, step_size=0.0,
+                        random_start=False)  # fmt: skip
+    c.optimizer.update(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                       decay_bn_and_bias=False, grad_clip_norm=0.0)  # fmt: skip
+    c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1,
+                      warmup_steps=0)  # fmt: skip
+    c.label_smoothing = 0.0
+    c.batch_size = 128
+    c.num_epochs = num_epochs
+    c.max_steps = 0
+    c.init_from = init_from
+    return c
+
+
+def child_config(
+    child_file: str, parent_file: str, arg: str | None, *, norm: str, eps: float, num_epochs: int
+) -> ml_collections.ConfigDict:
+    """The `get_config` of a fine-tuning config file (`configs/*_to_*.py`).
+
+    Args:
+      child_file: the child config's `__file__`; the parent config is its sibling.
+      parent_file: the parent config's file name, e.g. "fmnist_cnn_linf.py".
+      arg: the child's `arg`: `parent=RUN_DIR` (default `runs/<parent name>`), `eps`,
+        `epochs`, `runlocal` (the parent's runlocal sizes, a few steps).
+      norm, eps, num_epochs: the child's threat model and length (defaults of `arg`).
+
+    Returns:
+      `finetune_config` of the parent config.
+    """
+    parent_name = os.path.splitext(parent_file)[0]
+    arg = parse_arg(arg, runlocal=False, parent=f"runs/{parent_name}", eps=float(eps),
+                    epochs=num_epochs)  # fmt: skip
+    parent_path = os.path.join(os.path.dirname(os.path.abspath(child_file)), parent_file)
+    parent = load_config(f"{parent_path}:runlocal" if arg.runlocal else parent_path)
+    c = finetune_config(parent, norm=norm, eps=arg.eps if norm != "none" else 0.0,
+                        init_from=arg.parent, num_epochs=arg.epochs)  # fmt: skip
+    if arg.runlocal:
+        c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
+    return c
+
+
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
     """Checks a training config against `base_train_config()`.
 

@@ -8,6 +8,7 @@ fake CPU devices in the tests, on a GPU, and on a multi-host TPU pod or GPU clus
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -35,7 +36,7 @@ def initialize_distributed(mode: str = "auto") -> None:
         raise ValueError(f"Unknown distributed mode {mode!r}; expected auto, on or off.")
     if mode == "off" or (mode == "auto" and not _looks_multi_process()):
         return
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # asking jax would start its backends
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     kwargs = {}
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
@@ -60,6 +61,33 @@ def _looks_multi_process() -> bool:
     if len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
         return True
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def split_cpu(requested: int, batch_size: int) -> int:
+    """Splits the host CPU into several JAX devices; call before JAX starts its backends.
+
+    On CPU, XLA runs the shards of a batch on separate threads, which keeps both cores of a
+    small machine busy: adversarial training of the small CNN ran 2x faster with 4 CPU devices
+    than with 1 on 2 cores. GPU and TPU runs are not affected (their devices are the
+    accelerators).
+
+    Args:
+      requested: CPU devices wanted; 0 leaves JAX's default (1); -1 (auto) takes
+        min(8, 2 * cores), reduced to a divisor of `batch_size`, unless JAX_NUM_CPU_DEVICES or
+        XLA_FLAGS already say how many.
+      batch_size: the global batch, which must split evenly over the devices.
+
+    Returns:
+      The CPU device count set, or 0 when it was left alone.
+    """
+    if requested == 0:
+        return 0
+    if requested < 0:
+        if "JAX_NUM_CPU_DEVICES" in os.environ or "device_count" in os.environ.get("XLA_FLAGS", ""):
+            return 0
+        requested = math.gcd(min(8, 2 * (os.cpu_count() or 1)), batch_size)
+    jax.config.update("jax_num_cpu_devices", requested)
+    return requested
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

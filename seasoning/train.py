@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from typing import Any
 
@@ -17,31 +16,21 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, logging
 
-from seasoning import checkpoints, config_lib, data, models, optim, parallel, training
+from seasoning import (
+    adversarial,
+    checkpoints,
+    cli,
+    config_lib,
+    data,
+    models,
+    optim,
+    parallel,
+    training,
+)
 from seasoning import metrics as metrics_lib
 from seasoning import workdir as workdir_lib
-
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"], "Start jax.distributed (multi-host jobs)."
-)
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """The Flax module that config section `model` describes, for `num_classes` classes."""
-    kwargs = dict(config.model)
-    name = kwargs.pop("name")
-    declared = kwargs.pop("num_classes", num_classes)
-    if declared != num_classes:
-        raise ValueError(
-            f"Config model.num_classes={declared} but dataset {config.dataset.name!r} has "
-            f"{num_classes} classes."
-        )
-    if config.compute_dtype == "bfloat16":
-        kwargs["dtype"] = jnp.bfloat16
-    return models.get_model(name, num_classes=num_classes, **kwargs)
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -65,12 +54,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parallel.check_batch_size(config.batch_size, mesh)
     train_source = data.get_source(config.dataset, config.dataset.train_split, seed=config.seed)
     eval_source = data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
-    model = build_model(config, train_source.num_classes)
-    if config.threat.norm != "none":
-        logging.warning(
-            "threat=%s:%s is validated and stored, but this trainer is nominal (clean) until "
-            "adversarial training lands.", config.threat.norm, config.threat.eps,
-        )  # fmt: skip
+    model = models.from_config(config, train_source.num_classes)
+    attack = adversarial.make_training_attack(config.threat, config.attack)
+    logging.info("%s", adversarial.describe(config.threat, config.attack))
     per_epoch = data.steps_per_epoch(train_source, config.batch_size)
     num_steps = total_steps(config, per_epoch)
     schedule = optim.make_schedule(config.schedule, config.optimizer.lr, num_steps)
@@ -107,7 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start_step = 0
         writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
 
-    train_step = training.make_train_step(mesh, model=model, label_smoothing=config.label_smoothing)
+    train_step = training.make_train_step(
+        mesh, model=model, attack=attack, label_smoothing=config.label_smoothing
+    )
     eval_step = training.make_eval_step(mesh, model=model)
     evaluate = functools.partial(
         evaluate_accuracy, eval_step, eval_source, mesh,
@@ -190,15 +178,10 @@ def _fmt(values: dict[str, float]) -> str:
 def main(argv, config: ml_collections.ConfigDict) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not _WORKDIR.value:
+    if not cli.WORKDIR.value:
         raise app.UsageError("--workdir is required.")
-    parallel.initialize_distributed(_DISTRIBUTED.value)
-    try:
-        train_and_evaluate(config, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli.start(config.batch_size)
+    cli.exit_on_user_error(lambda: train_and_evaluate(config, cli.WORKDIR.value))
 
 
 if __name__ == "__main__":

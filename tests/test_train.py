@@ -100,8 +100,10 @@ def test_cli_config_errors_exit_nonzero_and_write_nothing(tmp_path, override, me
 
 def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     """SIGKILL mid-run, then the same command again: bitwise the parameters of a clean run."""
+    # Nominal training keeps the three runs short; the adversarial step is covered elsewhere.
     args = [f"--config={FMNIST}:runlocal", "--config.max_steps=240", "--config.batch_size=32",
-            "--config.checkpoint_every_steps=20", "--config.log_every_steps=40"]  # fmt: skip
+            "--config.checkpoint_every_steps=20", "--config.log_every_steps=40",
+            "--config.threat.norm=none", "--config.threat.eps=0", "--config.attack.name=none"]  # fmt: skip
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     proc = _cli(*args, f"--workdir={killed}")
     first_checkpoint = killed / "checkpoints" / "20"

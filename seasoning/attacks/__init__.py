@@ -15,9 +15,11 @@ from seasoning.attacks.autoattack import (
     union_robust,
 )
 from seasoning.attacks.pgd import pgd
+from seasoning.attacks.runner import AttackReport, run_auto_attack
 from seasoning.attacks.square import square
 
 __all__ = [
+    "AttackReport",
     "AutoAttackInfo",
     "apgd",
     "apgd_targeted",
@@ -26,6 +28,7 @@ __all__ = [
     "losses",
     "pgd",
     "robust_accuracy",
+    "run_auto_attack",
     "square",
     "union_robust",
 ]

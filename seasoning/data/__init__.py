@@ -9,7 +9,13 @@ from __future__ import annotations
 import ml_collections
 
 from seasoning.data import fashion_mnist, synthetic
-from seasoning.data.pipeline import eval_batches, prefetch, steps_per_epoch, train_batches
+from seasoning.data.pipeline import (
+    eval_batches,
+    prefetch,
+    steps_per_epoch,
+    to_float,
+    train_batches,
+)
 from seasoning.data.source import ArraySource, Source
 
 # TFDS names read through tfds.data_source; the keys are our config names.
@@ -22,6 +28,7 @@ __all__ = [
     "get_source",
     "prefetch",
     "steps_per_epoch",
+    "to_float",
     "train_batches",
 ]
 

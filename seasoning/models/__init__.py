@@ -55,6 +55,7 @@ __all__ = [
     "SmallCNN",
     "VisionTransformer",
     "WideResNet",
+    "from_config",
     "get_model",
     "param_count",
 ]
@@ -216,3 +217,26 @@ def param_count(variables_or_params: Any) -> int:
     if isinstance(tree, Mapping) and "params" in tree:
         tree = tree["params"]
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def from_config(config: Any, num_classes: int) -> nn.Module:
+    """The module a run's config describes: section `model` plus `compute_dtype`.
+
+    Args:
+      config: a training config (ConfigDict, or the dict read back from config.json).
+      num_classes: the dataset's class count; `model.num_classes`, when set, must agree.
+
+    Raises:
+      ValueError: for an unknown model or a class count that disagrees with the dataset.
+    """
+    kwargs = dict(config["model"])
+    name = kwargs.pop("name")
+    declared = kwargs.pop("num_classes", num_classes)
+    if declared != num_classes:
+        raise ValueError(
+            f"Config model.num_classes={declared} but dataset {config['dataset']['name']!r} has "
+            f"{num_classes} classes."
+        )
+    if config["compute_dtype"] == "bfloat16":
+        kwargs["dtype"] = jnp.bfloat16
+    return get_model(name, num_classes=num_classes, **kwargs)

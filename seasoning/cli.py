@@ -1,0 +1,51 @@
+"""Flags and start-up shared by the command-line drivers (train, evaluate, soup).
+
+Flags live here once, so that several drivers can be imported into one process (tests do).
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import sys
+from collections.abc import Callable
+
+from absl import flags, logging
+
+from seasoning import parallel
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
+DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "Start jax.distributed (multi-host jobs)."
+)
+CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", -1, "CPU only: JAX devices to split the host CPU into (-1: auto, 0: 1)."
+)
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of orbax (a dozen lines per checkpoint); keeps its warnings."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def start(batch_size: int) -> None:
+    """Starts JAX for a command: the CPU split (see `parallel.split_cpu`), then jax.distributed.
+
+    Also quiets the INFO logs of the libraries underneath, so that the progress lines show.
+    """
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    count = parallel.split_cpu(CPU_DEVICES.value, batch_size)
+    if count:
+        logging.info("CPU split into %d JAX devices (--cpu_devices).", count)
+    parallel.initialize_distributed(DISTRIBUTED.value)
+
+
+def exit_on_user_error(fn: Callable[[], object]) -> None:
+    """Runs `fn`; a ValueError or FileNotFoundError (bad input) becomes one line and exit 2."""
+    try:
+        fn()
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,88 @@
+"""Adversarial training: the attack built from a config, and the train step that uses it."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from seasoning import adversarial, config_lib, models, parallel, threat, training
+
+
+def _sections(norm="linf", eps=0.1, **attack):
+    base = config_lib.base_train_config()
+    base.threat.update(norm=norm, eps=eps)
+    base.attack.update(**{"name": "apgd", **attack})
+    return base.threat, base.attack
+
+
+def _model_and_batch(n=16):
+    model = models.get_model("cnn-small", num_classes=10, features=(8, 16, 16), hidden=32)
+    rng = np.random.default_rng(0)
+    x = rng.random((n, 28, 28, 1), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    variables = model.init(jax.random.key(0), x[:1], train=False)
+    return model, variables, x, y
+
+
+def test_nominal_config_has_no_attack():
+    threat_cfg, attack_cfg = _sections(norm="none", eps=0.0, name="none")
+    assert adversarial.make_training_attack(threat_cfg, attack_cfg) is None
+    assert "nominal" in adversarial.describe(threat_cfg, attack_cfg)
+
+
+@pytest.mark.parametrize(
+    "sections, message",
+    [
+        (dict(norm="linf", eps=0.1, name="none"), "needs an attack"),
+        (dict(norm="none", eps=0.0, name="apgd"), "threat.norm='none'"),
+        (dict(norm="linf", eps=0.1, step_size=0.01), "APGD adapts its own step size"),
+        (dict(norm="l2", eps=0.5, steps=0), "attack.steps=0"),
+        (dict(norm="l2", eps=0.5, loss="hinge"), "attack.loss='hinge'"),
+        (dict(norm="l3", eps=0.5), "unknown threat norm 'l3'"),
+        (dict(norm="linf", eps=-0.1), "eps must be a finite number >= 0"),
+    ],
+)
+def test_unusable_settings_are_errors_never_clean_training(sections, message):
+    with pytest.raises(ValueError, match=message):
+        adversarial.make_training_attack(*_sections(**sections))
+
+
+@pytest.mark.parametrize("name", ["apgd", "pgd"])
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0), ("l1", 8.0)])
+def test_training_attack_stays_in_the_threat_model_and_raises_the_loss(name, norm, eps):
+    model, variables, x, y = _model_and_batch()
+    attack = adversarial.make_training_attack(*_sections(norm, eps, name=name, steps=5))
+
+    def logits_fn(z):
+        return model.apply(variables, z, train=False)
+
+    x_adv = jax.jit(lambda a, b: attack(logits_fn, a, b, jax.random.key(1)))(x, y)
+    tm = threat.ThreatModel(norm, eps)
+    assert bool(tm.contains(x_adv, x).all())
+    clean_loss = training.cross_entropy(logits_fn(x), y).mean()
+    adv_loss = training.cross_entropy(logits_fn(x_adv), y).mean()
+    assert adv_loss > clean_loss + 0.01, (adv_loss, clean_loss)
+
+
+def test_adversarial_train_step_trains_on_attacked_images():
+    """Same state and batch: the adversarial step sees a higher loss than the clean step."""
+    model, _, x, y = _model_and_batch(n=32)
+    mesh = parallel.make_mesh()
+    batch = parallel.host_to_global({"image": x, "label": y}, mesh)
+    attack = adversarial.make_training_attack(*_sections("linf", 0.1, steps=3))
+    results = {}
+    for label, att in (("clean", None), ("adversarial", attack)):
+        state = training.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
+        step = training.make_train_step(mesh, model=model, attack=att)
+        results[label] = step(state, batch, jax.random.key(2))
+    (clean_state, clean_metrics), (adv_state, adv_metrics) = results.values()
+    assert float(adv_metrics["loss"]) > float(clean_metrics["loss"]) + 0.01
+    assert int(adv_state.step) == int(clean_state.step) == 1
+    # Different inputs, different updates (the attacked images reached the loss).
+    differs = jax.tree.map(lambda a, b: bool(np.any(a != b)), clean_state.params, adv_state.params)
+    assert all(jax.tree.leaves(differs))
+
+
+def test_describe_names_the_attack():
+    text = adversarial.describe(*_sections("l1", 12.0, steps=10))
+    assert text == "adversarial training: l1 eps=12, apgd-ce 10 steps"

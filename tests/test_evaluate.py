@@ -1,0 +1,106 @@
+"""`seasoning.evaluate` run for real: adversarial training on Fashion-MNIST gives robustness that
+the evaluation measures, eval.json is complete and never silently replaced, the CLI's errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from seasoning import config_lib, evaluate, threat, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
+LINF = threat.ThreatModel("linf", 0.1)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The Fashion-MNIST config trained 60 steps, Linf-adversarially and nominally."""
+    base = tmp_path_factory.mktemp("runs")
+    common = ["max_steps=60", "batch_size=64", "dataset.num_eval_examples=500"]
+    out = {}
+    for name, extra in (("linf", []), ("nominal", ["threat.norm=none", "threat.eps=0.0",
+                                                   "attack.name=none"])):  # fmt: skip
+        workdir = str(base / name)
+        train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", common + extra),
+                                 workdir)  # fmt: skip
+        out[name] = workdir
+    return out
+
+
+def test_adversarial_training_buys_measured_robustness(runs):
+    results = {
+        name: evaluate.evaluate_run(
+            workdir, [LINF], version="fast", n_examples=300, batch_size=160
+        )  # fmt: skip
+        for name, workdir in runs.items()
+    }
+    robust = {
+        name: r["threat_models"]["linf:0.1"]["robust_accuracy"] for name, r in results.items()
+    }
+    clean = {name: r["clean_accuracy"] for name, r in results.items()}
+    assert robust["linf"] > robust["nominal"] + 0.2, robust
+    assert clean["nominal"] > 0.6 and robust["nominal"] < 0.2, (clean, robust)
+    for r in results.values():
+        entry = r["threat_models"]["linf:0.1"]
+        assert entry["robust_accuracy"] <= entry["after"]["apgd-ce"] <= r["clean_accuracy"]
+        assert r["union"]["robust_accuracy"] == entry["robust_accuracy"]
+
+
+def test_eval_json_is_complete_and_not_silently_replaced(runs):
+    workdir = runs["linf"]
+    threats = [LINF, threat.parse("l2:0.8"), threat.parse("l1:10")]
+    settings = dict(version="fast", n_iter=5, output="e.json")
+    result = evaluate.evaluate_run(workdir, threats, n_examples=64, batch_size=64, **settings)
+    with open(os.path.join(workdir, "e.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk == json.loads(json.dumps(result))
+    assert set(on_disk["threat_models"]) == {"linf:0.1", "l2:0.8", "l1:10"}
+    assert on_disk["settings"]["overrides"] == {"n_iter": 5}
+    assert on_disk["threat_models"]["l1:10"]["settings"]["n_iter"] == 5
+    per_threat = [e["robust_accuracy"] for e in on_disk["threat_models"].values()]
+    assert on_disk["union"]["robust_accuracy"] <= min(per_threat)
+    table = evaluate.format_table(on_disk)
+    assert "union" in table and "l1:10" in table and "apgd-t" in table
+
+    # Other settings into the same file: refused, naming the difference; then on request.
+    with pytest.raises(ValueError, match=r"other settings.*\n.*n_examples: 64 -> 32"):
+        evaluate.evaluate_run(workdir, threats, n_examples=32, **settings)
+    with open(os.path.join(workdir, "e.json")) as f:
+        assert json.load(f) == on_disk
+    again = evaluate.evaluate_run(workdir, [LINF], n_examples=32, overwrite=True, **settings)
+    assert again["n_examples"] == 32
+
+
+def test_default_threats_follow_the_dataset():
+    assert [str(t) for t in threat.default_threats("fashion_mnist")] == [
+        "linf:0.1", "l2:0.8", "l1:10"]  # fmt: skip
+    assert [str(t) for t in threat.default_threats("cifar10")] == [
+        "linf:0.0313725", "l2:0.5", "l1:12"]  # fmt: skip
+    assert threat.default_threats("imagenet2012")[0].eps == pytest.approx(4 / 255)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("linf", "not of the form norm:eps"), ("linf:abc", "eps 'abc' is not a number"),
+     ("l5:0.1", "unknown threat norm 'l5'"), ("l2:-1", "eps must be a finite number >= 0")],
+)  # fmt: skip
+def test_threat_specs(spec, message):
+    with pytest.raises(ValueError, match=message):
+        threat.parse(spec)
+    assert threat.parse("linf:8/255").eps == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--threat=linf:abc"], "eps 'abc' is not a number"),
+     (["--workdir=/nonexistent/run"], "config.json not found")],
+)  # fmt: skip
+def test_cli_errors_are_one_line_and_exit_2(runs, args, message):
+    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['linf']}", *args]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -19,11 +19,9 @@ Sources of the numbers:
 """
 
 from seasoning import config_lib
+from seasoning.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 _VARIANTS = {"b16": "vit-b16", "s16": "vit-s16", "ti16": "vit-ti16"}
-# ImageNet's per-channel pixel mean and std (the usual torchvision numbers).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def get_config(arg=None):

@@ -1,22 +1,37 @@
 #!/usr/bin/env bash
 # The demo: everything the pipeline has so far, for real, on Fashion-MNIST (see README).
-#   1. Linf adversarial training of the small CNN (APGD-CE, 10 steps, eps 0.1), 2 epochs;
-#   2. its AutoAttack evaluation (fast version) under Linf, L2 and L1 on 1000 test images.
-# About 10 minutes on 2 CPU cores. Interrupted? Run it again: training resumes from its last
-# checkpoint. EPOCHS, N_EXAMPLES and RUNS change the defaults.
+#   1. the root ingredient: Linf adversarial training of the small CNN (APGD-CE 10 steps,
+#      eps 0.1), EPOCHS epochs;
+#   2. its children, fine-tuned for 1 epoch each to L2 (0.8), L1 (10) and nominal training;
+#   3. AutoAttack (fast) of all four under Linf, L2 and L1 on N_EXAMPLES test images;
+#   4. the table of the four ingredients ($RUNS/ingredients.md).
+# About 20 minutes on 2 CPU cores. Interrupted? Run it again: finished runs and evaluations
+# are reused, an interrupted run resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 RUNS=${RUNS:-runs/demo}
 EPOCHS=${EPOCHS:-2}
 N_EXAMPLES=${N_EXAMPLES:-1000}
+PARENT="$RUNS/fmnist_cnn_linf"
 mkdir -p "$RUNS"
 
-echo "== 1. Linf adversarial training of the small CNN on Fashion-MNIST ($RUNS/fmnist_linf)"
-$PY -m seasoning.train --config=configs/fmnist_cnn_linf.py --workdir="$RUNS/fmnist_linf" \
+echo "== 1. Linf adversarial training of the small CNN on Fashion-MNIST ($PARENT)"
+$PY -m seasoning.train --config=configs/fmnist_cnn_linf.py --workdir="$PARENT" \
   --config.num_epochs="$EPOCHS"
 
-echo "== 2. AutoAttack (fast) under Linf 0.1, L2 0.8, L1 10 on $N_EXAMPLES test images"
-$PY -m seasoning.evaluate --workdir="$RUNS/fmnist_linf" --version=fast \
-  --n_examples="$N_EXAMPLES"
-echo "Run files:"; ls "$RUNS/fmnist_linf"
+for child in l2 l1 nominal; do
+  echo "== 2. Fine-tuning to $child ($RUNS/fmnist_cnn_linf_to_$child)"
+  $PY -m seasoning.train --config="configs/fmnist_cnn_linf_to_$child.py:parent=$PARENT" \
+    --workdir="$RUNS/fmnist_cnn_linf_to_$child"
+done
+
+runs=("$PARENT" "$RUNS/fmnist_cnn_linf_to_l2" "$RUNS/fmnist_cnn_linf_to_l1" \
+      "$RUNS/fmnist_cnn_linf_to_nominal")
+for run in "${runs[@]}"; do
+  echo "== 3. AutoAttack (fast) of $run under Linf 0.1, L2 0.8, L1 10, $N_EXAMPLES test images"
+  $PY -m seasoning.evaluate --workdir="$run" --version=fast --n_examples="$N_EXAMPLES"
+done
+
+echo "== 4. The four ingredients"
+$PY -m seasoning.report --workdirs="$(IFS=,; echo "${runs[*]}")" --markdown="$RUNS/ingredients.md"

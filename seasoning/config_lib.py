@@ -319,7 +319,10 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     from seasoning import models, threat  # late: keeps config loading light
 
     _check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
-    _check_choice("model.name", config.model.name, models.MODEL_NAMES)
+    try:
+        models.check_name(config.model.name)
+    except ValueError as e:
+        raise ValueError(f"Config model.name: {e}") from None
     _check_choice("optimizer.name", config.optimizer.name, OPTIMIZER_NAMES)
     _check_choice("schedule.name", config.schedule.name, SCHEDULE_NAMES)
     _check_choice("attack.name", config.attack.name, ATTACK_NAMES)

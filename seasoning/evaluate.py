@@ -8,7 +8,9 @@ Reads the run's config.json and its latest checkpoint, attacks the first `n_exam
 of the evaluation split under each threat model (default: the dataset's usual radii,
 `threat.DEFAULT_THREATS`), and writes `eval.json` into the workdir: clean accuracy, robust
 accuracy per threat model and after each attack, the union (a point counts only if it survives
-every threat model), the attack settings and the time taken. Prints a table.
+every threat model), the attack settings and the time taken. Prints a table. An `eval.json`
+with the same checkpoint and settings is reused; one with other settings is never replaced
+without `--overwrite`.
 """
 
 from __future__ import annotations
@@ -114,7 +116,11 @@ def evaluate_run(
         "overrides": {k: v for k, v in attack_overrides.items() if v is not None},
     }
     out_path = f"{workdir}/{output}"
-    _check_output(out_path, settings, overwrite)
+    existing = _check_output(out_path, settings, overwrite)
+    if existing is not None:
+        logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
+                     out_path)  # fmt: skip
+        return existing
 
     source = data.get_source(config.dataset, split, seed=config.seed)
     count = min(n_examples or len(source), len(source))
@@ -168,19 +174,26 @@ def evaluate_run(
     return result
 
 
-def _check_output(path: str, settings: dict[str, Any], overwrite: bool) -> None:
-    """Refuses to replace a result computed with other settings, unless told to."""
+def _check_output(path: str, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    """The result at `path` when it has these very settings (and not `overwrite`), else None.
+
+    Raises:
+      ValueError: `path` holds a result computed with other settings and not `overwrite`.
+    """
     try:
         existing = workdir_lib.read_json(path)
     except FileNotFoundError:
-        return
+        return None
+    if overwrite:
+        return None
     old = existing.get("settings", {})
-    if old != settings and not overwrite:
-        diffs = "\n  ".join(workdir_lib.diff_dicts(old, settings))
-        raise ValueError(
-            f"{path} holds an evaluation with other settings; not overwriting it.\n  {diffs}\n"
-            "Pass --output=another.json, or --overwrite to replace it."
-        )
+    if old == settings:
+        return existing
+    diffs = "\n  ".join(workdir_lib.diff_dicts(old, settings))
+    raise ValueError(
+        f"{path} holds an evaluation with other settings; not overwriting it.\n  {diffs}\n"
+        "Pass --output=another.json, or --overwrite to replace it."
+    )
 
 
 def format_table(result: dict[str, Any]) -> str:

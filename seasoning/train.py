@@ -28,6 +28,7 @@ from seasoning import (
     optim,
     parallel,
     training,
+    trees,
 )
 from seasoning import metrics as metrics_lib
 from seasoning import workdir as workdir_lib
@@ -72,6 +73,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config.model.name,
         f"{models.param_count(abstract_state.params):,}",
     )
+    parent = load_parent(config.init_from, abstract_state, config) if config.init_from else None
     meta = {"model": config_as_json(config)["model"], "image_shape": list(train_source.image_shape),
             "num_classes": train_source.num_classes}  # fmt: skip
 
@@ -92,6 +94,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = jax.jit(make_state, out_shardings=replicated)(init_key)
         start_step = 0
         writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
+        if parent is not None:
+            state = start_from_parent(state, parent, replicated)
+            writer.write_event(0, event="init_from", parent=config.init_from,
+                               parent_step=parent["step"])  # fmt: skip
+            logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
 
     train_step = training.make_train_step(
         mesh, model=model, attack=attack, label_smoothing=config.label_smoothing
@@ -146,6 +153,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.close()
     writer.close()
     return final
+
+
+def load_parent(
+    init_from: str, abstract_state: training.TrainState, config: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The weights (params, BatchNorm statistics) of the run in `init_from`, checked to fit.
+
+    Returns:
+      {"params", "batch_stats", "step"}: numpy trees and the parent's checkpoint step.
+
+    Raises:
+      FileNotFoundError: `init_from` holds no checkpoint.
+      ValueError: the parent's weights differ in structure, shape or dtype from this model;
+        names the first differing path.
+    """
+    try:
+        tree, _, step = checkpoints.read_numpy(init_from)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"init_from={init_from!r} holds no checkpoint: train the parent run there first."
+        ) from None
+    found = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+    expected = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats or {}}
+    difference = trees.first_difference(found, expected)
+    if difference:
+        raise ValueError(
+            f"init_from={init_from!r}: its weights do not fit model {config.model.name!r} of "
+            f"this config; first difference (parent vs this model): {difference}"
+        )
+    return {**found, "step": int(step)}
+
+
+def start_from_parent(state: training.TrainState, parent: dict[str, Any], sharding) -> Any:
+    """`state` with the parent's weights and a fresh optimiser state for them."""
+    params = jax.device_put(parent["params"], sharding)
+    batch_stats = jax.device_put(parent["batch_stats"], sharding)
+    opt_state = jax.jit(state.tx.init, out_shardings=sharding)(params)
+    return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 
 def evaluate_accuracy(

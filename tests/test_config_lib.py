@@ -1,9 +1,15 @@
 """Config loading, overrides and validation."""
 
+import os
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from seasoning import config_lib
+from seasoning import adversarial, config_lib, models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FMNIST = "configs/fmnist_cnn_linf.py"
 
@@ -53,14 +59,28 @@ def test_split_config_flags():
     assert overrides == ["seed=2", "lr=3"]
 
 
-def test_validate_accepts_shipped_configs():
-    for spec in (
-        FMNIST,
-        f"{FMNIST}:runlocal",
-        "configs/vitb_linf.py",
-        "configs/vitb_linf.py:runlocal",
-    ):
-        config_lib.validate_train_config(config_lib.load_config(spec))
+TRAIN_CONFIGS = sorted(
+    os.path.join("configs", f)
+    for f in os.listdir(os.path.join(ROOT, "configs"))
+    if f.endswith(".py") and not f.startswith(("soup_", "shift_"))
+)
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS)
+@pytest.mark.parametrize("variant", ["", ":runlocal"])
+def test_shipped_training_configs_validate_and_build(path, variant):
+    """Every training config, full and runlocal: valid, its attack and its model build."""
+    config = config_lib.load_config(os.path.join(ROOT, path) + variant)
+    config_lib.validate_train_config(config)
+    adversarial.make_training_attack(config.threat, config.attack)
+    model = models.from_config(config, config.dataset.num_classes or 10)
+    size = config.dataset.image_size or 28
+    channels = 1 if config.dataset.name == "fashion_mnist" else 3
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.key(0), x, train=False),
+        jnp.zeros((1, size, size, channels)),
+    )
+    assert models.param_count(shapes["params"]) > 0
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""`seasoning.evaluate` run for real: adversarial training on Fashion-MNIST gives robustness that
-the evaluation measures, eval.json is complete and never silently replaced, the CLI's errors."""
+"""`seasoning.evaluate` run for real on a Fashion-MNIST model: eval.json is complete, reused when
+up to date and never silently replaced; threat specs; the CLI's errors."""
 
 import json
 import os
@@ -17,40 +17,16 @@ LINF = threat.ThreatModel("linf", 0.1)
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The Fashion-MNIST config trained 60 steps, Linf-adversarially and nominally."""
-    base = tmp_path_factory.mktemp("runs")
-    common = ["max_steps=60", "batch_size=64", "dataset.num_eval_examples=500"]
-    out = {}
-    for name, extra in (("linf", []), ("nominal", ["threat.norm=none", "threat.eps=0.0",
-                                                   "attack.name=none"])):  # fmt: skip
-        workdir = str(base / name)
-        train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", common + extra),
-                                 workdir)  # fmt: skip
-        out[name] = workdir
-    return out
-
-
-def test_adversarial_training_buys_measured_robustness(runs):
-    results = {
-        name: evaluate.evaluate_run(
-            workdir, [LINF], version="fast", n_examples=300, batch_size=160
-        )  # fmt: skip
-        for name, workdir in runs.items()
-    }
-    robust = {
-        name: r["threat_models"]["linf:0.1"]["robust_accuracy"] for name, r in results.items()
-    }
-    clean = {name: r["clean_accuracy"] for name, r in results.items()}
-    assert robust["linf"] > robust["nominal"] + 0.2, robust
-    assert clean["nominal"] > 0.6 and robust["nominal"] < 0.2, (clean, robust)
-    for r in results.values():
-        entry = r["threat_models"]["linf:0.1"]
-        assert entry["robust_accuracy"] <= entry["after"]["apgd-ce"] <= r["clean_accuracy"]
-        assert r["union"]["robust_accuracy"] == entry["robust_accuracy"]
+    """The Fashion-MNIST config trained nominally for 20 steps (the attacks need a model, not a
+    robust one: robustness from adversarial training is tested in test_ingredients.py)."""
+    workdir = str(tmp_path_factory.mktemp("runs") / "nominal")
+    overrides = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
+    train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", overrides), workdir)
+    return {"run": workdir}
 
 
 def test_eval_json_is_complete_and_not_silently_replaced(runs):
-    workdir = runs["linf"]
+    workdir = runs["run"]
     threats = [LINF, threat.parse("l2:0.8"), threat.parse("l1:10")]
     settings = dict(version="fast", n_iter=5, output="e.json")
     result = evaluate.evaluate_run(workdir, threats, n_examples=64, batch_size=64, **settings)
@@ -70,6 +46,8 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
         evaluate.evaluate_run(workdir, threats, n_examples=32, **settings)
     with open(os.path.join(workdir, "e.json")) as f:
         assert json.load(f) == on_disk
+    # The same settings again: the result on disk is reused, not recomputed.
+    assert evaluate.evaluate_run(workdir, threats, n_examples=64, **settings) == on_disk
     again = evaluate.evaluate_run(workdir, [LINF], n_examples=32, overwrite=True, **settings)
     assert again["n_examples"] == 32
 
@@ -99,7 +77,7 @@ def test_threat_specs(spec, message):
      (["--workdir=/nonexistent/run"], "config.json not found")],
 )  # fmt: skip
 def test_cli_errors_are_one_line_and_exit_2(runs, args, message):
-    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['linf']}", *args]
+    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}", *args]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
     assert proc.returncode == 2, proc.stderr

@@ -84,7 +84,7 @@ def test_workdir_of_another_config_is_not_overwritten(tmp_path):
     [
         ("--config.optimizer.lrr=0.1", "Unknown config key 'optimizer.lrr'"),
         ("--config.batch_size=big", "batch_size='big' is not a valid int"),
-        ("--config.model.name=resnet-5O", "Unknown model.name 'resnet-5O'"),
+        ("--config.model.name=resnet-5O", "Unknown model name 'resnet-5O'"),
         ("--config.dataset.name=fmnist", "Unknown dataset.name 'fmnist'"),
     ],
 )
@@ -103,7 +103,8 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     # Nominal training keeps the three runs short; the adversarial step is covered elsewhere.
     args = [f"--config={FMNIST}:runlocal", "--config.max_steps=240", "--config.batch_size=32",
             "--config.checkpoint_every_steps=20", "--config.log_every_steps=40",
-            "--config.threat.norm=none", "--config.threat.eps=0", "--config.attack.name=none"]  # fmt: skip
+            "--config.threat.norm=none", "--config.threat.eps=0",
+            "--config.attack.name=none"]  # fmt: skip
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     proc = _cli(*args, f"--workdir={killed}")
     first_checkpoint = killed / "checkpoints" / "20"

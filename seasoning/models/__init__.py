@@ -50,6 +50,7 @@ from seasoning.models.wide_resnet import WideResNet, check_shape
 
 __all__ = [
     "MODEL_NAMES",
+    "check_name",
     "PreActResNet18",
     "ResNet",
     "SmallCNN",
@@ -118,6 +119,11 @@ def _entry(name: str) -> _Entry:
         f"Unknown model name {name!r}.{hint} Valid names: {', '.join(MODEL_NAMES)}, "
         "or any 'wrn-D-W' with D = 6n + 4."
     )
+
+
+def check_name(name: str) -> None:
+    """Raises ValueError, naming the nearest valid names, unless `get_model` knows `name`."""
+    _entry(name)
 
 
 def _floats(key: str, value: Any) -> tuple[float, ...]:

@@ -1,0 +1,116 @@
+"""A markdown table of finished, evaluated runs: `python -m seasoning.report`.
+
+    python -m seasoning.report --workdirs=runs/a,runs/b,runs/c [--markdown=runs/table.md]
+
+One row a run: what it was trained for (and its parent when fine-tuned), clean accuracy and
+robust accuracy per threat model from its `eval.json` (written by `seasoning.evaluate`), the
+union, and the wall-clock time of its training from `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from absl import app, flags
+
+from seasoning import cli
+from seasoning import workdir as workdir_lib
+
+_WORKDIRS = flags.DEFINE_list("workdirs", [], "Evaluated runs, comma-separated.")
+_EVAL_FILE = flags.DEFINE_string("eval_file", "eval.json", "The evaluation file in each run.")
+_MARKDOWN = flags.DEFINE_string("markdown", "", "Also write the table to this file.")
+
+
+def training_seconds(workdir: str) -> float:
+    """Wall-clock seconds of training, from metrics.jsonl; time between a kill and the resume
+    is not counted (each session runs from its start/resumed event to its last record)."""
+    total, session_start, last = 0.0, None, None
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("event") in ("start", "resumed"):
+                if session_start is not None and last is not None:
+                    total += last - session_start
+                session_start = last = record["time"]
+            else:
+                last = record["time"]
+    if session_start is not None and last is not None:
+        total += last - session_start
+    return total
+
+
+def trained_for(config: dict[str, Any]) -> str:
+    """`linf 0.1`, `nominal`, with `<- parent` for a fine-tuned run."""
+    t = config["threat"]
+    what = "nominal" if t["norm"] == "none" else f"{t['norm']} {t['eps']:g}"
+    parent = config.get("init_from")
+    return f"{what} <- {os.path.basename(os.path.normpath(parent))}" if parent else what
+
+
+def table(workdirs: list[str], eval_file: str = "eval.json") -> str:
+    """The markdown table of `workdirs` (see module doc).
+
+    Raises:
+      FileNotFoundError: a run lacks config.json or its evaluation file (the message says
+        which command makes it).
+    """
+    rows, threats = [], []
+    for workdir in workdirs:
+        config = workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+        path = os.path.join(workdir, eval_file)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} not found; evaluate the run first: "
+                f"python -m seasoning.evaluate --workdir={workdir}"
+            )
+        result = workdir_lib.read_json(path)
+        order = result.get("settings", {}).get("threats") or sorted(result["threat_models"])
+        threats += [t for t in order if t not in threats]
+        rows.append((workdir, config, result))
+    header = ["run", "trained for", "clean", *threats, "union", "train time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 2 + "---:|" * (len(header) - 2)]
+    for workdir, config, result in rows:
+        per = result["threat_models"]
+        cells = [
+            os.path.basename(os.path.normpath(workdir)),
+            trained_for(config),
+            _pct(result["clean_accuracy"]),
+            *(_pct(per[t]["robust_accuracy"]) if t in per else "" for t in threats),
+            _pct(result["union"]["robust_accuracy"]),
+            f"{training_seconds(workdir) / 60:.1f} min",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = rows[0][2] if rows else {}
+    settings = first.get("settings", {})
+    note = (
+        f"\nAccuracy in % on the first {first.get('n_examples')} images of "
+        f"{first.get('dataset')}/{settings.get('split')}, AutoAttack {settings.get('version')}."
+        if rows
+        else ""
+    )
+    return "\n".join(lines) + note
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not _WORKDIRS.value:
+        raise app.UsageError("--workdirs is required.")
+
+    def run():
+        text = table(_WORKDIRS.value, _EVAL_FILE.value)
+        print(text)
+        if _MARKDOWN.value:
+            workdir_lib.write_atomic(_MARKDOWN.value, text + "\n")
+
+    cli.exit_on_user_error(run)
+
+
+if __name__ == "__main__":
+    app.run(main)

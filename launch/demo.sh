@@ -4,8 +4,9 @@
 #      eps 0.1), EPOCHS epochs;
 #   2. its children, fine-tuned for 1 epoch each to L2 (0.8), L1 (10) and nominal training;
 #   3. AutoAttack (fast) of all four under Linf, L2 and L1 on N_EXAMPLES test images;
-#   4. the table of the four ingredients ($RUNS/ingredients.md).
-# About 20 minutes on 2 CPU cores. Interrupted? Run it again: finished runs and evaluations
+#   4. the table of the four ingredients ($RUNS/ingredients.md);
+#   5. the soups of the Linf model and its L2 child: grid.csv, grid.json, plots.
+# About 35 minutes on 2 CPU cores (the soup grid is the slow part: see README). Interrupted? Run it again: finished runs and evaluations
 # are reused, an interrupted run resumes from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +36,8 @@ done
 
 echo "== 4. The four ingredients"
 $PY -m seasoning.report --workdirs="$(IFS=,; echo "${runs[*]}")" --markdown="$RUNS/ingredients.md"
+
+echo "== 5. The soups of Linf and Linf->L2: 11 soups, AutoAttack (fast) on 200 test images"
+$PY -m seasoning.soup --config="configs/soup_fmnist.py:soup=l2,runs=$RUNS" \
+  --workdir="$RUNS/soup_linf_l2" --config.eval.n_examples=200 --resume
+echo "Soup files:"; ls "$RUNS/soup_linf_l2"

@@ -87,18 +87,26 @@ class Checkpointer:
 
 
 def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """Reads a run's checkpoint without a target: (tree of numpy arrays, meta, step).
+    """Reads a run's checkpoint as numpy arrays: (tree, meta, step).
 
-    For inspecting and comparing finished runs; training resumes through `Checkpointer.restore`.
+    Works whatever the device count that saved it (the target is built from the checkpoint's
+    own metadata, as host arrays). For inspecting, evaluating and mixing finished runs;
+    training resumes through `Checkpointer.restore`.
     """
     path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False)) as manager:
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(create=False)
+    with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {path}.")
+        layout = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), layout)
         restored = manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
         )
     tree = jax.tree.map(np.asarray, restored["state"])
     return tree, restored["meta"], step

@@ -345,6 +345,104 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
+BN_POLICIES = ("interpolate", "recalibrate")
+GRID_KINDS = ("simplex", "line")
+
+
+def base_soup_config() -> ml_collections.ConfigDict:
+    """Every key a soup config (`python -m seasoning.soup`) may set, with its default."""
+    c = ml_collections.ConfigDict()
+    c.ingredients = ()  # run dirs of `seasoning.train`, fine-tuned from one parent
+    c.labels = ()  # short names for tables and plots (default: the run dirs' names)
+    # simplex: all weights in steps of `step` summing to 1; line (two ingredients): alpha from
+    # `low` to `high` in steps of `step`, weights (1 - alpha, alpha); outside [0, 1] it
+    # extrapolates.
+    c.grid = dict(kind="simplex", step=0.1, low=0.0, high=1.0)
+    c.bn_policy = "interpolate"  # or "recalibrate" on `calibration_examples` training images
+    c.calibration_examples = 512
+    c.eval = dict(
+        split="",  # default: the ingredients' eval split
+        n_examples=500,
+        batch_size=250,
+        version="fast",
+        n_iter=0,  # 0: the version's
+        n_target_classes=0,  # 0: the version's
+        threats=(),  # "norm:eps" strings; default: the dataset's usual radii
+    )
+    c.chunk = 4  # soups per compiled call (and per save of grid.json)
+    c.vectorize = 1  # soups vmapped side by side in the program (>1 pays off on accelerators)
+    c.seed = 0
+    c.front = ()  # two metrics for the trade-off plot, e.g. ("linf:0.1", "l2:0.8")
+    return c
+
+
+# The paper's soups of a Linf parent and its children: config arg `soup` -> child suffixes.
+PAPER_SOUPS = {
+    "l2": ("", "_to_l2"),  # Linf + Linf->L2
+    "nominal": ("", "_to_nominal"),  # Linf + Linf->nominal
+    "l2_l1": ("", "_to_l2", "_to_l1"),  # Linf + Linf->L2 + Linf->L1
+}
+
+
+def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
+                      runs: str = "runs") -> ml_collections.ConfigDict:  # fmt: skip
+    """The `get_config` of a soup config file (`configs/soup_*.py`).
+
+    Args:
+      arg: `soup=l2|nominal|l2_l1` (which ingredients), `runs=DIR` (where the runs of
+        `parent` and its children are), `step` (grid step), `bn=interpolate|recalibrate`,
+        `runlocal` (a coarse grid and a short attack on a few points).
+      parent: the parent run's (and config's) name, e.g. "fmnist_cnn_linf".
+      threats: the threat models to evaluate, "norm:eps".
+      runs: the default of `runs`.
+    """
+    arg = parse_arg(arg, runlocal=False, soup="l2", runs=runs, step=0.1, bn="interpolate")
+    _check_choice("soup", arg.soup, tuple(PAPER_SOUPS))
+    suffixes = PAPER_SOUPS[arg.soup]
+    c = base_soup_config()
+    c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
+    c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
+    c.grid.update(kind="simplex", step=arg.step)
+    c.bn_policy = arg.bn
+    c.eval.threats = threats
+    c.front = ("clean", threats[0]) if arg.soup == "nominal" else (threats[0], threats[1])
+    if arg.runlocal:
+        c.grid.step = 0.5
+        c.eval.update(n_examples=64, batch_size=64, n_iter=5, n_target_classes=1)
+        c.calibration_examples = 128
+    return c
+
+
+def validate_soup_config(config: ml_collections.ConfigDict) -> None:
+    """Checks a soup config against `base_soup_config()`.
+
+    Raises:
+      ValueError: naming the first unknown key, wrongly typed value or bad setting.
+    """
+    from seasoning import threat  # late: keeps config loading light
+
+    _check_against_schema(config, base_soup_config(), prefix="")
+    k = len(config.ingredients)
+    if k < 2 or not all(isinstance(d, str) and d for d in config.ingredients):
+        raise ValueError(f"Config ingredients={config.ingredients!r}: give two or more run dirs.")
+    if config.labels and len(config.labels) != k:
+        raise ValueError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
+    _check_choice("grid.kind", config.grid.kind, GRID_KINDS)
+    if config.grid.kind == "line" and k != 2:
+        raise ValueError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
+    if not 0 < config.grid.step <= 1:
+        raise ValueError(f"Config grid.step={config.grid.step} must be in (0, 1].")
+    _check_choice("bn_policy", config.bn_policy, BN_POLICIES)
+    _check_choice("eval.version", config.eval.version, ("standard", "fast"))
+    for spec in config.eval.threats:
+        threat.parse(spec)
+    for key in ("chunk", "vectorize", "calibration_examples"):
+        if config[key] <= 0:
+            raise ValueError(f"Config {key}={config[key]} must be positive.")
+    if config.front and len(config.front) != 2:
+        raise ValueError(f"Config front={config.front!r} must name two metrics.")
+
+
 def _check_against_schema(config: Any, schema: Any, prefix: str) -> None:
     for key, value in config.items():
         path = f"{prefix}{key}"

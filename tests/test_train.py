@@ -132,3 +132,20 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_reads_on_another_device_count(tmp_path):
+    """Saved by 8 devices, read by a process with 2: evaluation and soups run on other
+    machines (and CPU splits) than training."""
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"]), workdir)
+    code = (
+        "import sys; from seasoning import checkpoints; "
+        "tree, meta, step = checkpoints.read_numpy(sys.argv[1]); "
+        "print(step, meta['num_classes'], tree['params']['Dense_0']['kernel'].shape)"
+    )
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", code, workdir], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[:2] == ["2", "10"]

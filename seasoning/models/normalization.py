@@ -69,6 +69,10 @@ def normalize(
     return x.astype(dtype)
 
 
+# Flax's convention: running = BN_MOMENTUM * running + (1 - BN_MOMENTUM) * batch statistic.
+BN_MOMENTUM = 0.9
+
+
 def batch_norm(
     train: bool, dtype: DTypeLike, name: str | None = None, scale_init=nn.initializers.ones
 ) -> nn.BatchNorm:
@@ -86,7 +90,7 @@ def batch_norm(
     """
     return nn.BatchNorm(
         use_running_average=not train,
-        momentum=0.9,
+        momentum=BN_MOMENTUM,
         epsilon=1e-5,
         dtype=dtype,
         param_dtype=jnp.float32,

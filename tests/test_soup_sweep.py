@@ -35,9 +35,9 @@ def runs(tmp_path_factory):
 def _config(runs, *overrides):
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},step=0.5")
     fixed = [
-        "eval.n_examples=200",
-        "eval.batch_size=200",
-        "eval.n_iter=10",
+        "eval.n_examples=120",
+        "eval.batch_size=120",
+        "eval.n_iter=8",
         "eval.n_target_classes=2",
         "chunk=2",
     ]

@@ -21,11 +21,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from seasoning import models
+
+if TYPE_CHECKING:
+    import torch
 
 SUPPORTED = ("cnn-small", "wrn-D-W", "preact-resnet-18")
 
@@ -33,7 +36,9 @@ SUPPORTED = ("cnn-small", "wrn-D-W", "preact-resnet-18")
 Padding = int | str | Sequence[tuple[int, int]]
 
 
-def conv_pads(padding: Padding, in_size: Sequence[int], kernel: int, stride: int):
+def conv_pads(
+    padding: Padding, in_size: Sequence[int], kernel: int, stride: int
+) -> tuple[tuple[int, int], ...]:
     """The (low, high) zero padding per spatial dim that a Flax `nn.Conv` applies.
 
     Args:
@@ -70,7 +75,7 @@ def conv_pads(padding: Padding, in_size: Sequence[int], kernel: int, stride: int
     )
 
 
-def to_torch(images: Any):
+def to_torch(images: Any) -> torch.Tensor:
     """NHWC images (NumPy or JAX, [B, H, W, C]) as a contiguous float32 NCHW torch tensor.
 
     Raises:
@@ -241,7 +246,9 @@ def _preact18_blocks() -> list[tuple[str, int]]:
     ]
 
 
-def torch_model(name: str, variables: Mapping[str, Any], num_classes: int, **model_kwargs: Any):
+def torch_model(
+    name: str, variables: Mapping[str, Any], num_classes: int, **model_kwargs: Any
+) -> torch.nn.Module:
     """The PyTorch twin of `models.get_model(name, num_classes, **model_kwargs)`.
 
     Args:
@@ -254,7 +261,9 @@ def torch_model(name: str, variables: Mapping[str, Any], num_classes: int, **mod
 
     Returns:
       A `torch.nn.Module` in eval mode mapping NCHW float32 pixels in [0, 1] to float32
-      logits [B, num_classes] (use `to_torch` to convert NHWC images).
+      logits [B, num_classes] (use `to_torch` to convert NHWC images). It mirrors the Flax
+      model's `train=False` only: BatchNorm uses the copied running statistics, and nothing
+      here is meant for training the twin.
 
     Raises:
       ValueError: for a model with no twin, a bfloat16 compute dtype, or variables that do not

@@ -16,6 +16,7 @@ without `--overwrite`.
 from __future__ import annotations
 
 import datetime
+import os
 import time
 from typing import Any
 
@@ -35,7 +36,9 @@ _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the sp
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Points per compiled attack call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
 _SPLIT = flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval_split).")
-_OUTPUT = flags.DEFINE_string("output", "eval.json", "Result file, inside the workdir.")
+_OUTPUT = flags.DEFINE_string(
+    "output", "eval.json", "Result file: a name inside the workdir, or a path."
+)
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an output file that holds an evaluation with other settings."
 )
@@ -87,7 +90,7 @@ def evaluate_run(
       batch_size: points per compiled attack call.
       seed: the attacks' seed.
       split: the split (default: the run's `dataset.eval_split`).
-      output: the result file's name inside the workdir.
+      output: the result file's name inside the workdir, or an absolute path.
       overwrite: replace an output file that holds an evaluation with other settings.
       **attack_overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes,
         n_queries) replacing the version's, recorded in the result.
@@ -115,7 +118,7 @@ def evaluate_run(
         "threats": [str(tm) for tm in threats],
         "overrides": {k: v for k, v in attack_overrides.items() if v is not None},
     }
-    out_path = f"{workdir}/{output}"
+    out_path = os.path.join(workdir, output)  # an absolute output stays as given
     existing = _check_output(out_path, settings, overwrite)
     if existing is not None:
         logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
@@ -237,7 +240,7 @@ def main(argv) -> None:
             output=_OUTPUT.value, overwrite=_OVERWRITE.value,
         )  # fmt: skip
         print(format_table(result))
-        print(f"Wrote {cli.WORKDIR.value}/{_OUTPUT.value}")
+        print(f"Wrote {os.path.join(cli.WORKDIR.value, _OUTPUT.value)}")
 
     cli.exit_on_user_error(run)
 

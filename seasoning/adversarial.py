@@ -3,7 +3,9 @@
 `make_training_attack` returns `attack(logits_fn, x, y, key) -> x_adv` with the threat model
 and the settings bound, ready for `training.train_step(..., attack=...)`, or None for nominal
 (clean) training. A config that names a threat model but no usable attack, or an attack but no
-threat model, is an error: never a silent fall-back to clean training.
+threat model, is an error: never a silent fall-back to clean training. `threat.norm='multi'`
+is E-AT (Croce & Hein 2022): each batch is attacked under one of `threat.multi`, drawn
+uniformly from the step's key.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def make_training_attack(
     """The training attack that `threat_cfg` (norm, eps) and `attack_cfg` describe.
 
     Args:
-      threat_cfg: `norm` in linf, l2, l1, none and `eps`.
+      threat_cfg: `norm` in linf, l2, l1, none and `eps`; or `norm` multi (E-AT) and `multi`,
+        the "norm:eps" threat models one of which, drawn uniformly, attacks each batch.
       attack_cfg: `name` (none, pgd, apgd), `loss` (ce, dlr), `steps`, `step_size` (PGD; 0 means
         2.5 eps / steps), `random_start`.
 
@@ -39,6 +42,8 @@ def make_training_attack(
       ValueError: an attack without a threat model, a threat model without an attack, or
         settings the attack cannot use.
     """
+    if threat_cfg.norm == "multi":
+        return _multi_norm_attack(threat_cfg, attack_cfg)
     tm = threat.ThreatModel(threat_cfg.norm, threat_cfg.eps)
     name = attack_cfg.name
     if tm.norm == "none":
@@ -88,12 +93,41 @@ def make_training_attack(
     return attack
 
 
+def _multi_norm_attack(
+    threat_cfg: ml_collections.ConfigDict, attack_cfg: ml_collections.ConfigDict
+) -> Attack:
+    """E-AT (Croce & Hein 2022): per batch, the attack of one threat model drawn uniformly."""
+    runs = []
+    for spec in threat_cfg.multi:
+        tm = threat.parse(spec)
+        single = ml_collections.ConfigDict({"norm": tm.norm, "eps": tm.eps, "multi": ()})
+        runs.append(make_training_attack(single, attack_cfg))
+    if len(runs) < 2 or any(run is None for run in runs):
+        raise ValueError(
+            f"threat.norm='multi' needs two or more adversarial threat models in threat.multi, "
+            f"got {tuple(threat_cfg.multi)!r}."
+        )
+
+    def attack(logits_fn: Any, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
+        draw_key, attack_key = jax.random.split(key)
+        index = jax.random.randint(draw_key, (), 0, len(runs))
+        branches = [functools.partial(run, logits_fn) for run in runs]
+        return jax.lax.switch(index, branches, x, y, attack_key)
+
+    return attack
+
+
 def describe(threat_cfg: ml_collections.ConfigDict, attack_cfg: ml_collections.ConfigDict) -> str:
     """One line for logs: 'nominal' or e.g. 'linf eps=0.1, apgd-ce 10 steps'."""
     if threat_cfg.norm == "none":
         return "nominal (clean) training"
     start = ", random start" if attack_cfg.random_start else ""
+    if threat_cfg.norm == "multi":
+        threats = " / ".join(threat_cfg.multi)
+        what = f"E-AT, one of {threats} per batch"
+    else:
+        what = f"{threat_cfg.norm} eps={threat_cfg.eps:g}"
     return (
-        f"adversarial training: {threat_cfg.norm} eps={threat_cfg.eps:g}, "
+        f"adversarial training: {what}, "
         f"{attack_cfg.name}-{attack_cfg.loss} {attack_cfg.steps} steps{start}"
     )

@@ -206,7 +206,9 @@ def base_train_config() -> ml_collections.ConfigDict:
         num_train_examples=2048,  # for "synthetic" only
     )
     c.model = dict(name="cnn-small")  # + keyword arguments of models.get_model
-    c.threat = dict(norm="none", eps=0.0)
+    # norm linf/l2/l1 with eps: adversarial training; none: nominal; multi: E-AT (Croce & Hein
+    # 2022), each batch attacked under one of `multi` ("norm:eps" strings), drawn uniformly.
+    c.threat = dict(norm="none", eps=0.0, multi=())
     c.attack = dict(name="none", loss="ce", steps=10, step_size=0.0, random_start=False)
     c.optimizer = dict(
         name="sgd",
@@ -247,6 +249,7 @@ def finetune_config(
     init_from: str,
     num_epochs: int,
     attack_steps: int = 10,
+    multi: tuple[str, ...] = (),
 ) -> ml_collections.ConfigDict:
     """A child of `parent`'s run: the same model and data, fine-tuned to another threat model.
 
@@ -262,9 +265,10 @@ def finetune_config(
       init_from: the parent's workdir, whose last checkpoint gives the starting weights.
       num_epochs: epochs of fine-tuning (the reference: 3 on CIFAR-10, 1 on ImageNet).
       attack_steps: iterations of the training attack.
+      multi: for norm "multi" (E-AT): the "norm:eps" threat models drawn from per batch.
     """
     c = ml_collections.ConfigDict(parent.to_dict())
-    c.threat.update(norm=norm, eps=float(eps))
+    c.threat.update(norm=norm, eps=float(eps), multi=tuple(multi))
     if norm == "none":
         c.attack.update(name="none", steps=attack_steps, step_size=0.0, random_start=False)
     else:
@@ -283,7 +287,14 @@ def finetune_config(
 
 
 def child_config(
-    child_file: str, parent_file: str, arg: str | None, *, norm: str, eps: float, num_epochs: int
+    child_file: str,
+    parent_file: str,
+    arg: str | None,
+    *,
+    norm: str,
+    eps: float,
+    num_epochs: int,
+    multi: tuple[str, ...] = (),
 ) -> ml_collections.ConfigDict:
     """The `get_config` of a fine-tuning config file (`configs/*_to_*.py`).
 
@@ -293,6 +304,7 @@ def child_config(
       arg: the child's `arg`: `parent=RUN_DIR` (default `runs/<parent name>`), `eps`,
         `epochs`, `runlocal` (the parent's runlocal sizes, a few steps).
       norm, eps, num_epochs: the child's threat model and length (defaults of `arg`).
+      multi: the threat models of norm "multi" (E-AT).
 
     Returns:
       `finetune_config` of the parent config.
@@ -302,8 +314,8 @@ def child_config(
                     epochs=num_epochs)  # fmt: skip
     parent_path = os.path.join(os.path.dirname(os.path.abspath(child_file)), parent_file)
     parent = load_config(f"{parent_path}:runlocal" if arg.runlocal else parent_path)
-    c = finetune_config(parent, norm=norm, eps=arg.eps if norm != "none" else 0.0,
-                        init_from=arg.parent, num_epochs=arg.epochs)  # fmt: skip
+    c = finetune_config(parent, norm=norm, eps=arg.eps if norm not in ("none", "multi") else 0.0,
+                        init_from=arg.parent, num_epochs=arg.epochs, multi=multi)  # fmt: skip
     if arg.runlocal:
         c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
     return c
@@ -327,7 +339,23 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     _check_choice("schedule.name", config.schedule.name, SCHEDULE_NAMES)
     _check_choice("attack.name", config.attack.name, ATTACK_NAMES)
     _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
-    threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
+    if config.threat.norm == "multi":
+        if len(config.threat.multi) < 2 or config.threat.eps:
+            raise ValueError(
+                f"Config threat.norm='multi' (E-AT) needs threat.multi with two or more "
+                f"'norm:eps' threat models and threat.eps=0, got multi={config.threat.multi!r}, "
+                f"eps={config.threat.eps}."
+            )
+        for spec in config.threat.multi:
+            if threat.parse(spec).trivial:  # raises on bad text, norm or eps
+                raise ValueError(f"Config threat.multi: {spec!r} is not an adversarial threat.")
+    else:
+        threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
+        if config.threat.multi:
+            raise ValueError(
+                f"Config threat.multi={config.threat.multi!r} is used only with "
+                f"threat.norm='multi' (E-AT), not with norm={config.threat.norm!r}."
+            )
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         if config[key] <= 0:
             raise ValueError(f"Config {key}={config[key]} must be positive.")
@@ -369,8 +397,13 @@ def base_soup_config() -> ml_collections.ConfigDict:
         n_target_classes=0,  # 0: the version's
         threats=(),  # "norm:eps" strings; default: the dataset's usual radii
     )
-    c.chunk = 4  # soups per compiled call (and per save of grid.json)
-    c.vectorize = 1  # soups vmapped side by side in the program (>1 pays off on accelerators)
+    # How soups are evaluated (soup/grid.py): "grid", many soups per compiled program, every
+    # attack on every point; "per_soup", each soup attacked as seasoning.evaluate attacks a
+    # model (later attacks only on the points still robust); "auto": per_soup on CPU (measured
+    # faster there), grid on accelerators.
+    c.evaluation = "auto"
+    c.chunk = 4  # grid: soups per compiled call (and per save of grid.json)
+    c.vectorize = 1  # grid: soups vmapped side by side (>1 pays off on accelerators)
     c.seed = 0
     c.front = ()  # two metrics for the trade-off plot, e.g. ("linf:0.1", "l2:0.8")
     return c
@@ -420,6 +453,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
       ValueError: naming the first unknown key, wrongly typed value or bad setting.
     """
     from seasoning import threat  # late: keeps config loading light
+    from seasoning.soup import grid as soup_grid
 
     _check_against_schema(config, base_soup_config(), prefix="")
     k = len(config.ingredients)
@@ -434,6 +468,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"Config grid.step={config.grid.step} must be in (0, 1].")
     _check_choice("bn_policy", config.bn_policy, BN_POLICIES)
     _check_choice("eval.version", config.eval.version, ("standard", "fast"))
+    _check_choice("evaluation", config.evaluation, soup_grid.MODES)
     for spec in config.eval.threats:
         threat.parse(spec)
     for key in ("chunk", "vectorize", "calibration_examples"):

@@ -42,9 +42,12 @@ def training_seconds(workdir: str) -> float:
 
 
 def trained_for(config: dict[str, Any]) -> str:
-    """`linf 0.1`, `nominal`, with `<- parent` for a fine-tuned run."""
+    """`linf 0.1`, `nominal`, `E-AT linf:0.1 / l2:0.8`, with `<- parent` for a fine-tuned run."""
     t = config["threat"]
-    what = "nominal" if t["norm"] == "none" else f"{t['norm']} {t['eps']:g}"
+    if t["norm"] == "multi":
+        what = "E-AT " + " / ".join(t["multi"])
+    else:
+        what = "nominal" if t["norm"] == "none" else f"{t['norm']} {t['eps']:g}"
     parent = config.get("init_from")
     return f"{what} <- {os.path.basename(os.path.normpath(parent))}" if parent else what
 

@@ -79,7 +79,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     is_writer = jax.process_index() == 0
     if is_writer:
-        workdir_lib.claim(workdir, config_as_json(config))
+        workdir_lib.claim(
+            workdir, config_as_json(config), config_as_json(config_lib.base_train_config())
+        )
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
     replicated = parallel.replicated(mesh)

@@ -46,8 +46,15 @@ class WorkdirConflictError(ValueError):
     """The workdir already belongs to a run with a different config."""
 
 
-def claim(workdir: str, config: dict[str, Any]) -> bool:
+def claim(workdir: str, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
     """Makes `workdir` this run's: writes config.json, or checks the one there.
+
+    Args:
+      workdir: the run's directory.
+      config: the run's config as JSON-like dicts.
+      defaults: the schema's defaults (same form). A key missing from an existing config.json
+        (written before the key existed) counts as its default, so a run made by an older
+        version resumes as long as the new config keeps that default.
 
     Returns:
       True when the workdir already held this very config (a resumed run).
@@ -57,7 +64,7 @@ def claim(workdir: str, config: dict[str, Any]) -> bool:
     """
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.exists(path):
-        existing = read_json(path)
+        existing = with_defaults(read_json(path), defaults or {})
         if existing == config:
             return True
         diffs = "\n  ".join(diff_dicts(existing, config))
@@ -68,6 +75,17 @@ def claim(workdir: str, config: dict[str, Any]) -> bool:
     os.makedirs(workdir, exist_ok=True)
     write_json(path, config)
     return False
+
+
+def with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`config` with every key of `defaults` that it lacks added, recursively."""
+    out = dict(config)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = with_defaults(out[key], value)
+    return out
 
 
 def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -86,3 +86,59 @@ def test_adversarial_train_step_trains_on_attacked_images():
 def test_describe_names_the_attack():
     text = adversarial.describe(*_sections("l1", 12.0, steps=10))
     assert text == "adversarial training: l1 eps=12, apgd-ce 10 steps"
+
+
+def _multi_sections(multi=("linf:0.1", "l2:0.8", "l1:10"), **attack):
+    threat_cfg, attack_cfg = _sections("linf", 0.0, **attack)
+    threat_cfg.update(norm="multi", multi=multi)
+    return threat_cfg, attack_cfg
+
+
+def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
+    """E-AT: each call attacks the whole batch under one threat model, drawn from the key.
+
+    Which one is told by which balls hold the batch: a Linf attack's dense perturbation lies
+    outside the L2 and L1 balls, the L2 and L1 attacks' outside the Linf ball, and so on.
+    """
+    model, variables, x, y = _model_and_batch(n=8)
+    threat_cfg, attack_cfg = _multi_sections(steps=3)
+    attack = adversarial.make_training_attack(threat_cfg, attack_cfg)
+    balls = [threat.parse(s) for s in threat_cfg.multi]
+
+    def logits_fn(z):
+        return model.apply(variables, z, train=False)
+
+    run = jax.jit(lambda key: attack(logits_fn, x, y, key))
+    signatures = set()
+    for i in range(16):
+        x_adv = run(jax.random.key(i))
+        inside = tuple(bool(tm.contains(x_adv, x).all()) for tm in balls)
+        assert any(inside), f"key {i}: the batch lies in none of {threat_cfg.multi}"
+        assert bool(np.any(np.asarray(x_adv) != x)), f"key {i}: nothing was attacked"
+        signatures.add(inside)
+    assert len(signatures) == 3, signatures  # all three threat models were drawn
+    text = adversarial.describe(threat_cfg, attack_cfg)
+    assert (
+        text
+        == "adversarial training: E-AT, one of linf:0.1 / l2:0.8 / l1:10 per batch, apgd-ce 3 steps"
+    )
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.update(multi=("linf:0.1",)), "two or more"),
+        (lambda t: t.update(eps=0.1), "threat.eps=0"),
+        (lambda t: t.update(multi=("linf:0.1", "l5:2")), "unknown threat norm 'l5'"),
+        (lambda t: t.update(multi=("linf:0.1", "none:0")), "'none:0' is not an adversarial"),
+        (lambda t: t.update(norm="linf", eps=0.1), "used only with threat.norm='multi'"),
+    ],
+)
+def test_multi_norm_config_errors(mutate, message):
+    config = config_lib.base_train_config()
+    config.attack.update(name="apgd")
+    config.threat.update(norm="multi", multi=("linf:0.1", "l2:0.8"))
+    config_lib.validate_train_config(config)  # the valid starting point
+    mutate(config.threat)
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate_train_config(config)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, parallel, soup, threat, train
+from seasoning import config_lib, data, evaluate, parallel, soup, threat, train
 from seasoning.soup import __main__ as sweep
 from seasoning.soup import grid as grid_lib
 
@@ -76,29 +76,61 @@ def test_sweep_trades_linf_for_l2_and_writes_its_files(runs, swept):
         sweep.run_sweep(_config(runs, "seed=1"), workdir)
 
 
+def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs, swept, tmp_path):
+    """per_soup mode (the default on CPU) attacks a soup as `seasoning.evaluate` attacks a model,
+    with the same keys: the w = 0 soup is the parent, point for point."""
+    _, result = swept
+    assert result["settings"]["evaluation"] == "per_soup"
+    parent = os.path.join(runs, "fmnist_cnn_linf")
+    threats = [threat.parse(s) for s in THREATS]
+    evaluated = evaluate.evaluate_run(
+        parent, threats, version="fast", n_examples=120, batch_size=120, seed=0,
+        output=str(tmp_path / "eval.json"), n_iter=8, n_target_classes=2,
+    )  # fmt: skip
+    row = result["rows"][0]
+    assert row["clean"] == evaluated["clean_accuracy"]
+    for name in THREATS:
+        assert row[name] == evaluated["threat_models"][name]["robust_accuracy"], name
+    assert row["union"] == evaluated["union"]["robust_accuracy"]
+
+
 def test_an_interrupted_sweep_resumes_to_the_same_rows(runs, swept, tmp_path, monkeypatch):
-    """Killed after its first chunk of soups (of 2), then resumed: the uninterrupted rows."""
+    """Killed after its first soup (of 3), then resumed: the uninterrupted rows."""
     config = _config(runs)
     workdir = str(tmp_path / "killed")
-    real = grid_lib.evaluate_grid
+    real = grid_lib.evaluate_per_soup
 
-    def dies_after_one_chunk(*args, on_chunk, **kwargs):
+    def dies_after_one_soup(*args, on_chunk, **kwargs):
         def save_then_die(first, acc):
             on_chunk(first, acc)
             raise KeyboardInterrupt
 
         return real(*args, on_chunk=save_then_die, **kwargs)
 
-    monkeypatch.setattr(grid_lib, "evaluate_grid", dies_after_one_chunk)
+    monkeypatch.setattr(grid_lib, "evaluate_per_soup", dies_after_one_soup)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(config, workdir)
-    monkeypatch.setattr(grid_lib, "evaluate_grid", real)
+    monkeypatch.setattr(grid_lib, "evaluate_per_soup", real)
     with open(os.path.join(workdir, "grid.json")) as f:
-        assert len(json.load(f)["rows"]) == 2  # the first chunk was saved
+        assert len(json.load(f)["rows"]) == 1  # the first soup was saved
     with pytest.raises(ValueError, match="pass --resume"):
         sweep.run_sweep(config, workdir)
     resumed = sweep.run_sweep(config, workdir, resume=True)
     assert resumed["rows"] == swept[1]["rows"]
+
+
+def test_grid_mode_sweep_agrees_with_per_soup_mode(runs, swept, tmp_path):
+    """The same sweep in grid mode (every attack on every point, soups in one program): clean
+    accuracy identical, robust accuracy within a few points (other keys, same attacks)."""
+    config = _config(runs, "evaluation=grid", "grid.step=1.0")  # the two ingredients
+    result = sweep.run_sweep(config, str(tmp_path / "grid"))
+    assert result["settings"]["evaluation"] == "grid"
+    per_soup = swept[1]["rows"]
+    for grid_row, row in zip(result["rows"], [per_soup[0], per_soup[-1]], strict=True):
+        assert grid_row["weights"] == row["weights"]
+        assert grid_row["clean"] == row["clean"]
+        for name in (*THREATS, "union"):
+            assert abs(grid_row[name] - row[name]) <= 0.05, (name, grid_row, row)
 
 
 def test_compiled_grid_equals_one_soup_at_a_time(runs):

@@ -15,7 +15,7 @@ from seasoning.attacks.autoattack import (
     union_robust,
 )
 from seasoning.attacks.pgd import pgd
-from seasoning.attacks.runner import AttackReport, run_auto_attack
+from seasoning.attacks.runner import AttackReport, run_auto_attack, run_threat_models
 from seasoning.attacks.square import square
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "pgd",
     "robust_accuracy",
     "run_auto_attack",
+    "run_threat_models",
     "square",
     "union_robust",
 ]

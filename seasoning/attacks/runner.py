@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -42,6 +42,8 @@ class AttackReport:
       after: attack name -> robust accuracy after it and every attack before it.
       seconds: attack name -> wall-clock seconds (compilation included).
       settings: the version's settings (attacks, iterations, restarts, targets, queries).
+      threat: the threat model attacked.
+      wall_seconds: the whole call's seconds (clean predictions and checks included).
     """
 
     robust: np.ndarray
@@ -49,6 +51,8 @@ class AttackReport:
     after: dict[str, float]
     seconds: dict[str, float]
     settings: dict[str, Any]
+    threat: threat.ThreatModel
+    wall_seconds: float
 
     @property
     def robust_accuracy(self) -> float:
@@ -63,11 +67,40 @@ def predict(
     apply_fn: ApplyFn, variables: Any, x: np.ndarray, *, batch_size: int, mesh: Mesh
 ) -> np.ndarray:
     """Predicted classes (int [N]) of `apply_fn(variables, .)` on `x`, in sharded batches."""
-    fn = _jit_sharded(lambda v, xb: jnp.argmax(apply_fn(v, xb), axis=-1), mesh, n_batched=1)
+    fn = _compiled_predict(apply_fn, mesh)
     out = []
     for idx, n in _chunks(np.arange(len(x)), batch_size):
         out.append(np.asarray(fn(variables, x[idx]))[:n])
     return np.concatenate(out) if out else np.zeros((0,), np.int64)
+
+
+def run_threat_models(
+    apply_fn: ApplyFn,
+    variables: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    threats: Sequence[threat.ThreatModel],
+    *,
+    key: jax.Array,
+    **kwargs: Any,
+) -> dict[str, AttackReport]:
+    """`run_auto_attack` under each threat model; str(threat model) -> its report.
+
+    Threat model i uses the key fold_in(key, i): `seasoning.evaluate` and the soups' per-soup
+    evaluation measure a model alike, so a one-hot soup scores exactly as its ingredient.
+
+    Args:
+      apply_fn, variables, x, y: as `run_auto_attack`.
+      threats: the threat models, in order.
+      key: `jax.random` key.
+      **kwargs: `run_auto_attack`'s version, batch_size, mesh and attack overrides.
+    """
+    reports = {}
+    for i, tm in enumerate(threats):
+        _, reports[str(tm)] = run_auto_attack(
+            apply_fn, variables, x, y, tm, key=jax.random.fold_in(key, i), **kwargs
+        )
+    return reports
 
 
 def run_auto_attack(
@@ -103,6 +136,7 @@ def run_auto_attack(
     Raises:
       RuntimeError: if a returned point lies outside the threat model (a bug, never expected).
     """
+    call_start = time.monotonic()
     mesh = parallel.make_mesh() if mesh is None else mesh
     batch_size = parallel.round_up_to_devices(min(batch_size, max(len(x), 1)), mesh)
     x = np.asarray(x, np.float32)
@@ -116,12 +150,8 @@ def run_auto_attack(
     if not tm.trivial:
         for i, name in enumerate(settings["attacks"]):
             start = time.monotonic()
-            attack = _jit_sharded(
-                functools.partial(
-                    _one_attack, apply_fn, tm=tm, version=version, name=name, overrides=overrides
-                ),
-                mesh,
-                n_batched=2,
+            attack = _compiled_attack(
+                apply_fn, mesh, tm, version, name, tuple(sorted(overrides.items()))
             )
             todo = np.flatnonzero(robust)
             for j, (idx, n) in enumerate(_chunks(todo, batch_size)):
@@ -148,8 +178,9 @@ def run_auto_attack(
             "%d point(s) flipped back to correct on re-evaluation", (final & ~robust).sum()
         )
     report = AttackReport(
-        robust=final, clean=clean, after=after, seconds=seconds, settings=settings
-    )
+        robust=final, clean=clean, after=after, seconds=seconds, settings=settings, threat=tm,
+        wall_seconds=time.monotonic() - call_start,
+    )  # fmt: skip
     return x_adv, report
 
 
@@ -157,9 +188,24 @@ def _one_attack(apply_fn, variables, x, y, key, *, tm, version, name, overrides)
     logits_fn = functools.partial(apply_fn, variables)
     x_adv, info = auto_attack(
         logits_fn, x, y, tm, key=key, version=version, attacks=(name,), check=False,
-        return_info=True, **{k: v for k, v in overrides.items() if v is not None},
+        return_info=True, **{k: v for k, v in overrides if v is not None},
     )  # fmt: skip
     return x_adv, info.robust
+
+
+# The compiled functions are kept per (apply_fn, mesh, settings): a caller that evaluates many
+# models with one apply_fn (a sweep of soups) traces and compiles each attack once.
+@functools.lru_cache(maxsize=64)
+def _compiled_attack(apply_fn, mesh, tm, version, name, overrides):
+    fn = functools.partial(
+        _one_attack, apply_fn, tm=tm, version=version, name=name, overrides=overrides
+    )
+    return _jit_sharded(fn, mesh, n_batched=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_predict(apply_fn, mesh):
+    return _jit_sharded(lambda v, xb: jnp.argmax(apply_fn(v, xb), axis=-1), mesh, n_batched=1)
 
 
 def _check_inside(tm: threat.ThreatModel, x_adv: np.ndarray, x: np.ndarray, batch: int) -> None:

@@ -1,14 +1,16 @@
 """Sweep soups of fine-tuned ingredients: `python -m seasoning.soup --config=... --workdir=...`.
 
-    python -m seasoning.soup --config=configs/soup_fmnist.py:pair=l2 --workdir=runs/soup_l2
+    python -m seasoning.soup --config=configs/soup_fmnist.py:soup=l2 --workdir=runs/soup_l2
 
 Loads the ingredients (run dirs of `seasoning.train`, checked to share one model), builds the
-grid of soup weights, evaluates every soup's clean and robust accuracy in one compiled,
-vmapped program (`soup.grid`), and writes into the workdir:
+grid of soup weights, evaluates every soup's clean and robust accuracy (`soup.grid`: many soups
+per compiled program, or soup by soup as `seasoning.evaluate` attacks a model; config
+`evaluation`), and writes into the workdir:
 
 - `grid.json`: settings (ingredients and their checkpoint steps, weights, threat models,
-  attack settings, seed) and one row per soup with every metric; written after every chunk
-  of soups, so `--resume` continues an interrupted sweep where it stopped;
+  attack settings, seed, evaluation mode) and one row per soup with every metric; written
+  after every chunk of soups (every soup in per_soup mode), so `--resume` continues an
+  interrupted sweep where it stopped;
 - `grid.csv`: the same rows as a table;
 - plots: each metric against w (two ingredients), a simplex heat map per metric (three), and
   the trade-off front between two metrics (`config.front`) with the ingredients marked.
@@ -111,7 +113,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
         if v
     }
     split = config.eval.split or train_config.dataset.eval_split
+    mode = grid_lib.resolve_mode(config.evaluation)
     settings = {
+        "evaluation": mode,
         "ingredients": run_dirs,
         "labels": labels,
         "checkpoint_steps": steps,
@@ -144,15 +148,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
     def apply_fn(variables, x):
         return model.apply(variables, x, train=False)
 
-    program = grid_lib.make_chunk_program(
-        apply_fn,
-        mesh,
-        threats=threats,
-        version=config.eval.version,
-        prepare=prepare,
-        vectorize=config.vectorize,
-        **overrides,
-    )
     os.makedirs(workdir, exist_ok=True)
     start = time.monotonic()
 
@@ -177,17 +172,39 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
             config.eval.n_examples,
             ", ".join(names),
         )
-        grid_lib.evaluate_grid(
-            program,
-            jax.device_put(stacked, parallel.replicated(mesh)),
-            weights,
-            batches,
-            key=jax.random.key(config.seed),
-            chunk=config.chunk,
-            mesh=mesh,
-            on_chunk=save,
-            start_row=len(rows),
-        )
+        key = jax.random.key(config.seed)
+        common = dict(threats=threats, version=config.eval.version, prepare=prepare, **overrides)
+        if mode == "grid":
+            program = grid_lib.make_chunk_program(
+                apply_fn, mesh, vectorize=config.vectorize, **common
+            )
+            grid_lib.evaluate_grid(
+                program,
+                jax.device_put(stacked, parallel.replicated(mesh)),
+                weights,
+                batches,
+                key=key,
+                chunk=config.chunk,
+                mesh=mesh,
+                on_chunk=save,
+                start_row=len(rows),
+            )
+        else:
+            count = min(config.eval.n_examples or len(source), len(source))
+            eval_images, eval_labels = source.get(np.arange(count))
+            grid_lib.evaluate_per_soup(
+                apply_fn,
+                jax.device_put(stacked, parallel.replicated(mesh)),
+                weights,
+                data.to_float(eval_images),
+                np.asarray(eval_labels, np.int32),
+                key=key,
+                mesh=mesh,
+                batch_size=batch_size,
+                on_chunk=save,
+                start_row=len(rows),
+                **common,
+            )
     result = {
         "settings": settings,
         "rows": rows,

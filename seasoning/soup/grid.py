@@ -1,16 +1,23 @@
-"""Many soups in one compiled program: clean and robust accuracy over a grid of soup weights.
+"""Clean and robust accuracy over a grid of soup weights, in one of two evaluation modes.
 
-The ingredients are stacked ([K, ...] leaves) and a chunk of weight rows [C, K] is evaluated by
-`jax.lax.map` (`vectorize` soups at a time under `jax.vmap`): each soup's variables are mixed
-inside the program (`soup.combine_stacked`), its
-BatchNorm statistics optionally re-estimated, and its clean and AutoAttack robust accuracy
-computed on a data batch sharded over the device mesh. The grid [G, K] runs chunk by chunk
-through the same compiled program (the last chunk padded), so memory stays bounded by C soups
-and a long grid can be saved, and resumed, after every chunk.
+`grid` (one compiled program per chunk of soups): the ingredients are stacked ([K, ...]
+leaves) and a chunk of weight rows [C, K] is evaluated by `jax.lax.map` (`vectorize` soups at
+a time under `jax.vmap`): each soup's variables are mixed inside the program
+(`soup.combine_stacked`), its BatchNorm statistics optionally re-estimated, and its clean and
+AutoAttack robust accuracy computed on a data batch sharded over the device mesh. The grid
+[G, K] runs chunk by chunk through the same compiled program (the last chunk padded), so memory
+stays bounded by C soups and a long grid can be saved, and resumed, after every chunk. Shapes
+are fixed, so every attack runs on every point (`attacks.auto_attack`'s one-program form).
 
-Per soup and threat model a point counts as robust when `attacks.auto_attack` (in its
-fixed-shape, one-program form) does not break it; the union counts points robust under
-every threat model.
+`per_soup`: each soup is mixed by one compiled program, then attacked as `seasoning.evaluate`
+attacks a model (`attacks.run_threat_models`): each attack only on the points still robust,
+with the same keys, so a one-hot soup scores exactly as its ingredient's eval.json. It does
+less work (APGD-T only where APGD-CE failed) and wins where there is no idle hardware for
+side-by-side soups to fill: a CPU (measured in README). `auto` picks it on CPU, `grid`
+elsewhere.
+
+Per soup and threat model a point counts as robust when AutoAttack does not break it; the
+union counts points robust under every threat model.
 """
 
 from __future__ import annotations
@@ -30,6 +37,22 @@ from seasoning import attacks, parallel, soup, threat
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x) -> logits (eval mode)
 Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluate (BN policy)
+
+
+MODES = ("auto", "grid", "per_soup")
+
+
+def resolve_mode(mode: str) -> str:
+    """'grid' or 'per_soup' for a config's `evaluation` (auto: per_soup on CPU, else grid).
+
+    Raises:
+      ValueError: an unknown mode.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown soup evaluation mode {mode!r}; expected one of {MODES}.")
+    if mode == "auto":
+        return "per_soup" if jax.default_backend() == "cpu" else "grid"
+    return mode
 
 
 def metric_names(threats: list[threat.ThreatModel]) -> list[str]:
@@ -160,21 +183,14 @@ def evaluate_grid(
                     padded,
                     parallel.host_to_global(batch, mesh),
                     jax.random.fold_in(key, j),
-                )
+                ),
+                np.float64,  # exact fractions, as the per-soup path reports them
             )
         acc = (counts / max(seen, 1))[: len(rows)]
         out.append(acc)
         if on_chunk is not None:
             on_chunk(first, acc)
-        done = first + len(rows) - start_row
-        rate = done / (time.monotonic() - t0)
-        logging.info(
-            "soups %d/%d | %.2f soups/s | ETA %.0f s",
-            first + len(rows),
-            total,
-            rate,
-            (total - first - len(rows)) / rate,
-        )
+        _log_progress(first + len(rows), total, first + len(rows) - start_row, t0)
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -219,3 +235,82 @@ def evaluate_one_by_one(
             seen += int(batch["mask"].sum())
         rows.append(counts / max(seen, 1))
     return np.stack(rows)
+
+
+def evaluate_per_soup(
+    apply_fn: ApplyFn,
+    stacked: Any,
+    weights: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    key: jax.Array,
+    mesh: Mesh,
+    threats: list[threat.ThreatModel],
+    version: str = "fast",
+    prepare: Prepare | None = None,
+    batch_size: int = 256,
+    on_chunk: Callable[[int, np.ndarray], None] | None = None,
+    start_row: int = 0,
+    **attack_overrides: Any,
+) -> np.ndarray:
+    """Mode `per_soup`: each soup mixed in a compiled program, then attacked as evaluate does.
+
+    Args:
+      apply_fn: (variables, x) -> logits, eval mode; the same object for every soup (the
+        attacks compile once).
+      stacked: the stacked ingredients (`soup.stack`).
+      weights: [G, K] soup weights.
+      x: float32 [N, ...] evaluation points in [0, 1] (host); y: int [N] labels.
+      key: the attacks' key (threat model i uses fold_in(key, i), as `seasoning.evaluate`).
+      mesh: the device mesh.
+      threats: the threat models.
+      version: AutoAttack version.
+      prepare: the BatchNorm policy applied to each mixed soup (in the mixing program).
+      batch_size: points per compiled attack call.
+      on_chunk: called with (row, accuracies [1, M]) after each soup (saving).
+      start_row: rows before it are skipped (resuming).
+      **attack_overrides: `auto_attack` settings (n_iter, n_target_classes).
+
+    Returns:
+      Accuracies [G - start_row, M] (see `metric_names`) of the rows evaluated.
+    """
+    replicated = parallel.replicated(mesh)
+
+    def mix(stacked, w):
+        variables = soup.combine_stacked(stacked, w)
+        return variables if prepare is None else prepare(variables)
+
+    mix = jax.jit(mix, in_shardings=(replicated, replicated), out_shardings=replicated)
+    overrides = {k: v for k, v in attack_overrides.items() if v}
+    out = []
+    t0 = time.monotonic()
+    for row in range(start_row, len(weights)):
+        variables = mix(stacked, np.asarray(weights[row], np.float32))
+        if threats:
+            reports = attacks.run_threat_models(
+                apply_fn, variables, x, y, threats, key=key, version=version,
+                batch_size=batch_size, mesh=mesh, **overrides,
+            )  # fmt: skip
+            robust = [reports[str(tm)].robust for tm in threats]
+            clean = reports[str(threats[0])].clean
+        else:
+            robust = []
+            clean = attacks.runner.predict(
+                apply_fn, variables, x, batch_size=batch_size, mesh=mesh
+            ) == np.asarray(y)
+        flags = [clean, *robust] + ([np.logical_and.reduce(robust)] if len(robust) > 1 else [])
+        acc = np.mean(np.stack(flags), axis=1)[None, :]
+        out.append(acc)
+        if on_chunk is not None:
+            on_chunk(row, acc)
+        _log_progress(row + 1, len(weights), row + 1 - start_row, t0)
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _log_progress(done: int, total: int, done_now: int, t0: float) -> None:
+    """One line: soups evaluated, rate, ETA (rate over this run's soups only)."""
+    rate = done_now / max(time.monotonic() - t0, 1e-9)
+    logging.info(
+        "soups %d/%d | %.3f soups/s | ETA %.0f s", done, total, rate, (total - done) / rate
+    )

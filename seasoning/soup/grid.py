@@ -43,15 +43,24 @@ MODES = ("auto", "grid", "per_soup")
 
 
 def resolve_mode(mode: str) -> str:
-    """'grid' or 'per_soup' for a config's `evaluation` (auto: per_soup on CPU, else grid).
+    """'grid' or 'per_soup' for a config's `evaluation`.
+
+    auto: per_soup on a single-process CPU job, else grid. per_soup attacks host arrays from
+    one process (as `seasoning.evaluate`), so a multi-process job must use grid.
 
     Raises:
-      ValueError: an unknown mode.
+      ValueError: an unknown mode, or per_soup in a multi-process job.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown soup evaluation mode {mode!r}; expected one of {MODES}.")
+    multi_process = jax.process_count() > 1
     if mode == "auto":
-        return "per_soup" if jax.default_backend() == "cpu" else "grid"
+        return "per_soup" if jax.default_backend() == "cpu" and not multi_process else "grid"
+    if mode == "per_soup" and multi_process:
+        raise ValueError(
+            "evaluation='per_soup' runs in one process; use evaluation='grid' (or 'auto') for "
+            f"a job of {jax.process_count()} processes."
+        )
     return mode
 
 

@@ -285,6 +285,7 @@ def evaluate_per_soup(
       Accuracies [G - start_row, M] (see `metric_names`) of the rows evaluated.
     """
     replicated = parallel.replicated(mesh)
+    batch_size = parallel.round_up_to_devices(min(batch_size, max(len(x), 1)), mesh)
 
     def mix(stacked, w):
         variables = soup.combine_stacked(stacked, w)

@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/train.py [--models=cnn-small,wrn-16-4] [--modes=nominal,linf]
       [--devices=-1] [--steps=0] [--batch_size=0] [--reference=true] [--threads=0]
+      [--torch_device=auto]
 
 For each model and mode, one optimiser step (SGD, momentum 0.9) on a fixed batch:
 `nominal` trains on the clean images; `linf`, `l2` and `l1` first attack the batch with
@@ -14,7 +15,8 @@ same initial weights), batch and attack: fra31's APGD (`pyautoattack`,
 the highest-loss point kept), then a train-mode forward, backward and `torch.optim.SGD` step.
 Both sides get one warm-up step (ours compiles in it). Our side uses `--devices` CPU devices
 (-1: what the drivers use, `parallel.split_cpu`); PyTorch uses `--threads` threads (0: all
-cores).
+cores) on `--torch_device` (auto: CUDA when torch sees a GPU, else the CPU). On a GPU both
+sides run on the one accelerator and `--devices` has no effect.
 
 Prints one JSON line per model and mode. Run by hand; results go into README.
 """
@@ -46,6 +48,9 @@ _DEVICES = flags.DEFINE_integer(
 _STEPS = flags.DEFINE_integer("steps", 0, "Timed steps per side (0: the model's default).")
 _REFERENCE = flags.DEFINE_bool("reference", True, "Also time the PyTorch loop.")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count()).")
+_TORCH_DEVICE = flags.DEFINE_enum(
+    "torch_device", "auto", ["auto", "cpu", "cuda"], "PyTorch device (auto: cuda if available)."
+)
 
 
 def _seconds_per_step(step, steps: int) -> tuple[float, float]:
@@ -107,23 +112,23 @@ def ours(name, mode, batch, shape, steps, rng):
     return first, seconds, initial, jax.tree.map(np.asarray, data)
 
 
-def reference(name, mode, variables, data, steps):
-    """Seconds per step of the PyTorch loop on the twin of `variables`."""
+def reference(name, mode, variables, data, steps, device):
+    """Seconds per step of the PyTorch loop on the twin of `variables`, on `device`."""
     import numpy as np
     import torch
     from pyautoattack.autopgd_base import APGDAttack
 
     from seasoning import reference as reference_lib
 
-    twin = reference_lib.torch_model(name, variables, num_classes=10)
+    twin = reference_lib.torch_model(name, variables, num_classes=10).to(device)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
-    x = reference_lib.to_torch(data["image"])
-    y = torch.from_numpy(np.asarray(data["label"], np.int64))
+    x = reference_lib.to_torch(data["image"]).to(device)
+    y = torch.from_numpy(np.asarray(data["label"], np.int64)).to(device)
     apgd = None
     if mode != "nominal":
         apgd = APGDAttack(
             twin, n_iter=N_ITER, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[mode],
-            n_restarts=1, eps=EPS[mode], seed=0, loss="ce", device="cpu",
+            n_restarts=1, eps=EPS[mode], seed=0, loss="ce", device=device,
         )  # fmt: skip
         apgd.init_hyperparam(x)  # what `perturb` does before attacking
 
@@ -137,6 +142,8 @@ def reference(name, mode, variables, data, steps):
         loss = torch.nn.functional.cross_entropy(twin(images), y)
         loss.backward()
         optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     return _seconds_per_step(step, steps)
 
@@ -155,10 +162,14 @@ def main(argv):
     import numpy as np
 
     threads = _THREADS.value or os.cpu_count()
+    torch_device = "cpu"
     if _REFERENCE.value:
         import torch
 
         torch.set_num_threads(threads)
+        torch_device = _TORCH_DEVICE.value
+        if torch_device == "auto":
+            torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     for name in _MODELS.value:
         if name not in SETTINGS:
             raise app.UsageError(f"Unknown model {name!r}; choose from {list(SETTINGS)}.")
@@ -179,7 +190,8 @@ def main(argv):
                 "ours_first_step_s": round(first, 2),
             }  # fmt: skip
             if _REFERENCE.value:
-                _, ref_seconds = reference(name, mode, variables, data, steps)
+                _, ref_seconds = reference(name, mode, variables, data, steps, torch_device)
+                out["torch_device"] = torch_device
                 out["torch_threads"] = threads
                 out["reference_images_per_s"] = round(batch / ref_seconds, 1)
                 out["ratio"] = round(ref_seconds / seconds, 3)

@@ -403,7 +403,7 @@ def base_soup_config() -> ml_collections.ConfigDict:
     # faster there), grid on accelerators.
     c.evaluation = "auto"
     c.chunk = 4  # grid: soups per compiled call (and per save of grid.json)
-    c.vectorize = 1  # grid: soups vmapped side by side (>1 pays off on accelerators)
+    c.vectorize = 1  # grid: soups vmapped side by side (>1 only if a batch cannot fill the GPU)
     c.seed = 0
     c.front = ()  # two metrics for the trade-off plot, e.g. ("linf:0.1", "l2:0.8")
     return c

@@ -168,8 +168,7 @@ def evaluate_run(
         "union": {"threats": list(robust_flags), "robust_accuracy": float(union.mean())},
         "seconds": round(time.monotonic() - start, 2),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "jax": {"version": jax.__version__, "backend": jax.default_backend(),
-                "devices": jax.device_count()},
+        "jax": parallel.runtime_info(),
     }  # fmt: skip
     workdir_lib.write_json(out_path, result)
     return result

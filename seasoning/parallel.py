@@ -129,3 +129,19 @@ def host_to_global(batch: Any, mesh: Mesh) -> Any:
 def global_to_host(tree: Any) -> Any:
     """Fully replicated (or fully addressable) arrays -> numpy on this host."""
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def runtime_info() -> dict[str, Any]:
+    """What ran a result, for its JSON: JAX version, backend, device count, matmul precision.
+
+    The precision matters on GPUs: float32 matmuls and convolutions default to TF32 there
+    (about 3 decimal digits), which can flip the prediction at an adversarial point lying
+    within ~1e-3 of the decision boundary. `JAX_DEFAULT_MATMUL_PRECISION=highest` gives full
+    float32, as on CPU.
+    """
+    return {
+        "version": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "matmul_precision": jax.config.jax_default_matmul_precision or "default",
+    }

@@ -108,9 +108,9 @@ def test_auto_attack_reaches_the_exact_robust_accuracy(norm):
     for name, robust in runs.items():
         # Never below the exact value (no point the exact solver proves robust is "broken")...
         assert not np.any(exact & ~robust), (name, np.flatnonzero(exact & ~robust))
-        # ... and, for APGD-T and the full versions, within one percentage point of it.
+        # ... and, for APGD-T and the full versions, within one percentage point (3 of 300).
         if name.split("/")[-1] in ("standard", "fast", "apgd-t"):
-            assert robust.mean() - exact.mean() <= 0.01, (name, robust.mean(), exact.mean())
+            assert robust.sum() - exact.sum() <= 3, (name, robust.sum(), exact.sum())
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -403,7 +403,7 @@ def test_vmap_over_stacked_models_and_sharded_batch():
         x_adv = attacks.apgd(f, x, y, tm, key=jax.random.key(0), n_iter=10, unroll=1)
         return attacks.correct(f, x_adv, y)
 
-    mesh = jax.make_mesh((8,), ("data",))
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))  # 8 fake CPUs, or the GPUs
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     stacked = jax.jit(jax.vmap(robust, in_axes=(0, 0, None, None)))(ws, bs, xs, ys)
@@ -444,7 +444,8 @@ def test_run_auto_attack_attacks_only_robust_points_and_reaches_the_exact_value(
     np.testing.assert_array_equal(np.asarray(attacks.correct(f, x_adv, y)), report.robust)
     np.testing.assert_array_equal(report.clean, np.asarray(attacks.correct(f, x, y)))
     assert not np.any(exact & ~report.robust)
-    assert report.robust.mean() - exact.mean() <= 0.01, (report.robust.mean(), exact.mean())
+    # At most 1% of the 300 points above the exact value (counts: 0.19 - 0.18 > 0.01 in floats).
+    assert report.robust.sum() - exact.sum() <= 3, (report.robust.sum(), exact.sum())
     assert list(report.after) == ["apgd-ce", "apgd-t"]
     assert report.after["apgd-ce"] >= report.after["apgd-t"] == report.robust_accuracy
     # Points the model gets wrong are returned unchanged.

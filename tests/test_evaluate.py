@@ -36,6 +36,7 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     assert set(on_disk["threat_models"]) == {"linf:0.1", "l2:0.8", "l1:10"}
     assert on_disk["settings"]["overrides"] == {"n_iter": 5}
     assert on_disk["threat_models"]["l1:10"]["settings"]["n_iter"] == 5
+    assert on_disk["jax"]["matmul_precision"] == "highest"  # as tests/conftest.py sets it
     per_threat = [e["robust_accuracy"] for e in on_disk["threat_models"].values()]
     assert on_disk["union"]["robust_accuracy"] <= min(per_threat)
     table = evaluate.format_table(on_disk)

@@ -31,9 +31,12 @@ def family(tmp_path_factory):
     train.train_and_evaluate(config_lib.load_config(spec, ["max_steps=100"]), runs["parent"])
     nominal = ["max_steps=100", "threat.norm=none", "threat.eps=0.0", "attack.name=none"]
     train.train_and_evaluate(config_lib.load_config(spec, nominal), runs["scratch"])
-    for name in ("l1", "nominal"):
+    # The nominal child at 5x the reference's lr: 60 steps at lr 0.01 (then /10, /100) moved
+    # clean accuracy by under a point on one CPU (0.752 -> 0.759, AMD EPYC), too little to
+    # test the ordering on every machine.
+    for name, overrides in (("l1", []), ("nominal", ["optimizer.lr=0.05"])):
         runs[name] = str(base / name)
-        train.train_and_evaluate(_child_config(name, runs["parent"]), runs[name])
+        train.train_and_evaluate(_child_config(name, runs["parent"], *overrides), runs[name])
     return runs
 
 

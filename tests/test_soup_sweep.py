@@ -71,6 +71,7 @@ def test_sweep_trades_linf_for_l2_and_writes_its_files(runs, swept):
     with open(os.path.join(workdir, "grid.json")) as f:
         on_disk = json.load(f)
     assert on_disk["complete"] and on_disk["settings"]["checkpoint_steps"] == [100, 100]
+    assert on_disk["jax"]["backend"] == jax.default_backend()
     # Another config into the same workdir is refused.
     with pytest.raises(ValueError, match="other settings"):
         sweep.run_sweep(_config(runs, "seed=1"), workdir)

@@ -210,6 +210,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
         "rows": rows,
         "complete": True,
         "seconds": round(time.monotonic() - start, 2),
+        "jax": parallel.runtime_info(),
     }
     workdir_lib.write_json(out_path, result)
     workdir_lib.write_atomic(os.path.join(workdir, CSV_FILE), to_csv(rows, labels, names))

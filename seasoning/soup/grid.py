@@ -113,10 +113,10 @@ def make_chunk_program(
 ) -> Callable[..., jax.Array]:
     """The compiled program: (stacked [K, ...], weights [C, K], batch, key) -> counts [C, M].
 
-    `vectorize` soups are evaluated side by side (`jax.vmap`, one batched program per group;
-    what an accelerator wants), the groups one after another inside the same program. On
-    CPU, vmapping soups turns every convolution into a grouped one, which XLA:CPU runs 2x
-    slower than the soups one by one (measured, see benchmarks/grid.py): keep 1 there.
+    `vectorize` soups are evaluated side by side (`jax.vmap`, one batched program per group),
+    the groups one after another inside the same program. Keep 1 unless a batch of points is
+    too small to fill the device: vmapping soups turns every convolution into a grouped one,
+    which was slower on CPU (2x) and on an H100 (1.3-1.5x, 1000+ points; benchmarks/grid.py).
 
     counts[c, m] is the number of real (mask 1) points of the batch that count for metric m
     of soup c. Stacked variables and weights are replicated, the batch sharded over 'data'.

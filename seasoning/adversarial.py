@@ -83,6 +83,7 @@ def make_training_attack(
             n_iter=attack_cfg.steps,
             step_size=attack_cfg.step_size or None,
             random_start=attack_cfg.random_start,
+            best_loss=True,  # perturb every example, misclassified ones too (Madry et al.)
         )
     else:
         raise ValueError(f"Unknown attack.name={name!r}; expected one of 'none', 'pgd', 'apgd'.")

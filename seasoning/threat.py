@@ -11,9 +11,9 @@ set; it is not "project onto the ball, then clip", which is not the projection f
 - l1: for a multiplier lam >= 0 the minimiser is the soft-threshold of v - x by lam, clipped to
   the box; the l1 norm falls with lam, so lam is found by bisection (in log lam).
 
-Both bisections run to float precision (a fixed number of halvings of the log-bracket) and keep
-the feasible end of the bracket, so the result is feasible and, coordinate by coordinate, within
-rounding of the exact projection. A last guard rescales any point whose float32 norm still
+Both bisections run over float32 values to adjacent floats (`bisection.flip_point`) and keep
+the feasible end, so the result is feasible and, coordinate by coordinate, within rounding of
+the exact projection. A last guard rescales any point whose float32 norm still
 exceeds eps (by rounding) toward x.
 """
 
@@ -25,10 +25,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-NORMS = ("linf", "l2", "l1", "none")
+from seasoning import bisection
 
-# Halvings of the log-bracket; 64 takes any bracket a float32 can express to float resolution.
-_BISECTION_STEPS = 64
+NORMS = ("linf", "l2", "l1", "none")
 
 
 def _flat(a: jax.Array) -> jax.Array:
@@ -60,29 +59,6 @@ def project_linf(v: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Arra
     return jnp.clip(v, lo, hi)
 
 
-def _bisect_log(f_feasible, lo: jax.Array, hi: jax.Array, keep_low: bool) -> jax.Array:
-    """Bisection on log scale of a monotone per-example predicate.
-
-    Args:
-      f_feasible: maps a [B] array of candidates to a bool [B], True where feasible.
-      lo, hi: [B] brackets with 0 < lo <= hi (lo may be 0: then it is kept as is).
-      keep_low: True if feasibility holds below the root (return the low end), else above it.
-    """
-
-    def body(_, bracket):
-        a, b = bracket
-        mid = jnp.sqrt(a * b)
-        # Guard the degenerate cases (a == 0, or rounding leaving mid outside [a, b]).
-        mid = jnp.where((mid > a) & (mid < b), mid, 0.5 * (a + b))
-        ok = f_feasible(mid)
-        if keep_low:
-            return jnp.where(ok, mid, a), jnp.where(ok, b, mid)
-        return jnp.where(ok, a, mid), jnp.where(ok, mid, b)
-
-    a, b = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (lo, hi))
-    return a if keep_low else b
-
-
 def _finish(x: jax.Array, d: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
     """x + d, putting coordinates that sit on a box face exactly on it (0 or 1)."""
     z = jnp.where(d >= hi, 1.0, jnp.where(d <= lo, 0.0, x + d))
@@ -105,16 +81,13 @@ def project_l2(v: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
     u, lo, hi = v - x, -x, 1.0 - x
     box = jnp.clip(u, lo, hi)
     inside = jnp.sum(box * box, axis=1) <= eps * eps
-    u_norm = jnp.sqrt(jnp.sum(u * u, axis=1))
-    # ||clip(t u)|| <= t ||u||, so t = eps / ||u|| is feasible; t = 1 is not (else `inside`).
-    t_lo = jnp.where(inside, 1.0, jnp.minimum(eps / jnp.maximum(u_norm, 1e-30), 1.0))
-    t_hi = jnp.ones_like(t_lo)
 
     def feasible(t):
         dt = jnp.clip(t[:, None] * u, lo, hi)
         return jnp.sum(dt * dt, axis=1) <= eps * eps
 
-    t = _bisect_log(feasible, t_lo, t_hi, keep_low=True)
+    # The largest feasible t: t = 0 is feasible, t >= 1 is not (else `inside`).
+    t, _ = bisection.flip_point(lambda t: ~feasible(t), eps.shape)
     d = jnp.clip(t[:, None] * u, lo, hi)
     z = jnp.where(inside[:, None], jnp.clip(v, 0.0, 1.0), _finish(x, d, lo, hi))
     z = jnp.where(inside[:, None], z, _shrink_to_ball(z, x, eps, "l2"))
@@ -125,7 +98,6 @@ def project_l1(v: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
     """Exact projection of `v` onto {||z - x||_1 <= eps} ∩ [0, 1]^n, per example."""
     shape = x.shape
     v, x = _flat(v), _flat(x)
-    n = x.shape[1]
     eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
     u, lo, hi = v - x, -x, 1.0 - x
     a = jnp.abs(u)
@@ -134,12 +106,9 @@ def project_l1(v: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
     def l1_at(lam):
         return jnp.sum(jnp.minimum(jnp.maximum(a - lam[:, None], 0.0), cap), axis=1)
 
-    f0 = l1_at(jnp.zeros_like(eps))
-    inside = f0 <= eps
-    # l1(lam) >= f0 - n lam, so the root is >= (f0 - eps) / n; at lam = max|u| the norm is 0.
-    lam_hi = jnp.max(a, axis=1) if n else jnp.zeros_like(eps)
-    lam_lo = jnp.clip((f0 - eps) / max(n, 1), 0.0, lam_hi)
-    lam = _bisect_log(lambda m: l1_at(m) <= eps, lam_lo, lam_hi, keep_low=False)
+    inside = l1_at(jnp.zeros_like(eps)) <= eps
+    # The smallest feasible lam (at lam = max|u| the norm is 0).
+    _, lam = bisection.flip_point(lambda m: l1_at(m) <= eps, eps.shape)
     lam = jnp.where(inside, 0.0, lam)
     d = jnp.sign(u) * jnp.minimum(jnp.maximum(a - lam[:, None], 0.0), cap)
     z = jnp.where(inside[:, None], jnp.clip(v, 0.0, 1.0), _finish(x, d, lo, hi))

@@ -1,6 +1,7 @@
 """Adversarial training: the attack built from a config, and the train step that uses it."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -62,6 +63,26 @@ def test_training_attack_stays_in_the_threat_model_and_raises_the_loss(name, nor
     clean_loss = training.cross_entropy(logits_fn(x), y).mean()
     adv_loss = training.cross_entropy(logits_fn(x_adv), y).mean()
     assert adv_loss > clean_loss + 0.01, (adv_loss, clean_loss)
+
+
+@pytest.mark.parametrize("name", ["apgd", "pgd"])
+@pytest.mark.parametrize("norm, eps", [("linf", 0.05), ("l2", 0.5), ("l1", 4.0)])
+def test_training_attack_perturbs_every_example_misclassified_ones_too(name, norm, eps):
+    """Madry et al. train on the highest-loss point of every example: the training attack must
+    not return the clean image of an example the model already gets wrong."""
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(64, 10)), jnp.float32)
+    x = rng.uniform(0.2, 0.8, size=(64, 8, 8, 1)).astype(np.float32)
+    f = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
+    y = np.asarray(jnp.argmax(f(x), -1)).astype(np.int32)
+    y[::2] = (y[::2] + 1) % 10  # half of the examples start misclassified
+    attack = adversarial.make_training_attack(*_sections(norm, eps, name=name, steps=5))
+    x_adv = jax.jit(lambda a, b: attack(f, a, b, jax.random.key(1)))(x, y)
+    assert bool(threat.ThreatModel(norm, eps).contains(x_adv, x).all())
+    moved = np.abs(np.asarray(x_adv) - x).reshape(len(x), -1).max(1) > 0
+    gain = np.asarray(training.cross_entropy(f(x_adv), y) - training.cross_entropy(f(x), y))
+    assert moved.all(), np.flatnonzero(~moved)
+    assert (gain > 0).all(), np.flatnonzero(gain <= 0)
 
 
 def test_adversarial_train_step_trains_on_attacked_images():

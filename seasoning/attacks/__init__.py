@@ -14,6 +14,7 @@ from seasoning.attacks.autoattack import (
     robust_accuracy,
     union_robust,
 )
+from seasoning.attacks.fab import FabResult, fab, fab_targeted_runs
 from seasoning.attacks.pgd import pgd
 from seasoning.attacks.runner import AttackReport, run_auto_attack, run_threat_models
 from seasoning.attacks.square import square
@@ -25,6 +26,9 @@ __all__ = [
     "apgd_targeted",
     "auto_attack",
     "correct",
+    "fab",
+    "fab_targeted_runs",
+    "FabResult",
     "losses",
     "pgd",
     "robust_accuracy",

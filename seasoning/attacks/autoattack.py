@@ -2,22 +2,29 @@
 
 Versions (each later attack only changes points that every earlier attack left robust):
 
-- "standard" (fra31/auto-attack's standard version without FAB-T):
+- "standard" (fra31/auto-attack's standard version): APGD-CE, APGD-T, FAB-T, Square.
   linf / l2: APGD-CE (100 iterations, 1 restart), APGD-T (targeted DLR, 100 iterations, the 9
-  highest non-label classes as targets, 1 restart each), Square (5000 queries, p_init 0.8);
-  l1: APGD-CE (100 iterations, 5 restarts), APGD-T (100 iterations, 5 targets), both with the
-  3 eps / 2 eps / eps schedule (`large_reps`) of L1-APGD; no Square (not implemented for l1).
+  highest non-label classes as targets, 1 restart each); l1: APGD-CE (100 iterations, 5
+  restarts) and APGD-T (100 iterations, 5 targets), both with L1-APGD's 3 eps / 2 eps / eps
+  schedule (`large_reps`). Every norm: FAB-T (100 iterations, 9 targets, no random start) and
+  Square (5000 queries, p_init 0.8, no schedule rescaling).
 - "fast": APGD-CE (25 iterations, 1 restart) then APGD-T (25 iterations, 3 targets); l1 also
-  uses `large_reps`. No Square.
+  uses `large_reps`. No FAB-T, no Square.
 
 Targets are min(K - 1, n) classes when the model has fewer classes. APGD-T needs K >= 4 (the
 targeted DLR loss); with fewer classes it is replaced by untargeted APGD-DLR (K == 3) or
-skipped (K == 2). FAB-T, in the reference's standard version, is not implemented: it rarely
-changes the robust accuracy after APGD-T (Croce & Hein 2020) and is a minimum-norm attack.
+skipped (K == 2). FAB-T breaks a point when the closest misclassified point it finds lies
+within eps.
+
+An attack is made of units: APGD-CE's restarts, APGD-T's and FAB-T's target classes (by rank
+of the clean logits), Square's one run. `auto_attack` runs every unit on every point in one
+program; `attack_unit` runs one unit, so that a host-driven evaluation can run each unit on the
+points all earlier units left robust, as the reference does (`attacks.runner`).
 
 Every returned x_adv is projected onto the threat set and then checked with `tm.contains`; with
 `check=True` a failed check raises at run time (through `jax.debug.callback`), and
-`return_info=True` returns the per-example flags as well.
+`return_info=True` returns the per-example flags as well. A point counts as robust only if every
+attack failed on it: a later attack never restores a point an earlier one broke.
 """
 
 from __future__ import annotations
@@ -31,20 +38,33 @@ import numpy as np
 
 from seasoning import threat
 from seasoning.attacks.apgd import LogitsFn, Unroll, apgd_runs, apgd_targeted_runs, where
+from seasoning.attacks.fab import fab_targeted_runs
 from seasoning.attacks.square import square_run
 
-ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "square")
+ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+VERSIONS = ("standard", "fast")
+# The settings a caller may override (`auto_attack`'s keyword arguments of the same names).
+SETTINGS = (
+    "attacks", "n_iter", "n_restarts", "n_target_classes", "fab_n_iter",
+    "fab_n_target_classes", "n_queries",
+)  # fmt: skip
 
 
 def version_settings(version: str, norm: str) -> dict[str, Any]:
-    """The attacks and budgets of an AutoAttack version for a norm (see module doc)."""
+    """The attacks and budgets of an AutoAttack version for a norm (see module doc).
+
+    Keys: attacks; n_iter, n_restarts, n_target_classes (APGD-CE/DLR and APGD-T); fab_n_iter,
+    fab_n_target_classes (FAB-T); n_queries (Square); large_reps (l1 APGD's eps schedule).
+    """
     l1 = norm == "l1"
     if version == "standard":
         return dict(
-            attacks=("apgd-ce", "apgd-t") if l1 else ("apgd-ce", "apgd-t", "square"),
+            attacks=("apgd-ce", "apgd-t", "fab-t", "square"),
             n_iter=100,
             n_restarts=5 if l1 else 1,
             n_target_classes=5 if l1 else 9,
+            fab_n_iter=100,
+            fab_n_target_classes=9,
             n_queries=5000,
             large_reps=l1,
         )
@@ -54,10 +74,123 @@ def version_settings(version: str, norm: str) -> dict[str, Any]:
             n_iter=25,
             n_restarts=1,
             n_target_classes=3,
+            fab_n_iter=25,
+            fab_n_target_classes=3,
             n_queries=1000,
             large_reps=l1,
         )
-    raise ValueError(f"unknown AutoAttack version {version!r}; allowed: ('standard', 'fast')")
+    raise ValueError(f"unknown AutoAttack version {version!r}; allowed: {VERSIONS}")
+
+
+def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The version's settings with `overrides` (None values ignored) applied and checked.
+
+    Raises:
+      ValueError: an unknown version, setting or attack name, or a bad budget.
+    """
+    cfg = version_settings(version, norm)
+    for name, value in overrides.items():
+        if name not in SETTINGS:
+            raise ValueError(f"unknown AutoAttack setting {name!r}; allowed: {SETTINGS}")
+        if value is None:
+            continue
+        if name == "attacks":
+            cfg[name] = tuple(value)
+            continue
+        low = 0 if name in ("n_iter", "fab_n_iter", "n_queries") else 1
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"AutoAttack setting {name} must be an int >= {low}, got {value!r}")
+        cfg[name] = int(value)
+    for name in cfg["attacks"]:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; allowed: {ATTACKS}")
+    return cfg
+
+
+def n_units(name: str, cfg: Mapping[str, Any], num_classes: int) -> int:
+    """How many units (restarts or target classes) attack `name` runs with settings `cfg`."""
+    if name in ("apgd-ce", "apgd-dlr"):
+        return cfg["n_restarts"]
+    if name == "apgd-t":
+        return min(cfg["n_target_classes"], num_classes - 1)
+    if name == "fab-t":
+        return min(cfg["fab_n_target_classes"], num_classes - 1)
+    return 1
+
+
+def effective_name(name: str, num_classes: int) -> str | None:
+    """The attack that runs for `name` on K classes: APGD-T needs K >= 4 (APGD-DLR for K == 3,
+    nothing for K == 2)."""
+    if name == "apgd-t" and num_classes < 4:
+        return "apgd-dlr" if num_classes == 3 else None
+    return name
+
+
+def attack_unit(
+    logits_fn: LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    tm: threat.ThreatModel,
+    name: str,
+    *,
+    key: jax.Array,
+    cfg: Mapping[str, Any],
+    rank: jax.Array | None = None,
+    logits_clean: jax.Array | None = None,
+    active: jax.Array | None = None,
+    unroll: Unroll = None,
+) -> jax.Array:
+    """One attack of AutoAttack (`rank=None`: all its units), x_adv inside `tm`.
+
+    Args:
+      name: an attack of `ATTACKS` (as `effective_name` maps it for the class count).
+      cfg: the resolved settings (`resolve_settings`).
+      rank: None, or an int scalar (may be traced): run one unit only: the target class of
+        that rank (APGD-T, FAB-T) or a single restart (APGD-CE/DLR; the key makes it
+        distinct). Square has one unit.
+      active: Square only: bool [B], the points to attack (default: the correctly classified
+        ones); its loop ends when all of them are broken.
+      Other arguments: as `auto_attack`.
+
+    Returns:
+      x_adv: per example a misclassified point where the attack found one, else (APGD) the
+      highest-loss point or (FAB-T, Square) a point of the attack's search.
+    """
+    if logits_clean is None:
+        logits_clean = logits_fn(x)
+    y = y.astype(jnp.int32)
+    ranks = None if rank is None else jnp.reshape(jnp.asarray(rank, jnp.int32), (1,))
+    common = dict(key=key, n_iter=cfg["n_iter"], large_reps=cfg["large_reps"], unroll=unroll,
+                  logits_clean=logits_clean)  # fmt: skip
+    if name in ("apgd-ce", "apgd-dlr"):
+        res = apgd_runs(
+            logits_fn, x, y, tm, targets=None, n_runs=cfg["n_restarts"] if rank is None else 1,
+            loss="ce" if name == "apgd-ce" else "dlr", **common,
+        )  # fmt: skip
+        x_a = res.x_adv
+    elif name == "apgd-t":
+        res = apgd_targeted_runs(
+            logits_fn, x, y, tm, n_target_classes=cfg["n_target_classes"], target_ranks=ranks,
+            **common,
+        )  # fmt: skip
+        x_a = res.x_adv
+    elif name == "fab-t":
+        res = fab_targeted_runs(
+            logits_fn, x, y, tm.norm, key=key, eps=tm.eps,
+            n_target_classes=cfg["fab_n_target_classes"], n_iter=cfg["fab_n_iter"],
+            target_ranks=ranks, unroll=unroll, logits_clean=logits_clean,
+        )  # fmt: skip
+        x_a = where(res.distance <= tm.eps, res.x_adv, x)
+    elif name == "square":
+        if active is None:
+            active = jnp.argmax(logits_clean, axis=-1) == y
+        x_a, _ = square_run(
+            logits_fn, x, y, tm, key=key, n_queries=cfg["n_queries"], p_init=0.8,
+            rescale_schedule=False, active=active,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown attack {name!r}; allowed: {ATTACKS}")
+    return tm.clamp(x_a, x)
 
 
 class AutoAttackInfo(NamedTuple):
@@ -67,8 +200,8 @@ class AutoAttackInfo(NamedTuple):
     clean: jax.Array  # bool [B]: classified correctly at x
     inside: jax.Array  # bool [B]: tm.contains(x_adv, x)
     after: dict[str, jax.Array]  # attack name -> bool [B], robust to it and all before it
-    each: dict[str, jax.Array]  # APGD attack name -> bool [B], robust to that attack alone
-    # (Square attacks only the points every earlier attack left robust: see `after`.)
+    each: dict[str, jax.Array]  # attack name -> bool [B], robust to that attack alone
+    # (Square attacks only the points correctly classified at x; so does every attack.)
 
 
 def correct(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -114,6 +247,8 @@ def auto_attack(
     n_iter: int | None = None,
     n_restarts: int | None = None,
     n_target_classes: int | None = None,
+    fab_n_iter: int | None = None,
+    fab_n_target_classes: int | None = None,
     n_queries: int | None = None,
     unroll: Unroll = None,
     check: bool = True,
@@ -123,7 +258,8 @@ def auto_attack(
 
     Pure and jit/vmap-able (all settings static). Accuracy on the returned points is the robust
     accuracy. Per example: x if x is misclassified; else the first attack's point that
-    misclassifies it; else the first attack's highest-loss point.
+    misclassifies it; else the first attack's highest-loss point. Every attack runs on every
+    point (fixed shapes); `attacks.run_auto_attack` runs each only on the points still robust.
 
     Args:
       logits_fn: x [B, ...] -> logits [B, K].
@@ -132,32 +268,23 @@ def auto_attack(
       tm: the threat model; "none" or eps == 0 returns x.
       key: `jax.random` key.
       version: "standard" or "fast" (see module doc).
-      attacks, n_iter, n_restarts, n_target_classes, n_queries: override the version's
-        settings (`attacks` from ("apgd-ce", "apgd-dlr", "apgd-t", "square"); n_restarts is for
-        APGD-CE/DLR, APGD-T runs 1 restart per target).
-      unroll: APGD's loop mode (see `apgd`).
+      attacks, n_iter, n_restarts, n_target_classes, fab_n_iter, fab_n_target_classes,
+        n_queries: override the version's settings (`attacks` from `ATTACKS`; n_iter,
+        n_restarts and n_target_classes are APGD's, APGD-T runs 1 restart per target;
+        fab_n_iter and fab_n_target_classes are FAB-T's; n_queries is Square's).
+      unroll: the APGD and FAB loops' mode (see `apgd`).
       check: raise at run time if a returned point is outside the threat model.
       return_info: also return an `AutoAttackInfo`.
 
     Returns:
       x_adv [B, ...], or (x_adv, info) with `return_info`.
     """
-    cfg = version_settings(version, tm.norm)
-    for name, value in dict(
-        attacks=attacks,
-        n_iter=n_iter,
-        n_restarts=n_restarts,
-        n_target_classes=n_target_classes,
-        n_queries=n_queries,
-    ).items():
-        if value is not None:
-            cfg[name] = tuple(value) if name == "attacks" else value
-    for name in cfg["attacks"]:
-        if name not in ATTACKS:
-            raise ValueError(f"unknown attack {name!r}; allowed: {ATTACKS}")
-    if tm.norm == "l1" and "square" in cfg["attacks"]:
-        raise ValueError("square is not implemented for l1; drop it from `attacks`")
-
+    cfg = resolve_settings(
+        version, tm.norm,
+        dict(attacks=attacks, n_iter=n_iter, n_restarts=n_restarts,
+             n_target_classes=n_target_classes, fab_n_iter=fab_n_iter,
+             fab_n_target_classes=fab_n_target_classes, n_queries=n_queries),
+    )  # fmt: skip
     y = y.astype(jnp.int32)
     logits_clean = logits_fn(x)
     num_classes = logits_clean.shape[-1]
@@ -165,37 +292,14 @@ def auto_attack(
     robust, x_out, after, each = clean, x, {}, {}
     if not tm.trivial:
         keys = jax.random.split(key, len(cfg["attacks"]))
-        common = dict(
-            key=None,
-            n_iter=cfg["n_iter"],
-            large_reps=cfg["large_reps"],
-            unroll=unroll,
-            logits_clean=logits_clean,
-        )
         for name, k in zip(cfg["attacks"], keys, strict=True):
-            common["key"] = k
-            if name == "apgd-t" and num_classes < 4:
-                if num_classes < 3:
-                    continue  # no targeted (or DLR) loss for 2 classes: APGD-CE covers it
-                name = "apgd-dlr"
-            if name in ("apgd-ce", "apgd-dlr"):
-                loss = "ce" if name == "apgd-ce" else "dlr"
-                res = apgd_runs(
-                    logits_fn, x, y, tm, targets=None, n_runs=cfg["n_restarts"], loss=loss,
-                    **common,
-                )  # fmt: skip
-                x_a = res.x_adv
-            elif name == "apgd-t":
-                res = apgd_targeted_runs(
-                    logits_fn, x, y, tm, n_target_classes=cfg["n_target_classes"], **common
-                )
-                x_a = res.x_adv
-            else:
-                x_a, _ = square_run(
-                    logits_fn, x, y, tm, key=k, n_queries=cfg["n_queries"], p_init=0.8,
-                    rescale_schedule=False, active=robust,
-                )  # fmt: skip
-            x_a = tm.clamp(x_a, x)
+            name = effective_name(name, num_classes)
+            if name is None:
+                continue  # no targeted (or DLR) loss for 2 classes: APGD-CE covers it
+            x_a = attack_unit(
+                logits_fn, x, y, tm, name, key=k, cfg=cfg, logits_clean=logits_clean,
+                active=robust, unroll=unroll,
+            )  # fmt: skip
             ok = correct(logits_fn, x_a, y)
             # The first attack's point stands for every correctly classified example (for the
             # robust ones it is APGD-CE's highest-loss point); later attacks replace it only

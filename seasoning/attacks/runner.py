@@ -2,14 +2,17 @@
 
 `auto_attack` is one compiled program with fixed shapes (what a vmapped soup grid needs): every
 attack runs on every point of the batch. For a model's evaluation that wastes most of the
-work, since after APGD-CE the later, costlier attacks (APGD-T over 9 targets, Square) only
-matter for the points APGD-CE left robust. `run_auto_attack` does what the reference does: it
-runs the attacks one after another from the host, each on the still-robust points only, in
-fixed-size (padded) batches sharded over the device mesh, so each attack compiles once.
+work, since after APGD-CE the later, costlier attacks only matter for the points APGD-CE left
+robust. `run_auto_attack` does what the reference does: it runs the attacks' units (APGD-CE's
+restarts, APGD-T's and FAB-T's target classes, Square) one after another from the host, each
+on the points every earlier unit left robust, in fixed-size (padded) batches sharded over the
+device mesh, so each attack compiles once (the unit is an argument of the program).
 
-The result is the same as `auto_attack`'s: per point, the first attack's point that misclassifies
-it, else the first attack's highest-loss point; every returned point is checked to lie in the
-threat model, and the robust accuracy is recomputed from the returned points.
+Per point the result is the first unit's point that misclassifies it, else the first unit's
+highest-loss point. A point counts as robust only if every unit failed on it and its returned
+point is classified correctly when predicted again: a break is never undone (a re-prediction
+can differ from the attack's own at the decision boundary, by float reduction order). Every
+returned point is checked to lie in the threat model.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from absl import logging
 from jax.sharding import Mesh
 
 from seasoning import parallel, threat
-from seasoning.attacks.autoattack import auto_attack, version_settings
+from seasoning.attacks.autoattack import (
+    attack_unit,
+    correct,
+    effective_name,
+    n_units,
+    resolve_settings,
+)
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x) -> logits
 
@@ -37,11 +46,12 @@ class AttackReport:
     """The outcome of `run_auto_attack` on one threat model.
 
     Attributes:
-      robust: bool [N]: classified correctly at the returned point (recomputed from it).
+      robust: bool [N]: every attack failed on the point (and its returned point is classified
+        correctly).
       clean: bool [N]: classified correctly at the clean point.
       after: attack name -> robust accuracy after it and every attack before it.
       seconds: attack name -> wall-clock seconds (compilation included).
-      settings: the version's settings (attacks, iterations, restarts, targets, queries).
+      settings: the resolved settings (attacks, iterations, restarts, targets, queries).
       threat: the threat model attacked.
       wall_seconds: the whole call's seconds (clean predictions and checks included).
     """
@@ -116,7 +126,7 @@ def run_auto_attack(
     mesh: Mesh | None = None,
     **overrides: Any,
 ) -> tuple[np.ndarray, AttackReport]:
-    """AutoAttack of `version` on all of x, each attack only on the points still robust.
+    """AutoAttack of `version` on all of x, each attack unit only on the points still robust.
 
     Args:
       apply_fn: (variables, x [B, ...]) -> logits [B, K]; pure (BN models in eval mode).
@@ -124,16 +134,18 @@ def run_auto_attack(
       x: float32 [N, ...] in [0, 1] (host numpy).
       y: int [N] labels.
       tm: the threat model.
-      key: `jax.random` key; attack i, batch j use fold_in(fold_in(key, i), j).
+      key: `jax.random` key; attack i, unit u, batch j use fold_in(key, i), then u, then j.
       version: "standard" or "fast" (see `attacks.autoattack`).
       batch_size: points per compiled call (rounded up to a multiple of the device count).
       mesh: the device mesh (default: all devices).
-      **overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes, n_queries).
+      **overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes, fab_n_iter,
+        fab_n_target_classes, n_queries, attacks).
 
     Returns:
       (x_adv [N, ...], report). x_adv is inside `tm` around x (checked).
 
     Raises:
+      ValueError: an unknown version or setting.
       RuntimeError: if a returned point lies outside the threat model (a bug, never expected).
     """
     call_start = time.monotonic()
@@ -141,65 +153,74 @@ def run_auto_attack(
     batch_size = parallel.round_up_to_devices(min(batch_size, max(len(x), 1)), mesh)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
-    settings = version_settings(version, tm.norm)
-    settings.update({k: v for k, v in overrides.items() if v is not None})
+    settings = resolve_settings(version, tm.norm, overrides)
+    frozen = tuple(sorted(settings.items()))
+    num_classes = _num_classes(apply_fn, variables, x)
     clean = predict(apply_fn, variables, x, batch_size=batch_size, mesh=mesh) == y
     robust, x_adv = clean.copy(), x.copy()
     after: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    first = True
     if not tm.trivial:
-        for i, name in enumerate(settings["attacks"]):
+        for i, requested in enumerate(settings["attacks"]):
+            name = effective_name(requested, num_classes)
+            if name is None:
+                continue
             start = time.monotonic()
-            attack = _compiled_attack(
-                apply_fn, mesh, tm, version, name, tuple(sorted(overrides.items()))
-            )
-            todo = np.flatnonzero(robust)
-            for j, (idx, n) in enumerate(_chunks(todo, batch_size)):
-                k = jax.random.fold_in(jax.random.fold_in(key, i), j)
-                x_a, ok = attack(variables, x[idx], y[idx], k)
-                x_a, ok, rows = np.asarray(x_a)[:n], np.asarray(ok)[:n], idx[:n]
-                # The first attack's point stands for every point it did not break (its
-                # highest-loss point); later attacks replace only the points they break.
-                replace = np.ones(n, bool) if i == 0 else ~ok
-                x_adv[rows[replace]] = x_a[replace]
-                robust[rows] = ok
-                logging.info(
-                    "%s %s: %d/%d points, robust accuracy at most %.2f%%, %.0f s",
-                    tm, name, min((j + 1) * batch_size, len(todo)), len(todo),
-                    100 * robust.mean(), time.monotonic() - start,
-                )  # fmt: skip
+            attack = _compiled_unit(apply_fn, mesh, tm, name, frozen)
+            units = n_units(name, settings, num_classes)
+            for u in range(units):
+                todo = np.flatnonzero(robust)
+                for j, (idx, n) in enumerate(_chunks(todo, batch_size)):
+                    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, i), u), j)
+                    x_a, ok = attack(variables, x[idx], y[idx], k, np.int32(u))
+                    x_a, ok, rows = np.asarray(x_a)[:n], np.asarray(ok)[:n], idx[:n]
+                    # The first unit's point stands for every point it did not break (its
+                    # highest-loss point); later units replace only the points they break.
+                    replace = np.ones(n, bool) if first else ~ok
+                    x_adv[rows[replace]] = x_a[replace]
+                    robust[rows] &= ok
+                    done = min((j + 1) * batch_size, len(todo))
+                    logging.info(
+                        "%s %s %d/%d: %d/%d points, robust accuracy at most %.2f%%, %.0f s",
+                        tm, name, u + 1, units, done, len(todo), 100 * robust.mean(),
+                        time.monotonic() - start,
+                    )  # fmt: skip
+                first = False
             after[name] = float(robust.mean())
             seconds[name] = time.monotonic() - start
     _check_inside(tm, x_adv, x, batch_size)
     final = predict(apply_fn, variables, x_adv, batch_size=batch_size, mesh=mesh) == y
-    if np.any(final & ~robust):
-        # Only from non-deterministic reductions flipping a point on the decision boundary.
+    if np.any(final != robust):
         logging.warning(
-            "%d point(s) flipped back to correct on re-evaluation", (final & ~robust).sum()
-        )
+            "%s: %d point(s) broken by an attack are classified correctly when predicted again, "
+            "%d robust point(s) are not; both count as broken.",
+            tm, np.sum(final & ~robust), np.sum(robust & ~final),
+        )  # fmt: skip
     report = AttackReport(
-        robust=final, clean=clean, after=after, seconds=seconds, settings=settings, threat=tm,
-        wall_seconds=time.monotonic() - call_start,
+        robust=robust & final, clean=clean, after=after, seconds=seconds,
+        settings=settings, threat=tm, wall_seconds=time.monotonic() - call_start,
     )  # fmt: skip
     return x_adv, report
 
 
-def _one_attack(apply_fn, variables, x, y, key, *, tm, version, name, overrides):
+def _num_classes(apply_fn: ApplyFn, variables: Any, x: np.ndarray) -> int:
+    shape = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+    return int(jax.eval_shape(apply_fn, variables, shape).shape[-1])
+
+
+def _one_unit(apply_fn, variables, x, y, key, rank, *, tm, name, settings):
     logits_fn = functools.partial(apply_fn, variables)
-    x_adv, info = auto_attack(
-        logits_fn, x, y, tm, key=key, version=version, attacks=(name,), check=False,
-        return_info=True, **{k: v for k, v in overrides if v is not None},
-    )  # fmt: skip
-    return x_adv, info.robust
+    cfg = dict(settings)
+    x_adv = attack_unit(logits_fn, x, y, tm, name, key=key, cfg=cfg, rank=rank)
+    return x_adv, correct(logits_fn, x_adv, y)
 
 
 # The compiled functions are kept per (apply_fn, mesh, settings): a caller that evaluates many
 # models with one apply_fn (a sweep of soups) traces and compiles each attack once.
 @functools.lru_cache(maxsize=64)
-def _compiled_attack(apply_fn, mesh, tm, version, name, overrides):
-    fn = functools.partial(
-        _one_attack, apply_fn, tm=tm, version=version, name=name, overrides=overrides
-    )
+def _compiled_unit(apply_fn, mesh, tm, name, settings):
+    fn = functools.partial(_one_unit, apply_fn, tm=tm, name=name, settings=settings)
     return _jit_sharded(fn, mesh, n_batched=2)
 
 
@@ -225,7 +246,7 @@ def _jit_sharded(fn: Callable, mesh: Mesh, n_batched: int) -> Callable:
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
     shardings = (replicated,) + (sharded,) * n_batched
     if n_batched == 2:
-        shardings += (replicated,)  # the key
+        shardings += (replicated, replicated)  # the key and the unit
     return jax.jit(fn, in_shardings=shardings)
 
 

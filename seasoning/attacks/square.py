@@ -1,4 +1,4 @@
-"""Square Attack (Andriushchenko et al., ECCV 2020): score-based random search, linf and l2.
+"""Square Attack (Andriushchenko et al., ECCV 2020): score-based random search, linf, l2, l1.
 
 Semantics follow fra31/auto-attack's `square.py`, on NHWC images [B, H, W, C]:
 
@@ -10,14 +10,17 @@ Semantics follow fra31/auto-attack's `square.py`, on NHWC images [B, H, W, C]:
   i to i * 10000 / n_queries; AutoAttack runs 5000 queries with rescaling off);
 - linf: start from vertical stripes x ± eps (one sign per column and channel); each step sets
   one s x s window (s >= 1) to x ± eps with one random sign per channel;
-- l2: start from a grid of (H // 5)-sized blocks of the "concentric squares" pattern with a
-  random sign per block and channel, rescaled to norm eps; each step moves the perturbation
-  mass of a second window into the first (s >= 3, odd), adds a fresh pattern there and
-  rescales the whole perturbation to norm eps (then clips to the box).
+- l2 and l1: start from a grid of (H // 5)-sized blocks of the "concentric squares" pattern
+  (rectangles weighted 1 / (k + 1)^2 for l2, 1 / (k + 1)^4 for l1, a + half over a - half)
+  with a random sign per block and channel; each step moves the perturbation mass of a second
+  window into the first (s >= 3, odd) and adds a fresh pattern there. l2 rescales the whole
+  perturbation to norm eps (then clips to the box); l1 gives the first window, per channel,
+  the window's old mass plus the unused budget (times C, as the reference does) and then
+  projects exactly onto the l1 ball of radius eps (1 - 1e-6) ∩ box, as it projects the start.
 
 Deviations: window positions and signs are drawn per example (the reference shares them across
 the batch), window corners are uniform over all valid positions (the reference never picks the
-last row/column), and all examples run in one vectorised loop. l1 is not supported (ValueError).
+last row/column), and all examples run in one vectorised loop.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from seasoning.attacks import losses
 from seasoning.attacks.apgd import LogitsFn, bcast, where, wrong
 
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+NORMS = ("linf", "l2", "l1")
+_L1_SHRINK = 1.0 - 1e-6  # l1 points are projected onto the ball of radius eps (1 - 1e-6)
 
 
 def p_selection(it: int, n_queries: int, p_init: float, rescale: bool) -> float:
@@ -59,22 +64,30 @@ def square_sides(
     return sides
 
 
-def _eta_rectangles(a: int, b: int) -> np.ndarray:
-    """Concentric rectangles around the centre of an a x b window, weight 1/(k+1)^2, unit l2."""
+# The concentric rectangles' weights fall as 1 / (k + 1)^power; the pattern has unit norm.
+_PATTERN_POWER = {"l2": 2, "l1": 4}
+
+
+def _unit(d: np.ndarray, norm: str) -> np.ndarray:
+    n = np.abs(d).sum() if norm == "l1" else np.sqrt((d**2).sum())
+    return d / n if n > 0 else d
+
+
+def _eta_rectangles(a: int, b: int, norm: str = "l2") -> np.ndarray:
+    """Concentric rectangles around the centre of an a x b window, weights 1/(k+1)^power."""
     d = np.zeros((a, b))
     r, c = a // 2, b // 2
     for k in range(max(a // 2 + 1, b // 2 + 1)):
         d[max(r - k, 0) : min(r - k + 2 * k + 1, a), max(c - k, 0) : min(c - k + 2 * k + 1, b)] += (
-            1.0 / (k + 1) ** 2
+            1.0 / (k + 1) ** _PATTERN_POWER[norm]
         )
-    n = np.sqrt((d**2).sum())
-    return d / n if n > 0 else d
+    return _unit(d, norm)
 
 
-def eta(s: int) -> np.ndarray:
-    """The s x s l2 Square pattern: + rectangles on the top half, - on the bottom; unit l2."""
-    d = np.concatenate([_eta_rectangles(s // 2, s), -_eta_rectangles(s - s // 2, s)], axis=0)
-    return d / np.sqrt((d**2).sum())
+def eta(s: int, norm: str = "l2") -> np.ndarray:
+    """The s x s Square pattern of `norm` (l2 or l1): + rectangles on top, - below; unit norm."""
+    top, bottom = _eta_rectangles(s // 2, s, norm), _eta_rectangles(s - s // 2, s, norm)
+    return _unit(np.concatenate([top, -bottom], axis=0), norm)
 
 
 def _windows(vh: jax.Array, vw: jax.Array, s: jax.Array, h: int, w: int) -> jax.Array:
@@ -95,14 +108,14 @@ def _sign(u: jax.Array) -> jax.Array:
     return jnp.where(u < 0.5, 1.0, -1.0)
 
 
-def _l2_init(key: jax.Array, x: jax.Array, eps: float) -> jax.Array:
-    """The l2 starting perturbation (see module doc), as a point in the box."""
+def _blocks_init(key: jax.Array, x: jax.Array, eps: float, norm: str) -> jax.Array:
+    """The l2 / l1 starting point (see module doc), inside ball ∩ box."""
     b, h, w, c = x.shape
     s0 = max(h // 5, 1)
     start = (h - 5 * s0) // 2
     blk = -np.ones((h, w), np.int64)
     pat = np.zeros((2, h, w))
-    base = eta(s0)
+    base = eta(s0, norm)
     n_blocks = 0
     for i in range(h // s0):
         for j in range(w // s0):
@@ -121,6 +134,8 @@ def _l2_init(key: jax.Array, x: jax.Array, eps: float) -> jax.Array:
     idx = jnp.asarray(np.maximum(blk, 0))
     pv = jnp.where(tr[:, idx], jnp.asarray(pat[1], x.dtype), jnp.asarray(pat[0], x.dtype))
     delta = jnp.where(jnp.asarray(blk >= 0)[None, :, :, None], pv[..., None] * sg[:, idx, :], 0.0)
+    if norm == "l1":
+        return threat.project_l1(x + delta, x, eps * _L1_SHRINK)
     delta = delta / bcast(threat.lp_norm(delta, "l2") + 1e-12, delta)
     return jnp.clip(x + eps * delta, 0.0, 1.0)
 
@@ -143,8 +158,8 @@ def square_run(
       active: bool [B], the examples to attack (default: all); the others are frozen with margin
         -inf and do not keep the loop alive. Other arguments: as `square`.
     """
-    if tm.norm not in ("linf", "l2"):
-        raise ValueError(f"square supports norms ('linf', 'l2'), got {tm.norm!r}")
+    if tm.norm not in NORMS:
+        raise ValueError(f"square supports norms {NORMS}, got {tm.norm!r}")
     if x.ndim != 4:
         raise ValueError(f"square needs NHWC images [B, H, W, C], got shape {x.shape}")
     if int(n_queries) != n_queries or n_queries < 0:
@@ -157,12 +172,12 @@ def square_run(
     active = jnp.ones((b,), bool) if active is None else active
     sides_np = square_sides(int(n_queries), p_init, rescale_schedule, h, w, norm)
     sides = jnp.asarray(sides_np)
-    if norm == "l2":
+    if norm != "linf":
         levels = sorted(set(sides_np.tolist())) or [min(3, h, w)]
         table = np.zeros((len(levels), 2, h, w), np.float32)
         for li, s in enumerate(levels):
-            table[li, 0, :s, :s] = eta(s)
-            table[li, 1, :s, :s] = eta(s).T
+            table[li, 0, :s, :s] = eta(s, norm)
+            table[li, 1, :s, :s] = eta(s, norm).T
         level_of = np.zeros(max(levels) + 1, np.int32)
         level_of[levels] = np.arange(len(levels))
         table, level_of = jnp.asarray(table), jnp.asarray(level_of)
@@ -171,7 +186,7 @@ def square_run(
     if norm == "linf":
         x_best = jnp.clip(x + eps * _sign(jax.random.uniform(k_init, (b, 1, w, c))), 0.0, 1.0)
     else:
-        x_best = _l2_init(k_init, x, eps)
+        x_best = _blocks_init(k_init, x, eps, norm)
     margin_of = lambda z: losses.margin(logits_fn(z).astype(jnp.float32), y)  # noqa: E731
     m_min = jnp.where(active, margin_of(x_best), -jnp.inf)
 
@@ -187,19 +202,26 @@ def square_run(
         vh2, vw2 = _position(u[:, 2], s, h), _position(u[:, 3], s, w)
         m2 = _windows(vh2, vw2, s, h, w)
         delta = x_best - x
-        d2 = delta * delta
-        nw1 = jnp.sqrt(jnp.sum(d2 * m1, axis=(1, 2), keepdims=True))
-        nws = jnp.sqrt(jnp.sum(d2 * (m1 | m2), axis=(1, 2), keepdims=True))
-        n_img = bcast(threat.lp_norm(delta, "l2"), delta)
+        # Per channel: the window norms (l2 or l1) and the image's norm.
+        if norm == "l2":
+            size = lambda v, m: jnp.sqrt(jnp.sum(v * v * m, axis=(1, 2), keepdims=True))  # noqa: E731
+        else:
+            size = lambda v, m: jnp.sum(jnp.abs(v) * m, axis=(1, 2), keepdims=True)  # noqa: E731
+        nw1, nws = size(delta, m1), size(delta, m1 | m2)
+        n_img = bcast(threat.lp_norm(delta, norm), delta)
         tr = (u[:, 4] < 0.5).astype(jnp.int32)
         pats = table[level_of[s]][tr]  # [B, H, W], pattern at the top-left corner
         rows = jnp.clip(jnp.arange(h)[None, :] - vh[:, None], 0, h - 1)
         cols = jnp.clip(jnp.arange(w)[None, :] - vw[:, None], 0, w - 1)
         placed = jax.vmap(lambda p, r, q: p[r[:, None], q[None, :]])(pats, rows, cols)
         new = (placed[..., None] * sg + delta / (1e-12 + nw1)) * m1
-        new_norm = jnp.sqrt(jnp.sum(new * new, axis=(1, 2), keepdims=True))
+        if norm == "l1":
+            room = (jnp.maximum(eps - n_img, 0.0) / c + nws) * c
+            new = new / (1e-12 + size(new, m1)) * room
+            delta = jnp.where(m1, new, jnp.where(m2, 0.0, delta))
+            return threat.project_l1(x + delta, x, eps * _L1_SHRINK)
         room = jnp.maximum(eps**2 - n_img**2, 0.0) / c + nws**2
-        new = new / (1e-12 + new_norm) * jnp.sqrt(room)
+        new = new / (1e-12 + size(new, m1)) * jnp.sqrt(room)
         delta = jnp.where(m1, new, jnp.where(m2, 0.0, delta))
         delta = delta / bcast(threat.lp_norm(delta, "l2") + 1e-12, delta)
         return jnp.clip(x + eps * delta, 0.0, 1.0)
@@ -231,13 +253,13 @@ def square(
     p_init: float = 0.8,
     rescale_schedule: bool = True,
 ) -> jax.Array:
-    """Square Attack, linf or l2, on NHWC images; pure and jit/vmap-able (settings static).
+    """Square Attack, linf, l2 or l1, on NHWC images; pure and jit/vmap-able (settings static).
 
     Args:
       logits_fn: x [B, H, W, C] -> logits [B, K] (only its values are used).
       x: [B, H, W, C] float32 clean images in [0, 1].
       y: int [B] labels.
-      tm: the threat model (static): "linf" or "l2" ("none"/eps == 0 returns x; "l1" raises).
+      tm: the threat model (static): "linf", "l2" or "l1" ("none" or eps == 0 returns x).
       key: `jax.random` key.
       n_queries: iterations (one model query each, after the initial one).
       p_init: initial fraction of pixels a square covers.

@@ -207,8 +207,9 @@ def base_train_config() -> ml_collections.ConfigDict:
     )
     c.model = dict(name="cnn-small")  # + keyword arguments of models.get_model
     # norm linf/l2/l1 with eps: adversarial training; none: nominal; multi: E-AT (Croce & Hein
-    # 2022), each batch attacked under one of `multi` ("norm:eps" strings), drawn uniformly.
-    c.threat = dict(norm="none", eps=0.0, multi=())
+    # 2022), each batch attacked under one of `multi` ("norm:eps" strings), drawn by `sampling`:
+    # "adaptive" (the reference: probability 1 - running robust accuracy) or "uniform".
+    c.threat = dict(norm="none", eps=0.0, multi=(), sampling="adaptive")
     c.attack = dict(name="none", loss="ce", steps=10, step_size=0.0, random_start=False)
     c.optimizer = dict(
         name="sgd",
@@ -328,7 +329,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
       ValueError: naming the first unknown key, wrongly typed value or unknown name.
     """
     _check_against_schema(config, base_train_config(), prefix="")
-    from seasoning import models, threat  # late: keeps config loading light
+    from seasoning import adversarial, models, threat  # late: keeps config loading light
 
     _check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
     try:
@@ -349,6 +350,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         for spec in config.threat.multi:
             if threat.parse(spec).trivial:  # raises on bad text, norm or eps
                 raise ValueError(f"Config threat.multi: {spec!r} is not an adversarial threat.")
+        _check_choice("threat.sampling", config.threat.sampling, adversarial.MULTI_SAMPLING)
     else:
         threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
         if config.threat.multi:
@@ -396,6 +398,7 @@ def base_soup_config() -> ml_collections.ConfigDict:
         n_iter=0,  # 0: the version's
         n_target_classes=0,  # 0: the version's
         threats=(),  # "norm:eps" strings; default: the dataset's usual radii
+        compute_dtype="float32",  # the soups' compute dtype under attack (not the training's)
     )
     # How soups are evaluated (soup/grid.py): "grid", many soups per compiled program, every
     # attack on every point; "per_soup", each soup attacked as seasoning.evaluate attacks a
@@ -468,6 +471,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"Config grid.step={config.grid.step} must be in (0, 1].")
     _check_choice("bn_policy", config.bn_policy, BN_POLICIES)
     _check_choice("eval.version", config.eval.version, ("standard", "fast"))
+    _check_choice("eval.compute_dtype", config.eval.compute_dtype, COMPUTE_DTYPES)
     _check_choice("evaluation", config.evaluation, soup_grid.MODES)
     for spec in config.eval.threats:
         threat.parse(spec)

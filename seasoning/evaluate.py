@@ -32,6 +32,10 @@ _THREATS = flags.DEFINE_multi_string(
     "threat", [], "norm:eps, repeatable (e.g. linf:8/255). Default: the dataset's usual radii."
 )
 _VERSION = flags.DEFINE_enum("version", "standard", ["standard", "fast"], "AutoAttack version.")
+_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", list(models.COMPUTE_DTYPES),
+    "The model's compute dtype during the attacks (float32 whatever the run trained in).",
+)  # fmt: skip
 _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the split (0: all).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Points per compiled attack call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
@@ -46,8 +50,11 @@ _OVERWRITE = flags.DEFINE_bool(
 EVAL_FILE = "eval.json"
 
 
-def load_run(workdir: str, step: int | None = None):
+def load_run(workdir: str, step: int | None = None, compute_dtype: str = "float32"):
     """A finished (or running) run: (config, model, variables, checkpoint step).
+
+    The model computes in `compute_dtype` (float32 by default, whatever the run trained in:
+    attacks in bfloat16 round away steps smaller than its ~3 significant digits).
 
     Raises:
       FileNotFoundError: no config.json or no checkpoint in `workdir`.
@@ -60,7 +67,7 @@ def load_run(workdir: str, step: int | None = None):
             f"{path} not found: --workdir must be a run of `python -m seasoning.train`."
         ) from None
     tree, meta, step = checkpoints.read_numpy(workdir, step)
-    model = models.from_config(config, meta["num_classes"])
+    model = models.from_config(config, meta["num_classes"], compute_dtype)
     variables = {"params": tree["params"]}
     if tree.get("batch_stats"):
         variables["batch_stats"] = tree["batch_stats"]
@@ -78,6 +85,7 @@ def evaluate_run(
     split: str = "",
     output: str = EVAL_FILE,
     overwrite: bool = False,
+    compute_dtype: str = "float32",
     **attack_overrides: Any,
 ) -> dict[str, Any]:
     """Attacks a run's latest checkpoint and writes `output` (eval.json) into its workdir.
@@ -92,6 +100,7 @@ def evaluate_run(
       split: the split (default: the run's `dataset.eval_split`).
       output: the result file's name inside the workdir, or an absolute path.
       overwrite: replace an output file that holds an evaluation with other settings.
+      compute_dtype: the model's compute dtype during the attacks, recorded in the result.
       **attack_overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes,
         n_queries) replacing the version's, recorded in the result.
 
@@ -104,7 +113,7 @@ def evaluate_run(
     """
     if jax.process_count() > 1:
         raise ValueError("seasoning.evaluate runs on one host; start it without jax.distributed.")
-    config, model, variables, step = load_run(workdir)
+    config, model, variables, step = load_run(workdir, compute_dtype=compute_dtype)
     threats = list(threats or threat.default_threats(config.dataset.name))
     if not threats:
         raise ValueError("No threat model to evaluate.")
@@ -114,6 +123,7 @@ def evaluate_run(
         "split": split,
         "n_examples": int(n_examples),
         "version": version,
+        "compute_dtype": compute_dtype,
         "seed": int(seed),
         "threats": [str(tm) for tm in threats],
         "overrides": {k: v for k, v in attack_overrides.items() if v is not None},
@@ -205,7 +215,8 @@ def format_table(result: dict[str, Any]) -> str:
     header = f"{'threat':<16}{'robust %':>10}" + "".join(f"{n:>10}" for n in names) + f"{'s':>8}"
     lines = [
         f"{result['model']} on {result['dataset']}/{settings['split']}, {result['n_examples']} "
-        f"points, AutoAttack {settings['version']}, checkpoint step {settings['checkpoint_step']}",
+        f"points, AutoAttack {settings['version']}, checkpoint step {settings['checkpoint_step']}, "
+        f"{settings.get('compute_dtype', 'float32')}",
         header,
         f"{'clean':<16}{100 * result['clean_accuracy']:>10.2f}",
     ]
@@ -235,7 +246,7 @@ def main(argv) -> None:
         result = evaluate_run(
             cli.WORKDIR.value, threats, version=_VERSION.value, n_examples=_N_EXAMPLES.value,
             batch_size=_BATCH.value, seed=_SEED.value, split=_SPLIT.value,
-            output=_OUTPUT.value, overwrite=_OVERWRITE.value,
+            output=_OUTPUT.value, overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
         )  # fmt: skip
         print(format_table(result))
         print(f"Wrote {os.path.join(cli.WORKDIR.value, _OUTPUT.value)}")

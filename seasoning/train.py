@@ -65,8 +65,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     make_state = functools.partial(
-        training.create_train_state, model, tx, image_shape=train_source.image_shape
-    )
+        training.create_train_state, model, tx, image_shape=train_source.image_shape,
+        attack=attack,
+    )  # fmt: skip
     abstract_state = jax.eval_shape(make_state, init_key)  # checks the model, allocates nothing
     logging.info(
         "model %s: %s parameters",

@@ -7,6 +7,7 @@ sharded over the data mesh (`make_train_step`, `make_eval_step`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,21 @@ from seasoning import parallel
 Attack = Callable[[Callable[[jax.Array], jax.Array], jax.Array, jax.Array, jax.Array], jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class AttackWithStats:
+    """A training attack that keeps statistics from step to step (`TrainState.attack_stats`).
+
+    E-AT draws each batch's threat model from the running robust accuracy under each one.
+
+    Attributes:
+      run: (logits_fn, x, y, key, stats) -> (x_adv, new stats); pure and jit-able.
+      initial_stats: the statistics of a fresh run (a pytree of arrays).
+    """
+
+    run: Callable[..., tuple[jax.Array, Any]]
+    initial_stats: Any
+
+
 @flax.struct.dataclass
 class TrainState:
     """Everything that changes during training; `tx` is static (not a pytree leaf)."""
@@ -33,6 +49,7 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    attack_stats: Any = flax.struct.field(default_factory=dict)  # see AttackWithStats
 
     def variables(self) -> dict[str, Any]:
         """The model variables: {'params'} plus {'batch_stats'} for BatchNorm models."""
@@ -40,23 +57,33 @@ class TrainState:
             return {"params": self.params, "batch_stats": self.batch_stats}
         return {"params": self.params}
 
-    def apply_gradients(self, grads: Any, batch_stats: Any) -> TrainState:
+    def apply_gradients(
+        self, grads: Any, batch_stats: Any, attack_stats: Any | None = None
+    ) -> TrainState:
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         return self.replace(
             step=self.step + 1,
             params=optax.apply_updates(self.params, updates),
             batch_stats=batch_stats,
             opt_state=opt_state,
+            attack_stats=self.attack_stats if attack_stats is None else attack_stats,
         )
 
     def checkpoint_items(self) -> dict[str, Any]:
-        """The pytree that checkpoints save and restore (everything but `tx`)."""
-        return {
+        """The pytree that checkpoints save and restore (everything but `tx`).
+
+        `attack_stats` only when the attack keeps any, so that other runs' checkpoints keep
+        their layout.
+        """
+        items = {
             "step": self.step,
             "params": self.params,
             "batch_stats": self.batch_stats,
             "opt_state": self.opt_state,
         }
+        if jax.tree.leaves(self.attack_stats):
+            items["attack_stats"] = self.attack_stats
+        return items
 
     def replace_items(self, items: dict[str, Any]) -> TrainState:
         """The inverse of `checkpoint_items`."""
@@ -69,17 +96,26 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape: tuple[int, ...
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, image_shape: tuple[int, ...]
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    image_shape: tuple[int, ...],
+    attack: Attack | AttackWithStats | None = None,
 ) -> TrainState:
-    """A fresh TrainState (jit it with `out_shardings` to place it; `jax.eval_shape` it to plan)."""
+    """A fresh TrainState (jit it with `out_shardings` to place it; `jax.eval_shape` it to plan).
+
+    With an `AttackWithStats`, the state starts with its `initial_stats`.
+    """
     variables = init_variables(model, key, image_shape)
     params = variables["params"]
+    stats = attack.initial_stats if isinstance(attack, AttackWithStats) else {}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(params),
         tx=tx,
+        attack_stats=jax.tree.map(jnp.asarray, stats),
     )
 
 
@@ -97,7 +133,7 @@ def train_step(
     key: jax.Array,
     *,
     model: nn.Module,
-    attack: Attack | None = None,
+    attack: Attack | AttackWithStats | None = None,
     label_smoothing: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a batch, adversarial when `attack` is given.
@@ -110,10 +146,15 @@ def train_step(
       is left to the driver (the schedule is a function of the step).
     """
     images, labels = batch["image"], batch["label"]
+    attack_stats = state.attack_stats
     if attack is not None:
         variables = jax.lax.stop_gradient(state.variables())
         logits_fn = lambda x: model.apply(variables, x, train=False)  # noqa: E731
-        images = jax.lax.stop_gradient(attack(logits_fn, images, labels, key))
+        if isinstance(attack, AttackWithStats):
+            images, attack_stats = attack.run(logits_fn, images, labels, key, attack_stats)
+        else:
+            images = attack(logits_fn, images, labels, key)
+        images = jax.lax.stop_gradient(images)
 
     def loss_fn(params):
         variables = {**state.variables(), "params": params}
@@ -131,7 +172,7 @@ def train_step(
         "accuracy": (logits.argmax(-1) == labels).mean(),
         "grad_norm": optax.global_norm(grads),
     }
-    return state.apply_gradients(grads, batch_stats), metrics
+    return state.apply_gradients(grads, batch_stats, attack_stats), metrics
 
 
 def eval_step(

@@ -115,34 +115,99 @@ def _multi_sections(multi=("linf:0.1", "l2:0.8", "l1:10"), **attack):
     return threat_cfg, attack_cfg
 
 
-def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
-    """E-AT: each call attacks the whole batch under one threat model, drawn from the key.
+def _which_threat(x_adv, x, balls):
+    """Which balls hold the batch: a Linf attack's dense perturbation lies outside the L2 and
+    L1 balls, the L2 and L1 attacks' outside the Linf ball, and so on."""
+    return tuple(bool(tm.contains(x_adv, x).all()) for tm in balls)
 
-    Which one is told by which balls hold the batch: a Linf attack's dense perturbation lies
-    outside the L2 and L1 balls, the L2 and L1 attacks' outside the Linf ball, and so on.
-    """
+
+def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
+    """E-AT: each call attacks the whole batch under one threat model, drawn from the key; a
+    fresh run (no statistics yet) draws uniformly, and the counts of the drawn one grow."""
     model, variables, x, y = _model_and_batch(n=8)
     threat_cfg, attack_cfg = _multi_sections(steps=3)
     attack = adversarial.make_training_attack(threat_cfg, attack_cfg)
+    assert isinstance(attack, training.AttackWithStats)
     balls = [threat.parse(s) for s in threat_cfg.multi]
 
     def logits_fn(z):
         return model.apply(variables, z, train=False)
 
-    run = jax.jit(lambda key: attack(logits_fn, x, y, key))
+    run = jax.jit(lambda key, counts: attack.run(logits_fn, x, y, key, counts))
+    fresh = jnp.asarray(attack.initial_stats)
+    assert fresh.shape == (3, 2) and not fresh.any()
     signatures = set()
     for i in range(16):
-        x_adv = run(jax.random.key(i))
-        inside = tuple(bool(tm.contains(x_adv, x).all()) for tm in balls)
-        assert any(inside), f"key {i}: the batch lies in none of {threat_cfg.multi}"
+        x_adv, counts = run(jax.random.key(i), fresh)
+        inside = _which_threat(x_adv, x, balls)
+        assert sum(inside) == 1, f"key {i}: the batch lies in {inside} of {threat_cfg.multi}"
         assert bool(np.any(np.asarray(x_adv) != x)), f"key {i}: nothing was attacked"
+        drawn = inside.index(True)
+        assert float(counts[drawn, 1]) == len(x) and float(counts.sum(0)[1]) == len(x)
+        assert 0 <= float(counts[drawn, 0]) <= len(x)
         signatures.add(inside)
     assert len(signatures) == 3, signatures  # all three threat models were drawn
     text = adversarial.describe(threat_cfg, attack_cfg)
-    assert (
-        text
-        == "adversarial training: E-AT, one of linf:0.1 / l2:0.8 / l1:10 per batch, apgd-ce 3 steps"
+    assert text == (
+        "adversarial training: E-AT, one of linf:0.1 / l2:0.8 / l1:10 per batch, drawn by "
+        "1 - running robust accuracy, apgd-ce 3 steps"
     )
+
+
+def test_multi_norm_draws_by_one_minus_running_robust_accuracy():
+    """The reference's rule: probability proportional to 1 - the running robust accuracy of
+    each threat model's training batches (uniform until each was drawn); `uniform` ignores it."""
+    counts = np.array([[90.0, 100.0], [50.0, 100.0], [0.0, 100.0]], np.float32)
+    np.testing.assert_allclose(adversarial.draw_weights(counts), [0.1, 0.5, 1.0], rtol=1e-6)
+    unseen = counts.copy()
+    unseen[1] = 0.0
+    np.testing.assert_allclose(adversarial.draw_weights(unseen), [1.0, 1.0, 1.0])
+    all_robust = np.array([[100.0, 100.0], [40.0, 40.0]], np.float32)
+    np.testing.assert_allclose(adversarial.draw_weights(all_robust), [1.0, 1.0])
+    np.testing.assert_allclose(adversarial.draw_weights(counts, adaptive=False), [1.0, 1.0, 1.0])
+
+    # Robust under Linf and L2 so far: every batch goes to L1.
+    model, variables, x, y = _model_and_batch(n=8)
+    threat_cfg, attack_cfg = _multi_sections(steps=2)
+    attack = adversarial.make_training_attack(threat_cfg, attack_cfg)
+    balls = [threat.parse(s) for s in threat_cfg.multi]
+    solved = jnp.asarray([[50.0, 50.0], [30.0, 30.0], [0.0, 10.0]])
+
+    def logits_fn(z):
+        return model.apply(variables, z, train=False)
+
+    run = jax.jit(lambda key: attack.run(logits_fn, x, y, key, solved))
+    for i in range(8):
+        x_adv, counts = run(jax.random.key(i))
+        assert _which_threat(x_adv, x, balls) == (False, False, True), i
+        np.testing.assert_array_equal(counts[:2], solved[:2])
+    threat_cfg.sampling = "uniform"
+    uniform = adversarial.make_training_attack(threat_cfg, attack_cfg)
+    drawn = {
+        _which_threat(uniform.run(logits_fn, x, y, jax.random.key(i), solved)[0], x, balls)
+        for i in range(12)
+    }
+    assert len(drawn) == 3, drawn
+
+
+def test_multi_norm_statistics_live_in_the_train_state():
+    """The E-AT counts are part of the TrainState: updated by every step and checkpointed."""
+    model, _, x, y = _model_and_batch(n=16)
+    threat_cfg, attack_cfg = _multi_sections(steps=2)
+    attack = adversarial.make_training_attack(threat_cfg, attack_cfg)
+    state = training.create_train_state(
+        model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1), attack=attack
+    )
+    assert "attack_stats" in state.checkpoint_items()
+    mesh = parallel.make_mesh()
+    step = training.make_train_step(mesh, model=model, attack=attack)
+    batch = parallel.host_to_global({"image": x, "label": y}, mesh)
+    for i in range(3):
+        state, _ = step(state, batch, jax.random.key(i))
+    counts = np.asarray(state.attack_stats)
+    assert counts[:, 1].sum() == 3 * len(x) and np.all(counts[:, 0] <= counts[:, 1])
+    plain = training.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
+    assert "attack_stats" not in plain.checkpoint_items()
 
 
 @pytest.mark.parametrize(
@@ -153,6 +218,7 @@ def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
         (lambda t: t.update(multi=("linf:0.1", "l5:2")), "unknown threat norm 'l5'"),
         (lambda t: t.update(multi=("linf:0.1", "none:0")), "'none:0' is not an adversarial"),
         (lambda t: t.update(norm="linf", eps=0.1), "used only with threat.norm='multi'"),
+        (lambda t: t.update(sampling="greedy"), "threat.sampling 'greedy'"),
     ],
 )
 def test_multi_norm_config_errors(mutate, message):

@@ -9,10 +9,11 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, config_lib, train, training
+from seasoning import checkpoints, config_lib, evaluate, threat, train, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -51,12 +52,25 @@ def test_runlocal_writes_run_files_and_compiles_once(tmp_path, monkeypatch):
     assert meta["model"]["name"] == "cnn-small"
 
 
-def test_vit_runlocal_trains_on_synthetic_data(tmp_path):
-    config = config_lib.load_config(f"{ROOT}/configs/vitb_linf.py:runlocal")
-    final = train.train_and_evaluate(config, str(tmp_path / "vit"))
+def test_vit_runlocal_trains_on_synthetic_data_and_is_attacked_in_float32(tmp_path):
+    """A ViT trained in bfloat16 (as configs/vitb_linf.py trains) is evaluated in float32:
+    bfloat16 inputs round to ~1e-3, a tenth of an Linf step at 4/255, unless asked for."""
+    workdir = str(tmp_path / "vit")
+    config = config_lib.load_config(
+        f"{ROOT}/configs/vitb_linf.py:runlocal", ["compute_dtype=bfloat16", "max_steps=2"]
+    )
+    final = train.train_and_evaluate(config, workdir)
     assert np.isfinite(final["loss"])
-    tree, meta, _ = checkpoints.read_numpy(str(tmp_path / "vit"))
+    tree, meta, _ = checkpoints.read_numpy(workdir)
     assert meta["model"]["name"] == "vit-ti16" and not tree["batch_stats"]
+    assert evaluate.load_run(workdir)[1].dtype == jnp.float32
+    assert evaluate.load_run(workdir, compute_dtype="bfloat16")[1].dtype == jnp.bfloat16
+    result = evaluate.evaluate_run(
+        workdir, [threat.parse("linf:4/255")], version="fast", n_examples=8, batch_size=8,
+        n_iter=1, n_target_classes=1,
+    )  # fmt: skip
+    assert result["settings"]["compute_dtype"] == "float32"
+    assert "float32" in evaluate.format_table(result)
 
 
 def test_resume_refuses_a_different_model(tmp_path):

@@ -225,12 +225,14 @@ def param_count(variables_or_params: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def from_config(config: Any, num_classes: int) -> nn.Module:
+def from_config(config: Any, num_classes: int, compute_dtype: str | None = None) -> nn.Module:
     """The module a run's config describes: section `model` plus `compute_dtype`.
 
     Args:
       config: a training config (ConfigDict, or the dict read back from config.json).
       num_classes: the dataset's class count; `model.num_classes`, when set, must agree.
+      compute_dtype: "float32" or "bfloat16" instead of the config's (evaluation runs in
+        float32 whatever the training used: attacks need the input gradient's precision).
 
     Raises:
       ValueError: for an unknown model or a class count that disagrees with the dataset.
@@ -243,6 +245,9 @@ def from_config(config: Any, num_classes: int) -> nn.Module:
             f"Config model.num_classes={declared} but dataset {config['dataset']['name']!r} has "
             f"{num_classes} classes."
         )
-    if config["compute_dtype"] == "bfloat16":
+    dtype = compute_dtype or config["compute_dtype"]
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={dtype!r} is not one of {COMPUTE_DTYPES}.")
+    if dtype == "bfloat16":
         kwargs["dtype"] = jnp.bfloat16
     return get_model(name, num_classes=num_classes, **kwargs)

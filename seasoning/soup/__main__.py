@@ -40,14 +40,16 @@ _RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted sweep in -
 GRID_FILE, CSV_FILE = "grid.json", "grid.csv"
 
 
-def load_ingredients(run_dirs: list[str]) -> tuple[ml_collections.ConfigDict, Any, list, list]:
-    """(first run's config, model, variables of each run, checkpoint steps).
+def load_ingredients(
+    run_dirs: list[str], compute_dtype: str = "float32"
+) -> tuple[ml_collections.ConfigDict, Any, list, list]:
+    """(first run's config, model computing in `compute_dtype`, variables of each run, steps).
 
     Raises:
       ValueError: the runs differ in model or dataset, or their weights in structure (the
         message names the first differing path).
     """
-    runs = [evaluate.load_run(d) for d in run_dirs]
+    runs = [evaluate.load_run(d, compute_dtype=compute_dtype) for d in run_dirs]
     config, model = runs[0][0], runs[0][1]
     for d, (c, _, _, _) in zip(run_dirs[1:], runs[1:], strict=True):
         for key in ("model", "dataset"):
@@ -94,7 +96,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
     config_lib.validate_soup_config(config)
     run_dirs = list(config.ingredients)
     labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
-    train_config, model, ingredients, steps = load_ingredients(run_dirs)
+    train_config, model, ingredients, steps = load_ingredients(run_dirs, config.eval.compute_dtype)
     stacked = soup.stack(ingredients)  # raises naming the first differing path
     weights = weight_grid(config.grid, len(run_dirs))
     threats = [threat.parse(s) for s in config.eval.threats] or list(
@@ -122,6 +124,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
         "weights": weights.tolist(),
         "metrics": names,
         "version": config.eval.version,
+        "compute_dtype": config.eval.compute_dtype,
         "overrides": overrides,
         "split": split,
         "n_examples": config.eval.n_examples,

@@ -183,10 +183,8 @@ def test_multi_norm_draws_by_one_minus_running_robust_accuracy():
         np.testing.assert_array_equal(counts[:2], solved[:2])
     threat_cfg.sampling = "uniform"
     uniform = adversarial.make_training_attack(threat_cfg, attack_cfg)
-    drawn = {
-        _which_threat(uniform.run(logits_fn, x, y, jax.random.key(i), solved)[0], x, balls)
-        for i in range(12)
-    }
+    run_uniform = jax.jit(lambda key: uniform.run(logits_fn, x, y, key, solved)[0])
+    drawn = {_which_threat(run_uniform(jax.random.key(i)), x, balls) for i in range(12)}
     assert len(drawn) == 3, drawn
 
 

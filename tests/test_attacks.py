@@ -622,9 +622,8 @@ def test_l1_apgd_first_sparsity(monkeypatch, large_reps, expected):
     f = _linear_fn(w, b)
     tm = threat.ThreatModel("l1", 2.0)
     key = jax.random.key(0)
-    jax.block_until_ready(
-        attacks.apgd(f, x, y, tm, key=key, n_iter=10, large_reps=large_reps, unroll=True)
-    )
+    run = functools.partial(attacks.apgd, f, tm=tm, n_iter=10, large_reps=large_reps, unroll=1)
+    jax.block_until_ready(jax.jit(run)(x, y, key=key))
     jax.effects_barrier()
     first = seen[1]  # (the init row's proposal, seen[0], is discarded)
     if expected == "init_topk":

@@ -3,6 +3,8 @@
 Big models are only traced (`jax.eval_shape`): no memory or compute is spent on them.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,3 +236,40 @@ def test_jitted_apply_matches_eager():
     variables = model.init(KEY, x)
     apply = jax.jit(model.apply, static_argnames="train")
     np.testing.assert_allclose(apply(variables, x), model.apply(variables, x), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "strides, padding, lhs_dilation, rhs_dilation",
+    [((1, 1), "SAME", None, None), ((2, 2), ((1, 1), (1, 1)), None, None),
+     ((2, 1), "VALID", None, (2, 2)), ((1, 1), ((0, 2), (1, 0)), (2, 2), None)],
+)  # fmt: skip
+def test_loop_friendly_conv_has_the_same_values_and_gradients(
+    strides, padding, lhs_dilation, rhs_dilation
+):
+    """The models' convolution (models/conv.py) is lax's, value and both gradients, also
+    inside a loop (where it takes its own input-gradient path)."""
+    from jax import lax
+
+    from seasoning.models import conv
+
+    x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
+    common = dict(
+        padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+    def loss(fn, x, k):
+        return jnp.sum(jnp.sin(fn(x, k, strides, **common)))
+
+    ours = functools.partial(loss, conv.conv_general_dilated)
+    plain = functools.partial(loss, lax.conv_general_dilated)
+    np.testing.assert_allclose(ours(x, k), plain(x, k), rtol=1e-6)
+    for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(plain, (0, 1))(x, k), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+    def looped(fn):
+        step = lambda i, z: z - 1e-2 * jax.grad(fn, 0)(z, k)  # noqa: E731
+        return jax.jit(lambda z: jax.lax.fori_loop(0, 3, step, z))(x)
+
+    np.testing.assert_allclose(looped(ours), looped(plain), rtol=1e-5, atol=1e-5)

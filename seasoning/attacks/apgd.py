@@ -35,10 +35,12 @@ Deviations from the reference, each deliberate:
 
 Loops: `unroll=k` runs the iterations in a `lax.scan` with k iterations per loop body;
 `unroll=True` traces a Python loop (no XLA while loop). On CPU, XLA runs the input-gradient
-convolutions of some models (stride-1 3x3, e.g. ResNets) 5-7x slower inside a while loop than
-outside one; a full unroll avoids that but compiles in time proportional to the iterations.
-`unroll=None` (default) unrolls fully on CPU when the whole attack is at most
-`AUTO_UNROLL_MAX_STEPS` model evaluations (the 10-step training attack), else uses a rolled loop.
+convolutions of a model several times slower inside a while loop than outside one, unless the
+model's convolutions come from `seasoning.models.conv` (every model of `seasoning.models` does):
+then a rolled loop runs about as fast as a full unroll, which compiles in time proportional to
+the iterations. `unroll=None` (default) unrolls fully on CPU when the whole attack is at most
+`AUTO_UNROLL_MAX_STEPS` model evaluations (the 10-step training attack, still a little faster
+unrolled), else uses a rolled loop.
 """
 
 from __future__ import annotations

@@ -153,6 +153,8 @@ def run_auto_attack(
     batch_size = parallel.round_up_to_devices(min(batch_size, max(len(x), 1)), mesh)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
+    # Survivors are attacked in batches padded to a multiple of an eighth of the batch size.
+    quantum = parallel.round_up_to_devices(-(-batch_size // 8), mesh)
     settings = resolve_settings(version, tm.norm, overrides)
     frozen = tuple(sorted(settings.items()))
     num_classes = _num_classes(apply_fn, variables, x)
@@ -171,7 +173,7 @@ def run_auto_attack(
             units = n_units(name, settings, num_classes)
             for u in range(units):
                 todo = np.flatnonzero(robust)
-                for j, (idx, n) in enumerate(_chunks(todo, batch_size)):
+                for j, (idx, n) in enumerate(_chunks(todo, batch_size, quantum)):
                     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, i), u), j)
                     x_a, ok = attack(variables, x[idx], y[idx], k, np.int32(u))
                     x_a, ok, rows = np.asarray(x_a)[:n], np.asarray(ok)[:n], idx[:n]
@@ -180,7 +182,7 @@ def run_auto_attack(
                     replace = np.ones(n, bool) if first else ~ok
                     x_adv[rows[replace]] = x_a[replace]
                     robust[rows] &= ok
-                    done = min((j + 1) * batch_size, len(todo))
+                    done = j * batch_size + n
                     logging.info(
                         "%s %s %d/%d: %d/%d points, robust accuracy at most %.2f%%, %.0f s",
                         tm, name, u + 1, units, done, len(todo), 100 * robust.mean(),
@@ -250,8 +252,15 @@ def _jit_sharded(fn: Callable, mesh: Mesh, n_batched: int) -> Callable:
     return jax.jit(fn, in_shardings=shardings)
 
 
-def _chunks(indices: np.ndarray, size: int):
-    """Yields (index batch of exactly `size`, number of real entries); padding repeats the last."""
+def _chunks(indices: np.ndarray, size: int, quantum: int | None = None):
+    """Yields (index batch, number of real entries); padding repeats the last index.
+
+    Batches hold `size` indices; a last, shorter one is padded only up to a multiple of
+    `quantum` (default: `size`), so that the few points a later attack still has to attack do
+    not cost a whole batch, while each attack compiles for at most size / quantum shapes.
+    """
+    quantum = quantum or size
     for start in range(0, len(indices), size):
         idx = indices[start : start + size]
-        yield np.concatenate([idx, np.repeat(idx[-1:], size - len(idx))]), len(idx)
+        padded = min(size, -(-len(idx) // quantum) * quantum)
+        yield np.concatenate([idx, np.repeat(idx[-1:], padded - len(idx))]), len(idx)

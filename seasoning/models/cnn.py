@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from seasoning.models import normalization
+from seasoning.models import conv, normalization
 
 NORMS = ("batch", "none")
 
@@ -63,6 +63,7 @@ class SmallCNN(nn.Module):
                 use_bias=not batch_norm,
                 dtype=self.dtype,
                 param_dtype=jnp.float32,
+                conv_general_dilated=conv.conv_general_dilated,
             )(x)
             if batch_norm:
                 x = normalization.batch_norm(train, self.dtype)(x)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from seasoning.models import conv as loop_friendly
 from seasoning.models import normalization
 
 # PyTorch's kaiming_normal_(mode="fan_out"), as in the reference implementations.
@@ -37,6 +38,7 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         name=name,
+        conv_general_dilated=loop_friendly.conv_general_dilated,
     )
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from seasoning.models import normalization
+from seasoning.models import conv, normalization
 
 # The (hidden_size, depth, num_heads) of the named sizes.
 SIZES = {"ti": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12)}
@@ -133,6 +133,7 @@ class VisionTransformer(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             name="embedding",
+            conv_general_dilated=conv.conv_general_dilated,
         )(x)
         batch, height, width, hidden = x.shape
         x = x.reshape(batch, height * width, hidden)

@@ -1,0 +1,186 @@
+"""The whole AutoAttack, ours beside fra31's (pyautoattack 0.2.0), on the same model and points.
+
+  .venv/bin/python benchmarks/autoattack.py [--models=mlp,cnn-small] [--norms=linf,l2,l1]
+      [--n_points=500] [--version=standard] [--train_steps=300] [--threads=0]
+
+For each model: a short nominal training on Fashion-MNIST (SGD, `train_steps` batches of 128),
+then per norm, back to back in this one process: ours (`attacks.run_auto_attack`, what
+`seasoning.evaluate` runs: each restart and target class only on the points still robust, the
+CPU split into JAX devices as the drivers split it) and the reference's
+`AutoAttack(version=...).run_standard_evaluation` on the PyTorch twin with the same weights. Both
+start cold: our time includes tracing and compiling every attack (no persistent cache), the
+reference's its first call. Prints one JSON line per model and norm: robust accuracy of each,
+seconds of each, and their ratio. The radii leave a mid-range robust accuracy on these briefly
+trained models (those of tests/test_reference.py). Run by hand; results go into README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+EPS = {"linf": 0.03, "l2": 0.5, "l1": 4.0}
+MODELS = ("mlp", "cnn-small")
+# cnn-small at a quarter of its default widths, as tests/test_reference.py uses it.
+CNN = dict(features=(16, 32, 32), hidden=64)
+MLP_WIDTHS = (256, 256)
+
+_MODELS = flags.DEFINE_list("models", list(MODELS), f"Models, from {list(MODELS)}.")
+_NORMS = flags.DEFINE_list("norms", list(EPS), "Threat norms (radii: EPS).")
+_N_POINTS = flags.DEFINE_integer("n_points", 500, "First N Fashion-MNIST test points.")
+_VERSION = flags.DEFINE_enum("version", "standard", ["standard", "fast"], "AutoAttack version.")
+_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "Nominal SGD steps before attacking.")
+_THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count()).")
+_BATCH = flags.DEFINE_integer("batch_size", 500, "Our points per compiled call.")
+
+
+def _mlp_twin(params):
+    """The PyTorch module computing `_mlp_apply` with the same weights (NCHW input)."""
+    import torch
+
+    layers = []
+    for i, layer in enumerate(params):
+        linear = torch.nn.Linear(*layer["w"].shape)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(layer["w"].T.copy()))
+            linear.bias.copy_(torch.from_numpy(layer["b"].copy()))
+        layers += [linear] + ([torch.nn.ReLU()] if i < len(params) - 1 else [])
+
+    class Twin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(*layers)
+
+        def forward(self, x):  # NCHW -> NHWC order before flattening, as the JAX side
+            return self.net(x.permute(0, 2, 3, 1).reshape(x.shape[0], -1))
+
+    return Twin().eval()
+
+
+def _mlp_apply(params, x):
+    import jax
+
+    h = x.reshape(x.shape[0], -1)
+    for i, layer in enumerate(params):
+        h = h @ layer["w"] + layer["b"]
+        if i < len(params) - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def _train(name: str, steps: int):
+    """(apply_fn(variables, x), variables, PyTorch twin) after `steps` nominal SGD steps."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from seasoning import models, reference, training
+    from seasoning.data import fashion_mnist
+
+    train = fashion_mnist.load("train")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, len(train.labels), 128) for _ in range(steps)]
+    if name == "cnn-small":
+        model = models.get_model("cnn-small", num_classes=10, **CNN)
+        state = training.create_train_state(
+            model, optax.sgd(0.05, momentum=0.9, nesterov=True), jax.random.key(0), (28, 28, 1)
+        )
+        step = jax.jit(functools.partial(training.train_step, model=model), donate_argnums=0)
+        for i, idx in enumerate(batches):
+            batch = {"image": train.images[idx] / np.float32(255), "label": train.labels[idx]}
+            state, _ = step(state, batch, jax.random.key(i))
+        variables = jax.device_get(state.variables())
+
+        def apply_fn(v, x):
+            return model.apply(v, x, train=False)
+
+        return apply_fn, variables, reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+    sizes = (784, *MLP_WIDTHS, 10)
+    keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
+    params = [
+        {"w": jax.random.normal(k, (a, b)) * np.sqrt(2.0 / a), "b": jnp.zeros(b)}
+        for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
+    tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
+    opt = tx.init(params)
+
+    @jax.jit
+    def sgd(params, opt, x, y):
+        def loss(p):
+            return training.cross_entropy(_mlp_apply(p, x), y).mean()
+
+        updates, opt = tx.update(jax.grad(loss)(params), opt, params)
+        return optax.apply_updates(params, updates), opt
+
+    for idx in batches:
+        params, opt = sgd(params, opt, train.images[idx] / np.float32(255), train.labels[idx])
+    params = jax.tree.map(np.asarray, jax.device_get(params))
+    return _mlp_apply, params, _mlp_twin(params)
+
+
+def main(argv):
+    del argv
+    import numpy as np
+
+    from seasoning import parallel
+
+    devices = parallel.split_cpu(-1, _BATCH.value)  # as `seasoning.evaluate` starts
+    import jax
+    import torch
+    from pyautoattack import AutoAttack
+
+    from seasoning import attacks, reference, threat
+    from seasoning.data import fashion_mnist
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    threads = _THREADS.value or os.cpu_count()
+    torch.set_num_threads(threads)
+    test = fashion_mnist.load("test")
+    n = _N_POINTS.value
+    x = test.images[:n].astype(np.float32) / 255
+    y = test.labels[:n].astype(np.int32)
+    for name in _MODELS.value:
+        if name not in MODELS:
+            raise app.UsageError(f"Unknown model {name!r}; choose from {list(MODELS)}.")
+        apply_fn, variables, twin = _train(name, _TRAIN_STEPS.value)
+        for norm in _NORMS.value:
+            tm = threat.ThreatModel(norm, EPS[norm])
+            t0 = time.perf_counter()
+            _, report = attacks.run_auto_attack(
+                apply_fn, variables, x, y, tm, key=jax.random.key(0), version=_VERSION.value,
+                batch_size=_BATCH.value,
+            )  # fmt: skip
+            ours_s = time.perf_counter() - t0
+            adversary = AutoAttack(
+                twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
+                version=_VERSION.value, seed=0,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            _, y_adv = adversary.run_standard_evaluation(
+                reference.to_torch(x), torch.from_numpy(y.astype(np.int64)), batch_size=n
+            )
+            ref_s = time.perf_counter() - t0
+            ref_robust = y_adv.numpy() == y
+            print(json.dumps({
+                "benchmark": "autoattack", "version": _VERSION.value, "model": name,
+                "norm": norm, "eps": tm.eps, "n_points": n, "train_steps": _TRAIN_STEPS.value,
+                "clean_accuracy": round(float(report.clean.mean()), 4),
+                "ours_robust_accuracy": round(report.robust_accuracy, 4),
+                "reference_robust_accuracy": round(float(ref_robust.mean()), 4),
+                "ours_after": {k: round(v, 4) for k, v in report.after.items()},
+                "ours_attack_s": {k: round(v, 1) for k, v in report.seconds.items()},
+                "ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
+                "speedup": round(ref_s / ours_s, 2), "jax_cpu_devices": devices or 1,
+                "torch_threads": threads, "cpu_count": os.cpu_count(),
+            }), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))

@@ -7,7 +7,8 @@ For each model: a short nominal training on Fashion-MNIST (SGD, `train_steps` ba
 then per norm, back to back in this one process: ours (`attacks.run_auto_attack`, what
 `seasoning.evaluate` runs: each restart and target class only on the points still robust, the
 CPU split into JAX devices as the drivers split it) and the reference's
-`AutoAttack(version=...).run_standard_evaluation` on the PyTorch twin with the same weights. Both
+`AutoAttack(version=...).run_standard_evaluation` on the PyTorch twin with the same weights
+(on the GPU when there is one, `--torch_device`). Both
 start cold: our time includes tracing and compiling every attack (no persistent cache), the
 reference's its first call. Prints one JSON line per model and norm: robust accuracy of each,
 seconds of each, and their ratio. The radii leave a mid-range robust accuracy on these briefly
@@ -36,6 +37,9 @@ _VERSION = flags.DEFINE_enum("version", "standard", ["standard", "fast"], "AutoA
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "Nominal SGD steps before attacking.")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count()).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Our points per compiled call.")
+_TORCH_DEVICE = flags.DEFINE_enum(
+    "torch_device", "auto", ["auto", "cpu", "cuda"], "The reference's device (auto: cuda if any)."
+)
 
 
 def _mlp_twin(params):
@@ -101,7 +105,8 @@ def _train(name: str, steps: int):
         def apply_fn(v, x):
             return model.apply(v, x, train=False)
 
-        return apply_fn, variables, reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+        twin = reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+        return apply_fn, variables, twin
     sizes = (784, *MLP_WIDTHS, 10)
     keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
     params = [
@@ -142,6 +147,9 @@ def main(argv):
     jax.config.update("jax_enable_compilation_cache", False)
     threads = _THREADS.value or os.cpu_count()
     torch.set_num_threads(threads)
+    device = _TORCH_DEVICE.value
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     test = fashion_mnist.load("test")
     n = _N_POINTS.value
     x = test.images[:n].astype(np.float32) / 255
@@ -150,6 +158,7 @@ def main(argv):
         if name not in MODELS:
             raise app.UsageError(f"Unknown model {name!r}; choose from {list(MODELS)}.")
         apply_fn, variables, twin = _train(name, _TRAIN_STEPS.value)
+        twin = twin.to(device)
         for norm in _NORMS.value:
             tm = threat.ThreatModel(norm, EPS[norm])
             t0 = time.perf_counter()
@@ -160,14 +169,16 @@ def main(argv):
             ours_s = time.perf_counter() - t0
             adversary = AutoAttack(
                 twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
-                version=_VERSION.value, seed=0,
+                version=_VERSION.value, seed=0, device=device,
             )  # fmt: skip
             t0 = time.perf_counter()
             _, y_adv = adversary.run_standard_evaluation(
-                reference.to_torch(x), torch.from_numpy(y.astype(np.int64)), batch_size=n
+                reference.to_torch(x).to(device),
+                torch.from_numpy(y.astype(np.int64)).to(device),
+                batch_size=n,
             )
             ref_s = time.perf_counter() - t0
-            ref_robust = y_adv.numpy() == y
+            ref_robust = y_adv.cpu().numpy() == y
             print(json.dumps({
                 "benchmark": "autoattack", "version": _VERSION.value, "model": name,
                 "norm": norm, "eps": tm.eps, "n_points": n, "train_steps": _TRAIN_STEPS.value,
@@ -178,7 +189,8 @@ def main(argv):
                 "ours_attack_s": {k: round(v, 1) for k, v in report.seconds.items()},
                 "ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
                 "speedup": round(ref_s / ours_s, 2), "jax_cpu_devices": devices or 1,
-                "torch_threads": threads, "cpu_count": os.cpu_count(),
+                "torch_threads": threads, "torch_device": device, "jax": jax.default_backend(),
+                "cpu_count": os.cpu_count(),
             }), flush=True)  # fmt: skip
 
 

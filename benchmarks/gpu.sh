@@ -3,7 +3,8 @@
 # optax, orbax-checkpoint, chex, absl-py, pytest and torch (e.g. a lent GPU machine):
 #   1. versions and devices;
 #   2. benchmarks/grid.py: clean and robust soup grids, vmapped side by side or not;
-#   3. benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
+#   3. benchmarks/autoattack.py: the whole standard AutoAttack beside the reference's, both on
+#      the GPU; benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
 #   4. the attack and soup tests on the GPU (correctness of the GPU path: exact robust
 #      accuracies, every adversarial example in its ball and the [0,1] box).
 #
@@ -42,6 +43,8 @@ step grid_cnn_v11 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=cnn-small
 step grid_wrn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=wrn-16-4 \
   --soups=11 --chunk=11 --vectorize=1 --points=2000 --robust_points=500
 
+step autoattack "${AA_LIMIT:-240}" "$PY" benchmarks/autoattack.py --models=mlp,cnn-small \
+  --n_points=1000 --batch_size=1000
 step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wrn-16-4 \
   --modes=nominal,linf --batch_size=128 --steps=20
 # Several test processes share the GPU: no up-front 75% allocation each. XLA:GPU of jax 0.11.2

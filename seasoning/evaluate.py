@@ -108,11 +108,15 @@ def evaluate_run(
       The result written to `output`.
 
     Raises:
-      ValueError: on a multi-process job, or when `output` holds another evaluation.
+      ValueError: on a multi-process job, a bad n_examples or batch_size, or when `output`
+        holds another evaluation.
       FileNotFoundError: the run or its data is missing.
     """
     if jax.process_count() > 1:
         raise ValueError("seasoning.evaluate runs on one host; start it without jax.distributed.")
+    for name, value, low in (("n_examples", n_examples, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"{name}={value!r}: expected an integer >= {low}.")
     config, model, variables, step = load_run(workdir, compute_dtype=compute_dtype)
     threats = list(threats or threat.default_threats(config.dataset.name))
     if not threats:

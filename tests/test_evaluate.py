@@ -10,6 +10,9 @@ import pytest
 
 from seasoning import config_lib, evaluate, threat, train
 
+# The module's trained run is built once, on one pytest-xdist worker (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_evaluate")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
 LINF = threat.ThreatModel("linf", 0.1)
@@ -51,6 +54,17 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     assert evaluate.evaluate_run(workdir, threats, n_examples=64, **settings) == on_disk
     again = evaluate.evaluate_run(workdir, [LINF], n_examples=32, overwrite=True, **settings)
     assert again["n_examples"] == 32
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(n_examples=-5), "n_examples=-5: expected an integer >= 0"),
+     (dict(batch_size=0), "batch_size=0: expected an integer >= 1")],
+)  # fmt: skip
+def test_bad_sizes_are_refused_before_anything_is_written(runs, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate.evaluate_run(runs["run"], [LINF], output="bad.json", **kwargs)
+    assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
 
 
 def test_default_threats_follow_the_dataset():

@@ -33,7 +33,7 @@ data:
 	fi
 
 test: install data
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check seasoning configs tests benchmarks

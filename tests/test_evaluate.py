@@ -10,9 +10,6 @@ import pytest
 
 from seasoning import config_lib, evaluate, threat, train
 
-# The module's trained run is built once, on one pytest-xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_evaluate")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
 LINF = threat.ThreatModel("linf", 0.1)

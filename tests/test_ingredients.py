@@ -9,9 +9,6 @@ import pytest
 
 from seasoning import config_lib, evaluate, report, threat, train, trees
 
-# The module's trained family is built once, on one pytest-xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_ingredients")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 LINF = threat.ThreatModel("linf", 0.1)

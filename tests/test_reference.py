@@ -19,9 +19,6 @@ from pyautoattack.square import SquareAttack  # noqa: E402
 from seasoning import attacks, models, reference, threat, training  # noqa: E402
 from seasoning.data import fashion_mnist  # noqa: E402
 
-# The module's trained CNN is built once, on one pytest-xdist worker (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_reference")
-
 # --------------------------------------------------------------------------------------------
 # The twins compute the Flax models' function
 

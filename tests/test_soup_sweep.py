@@ -12,9 +12,6 @@ from seasoning import config_lib, data, evaluate, parallel, soup, threat, train
 from seasoning.soup import __main__ as sweep
 from seasoning.soup import grid as grid_lib
 
-# The module's trained ingredients are built once, on one pytest-xdist worker (--dist loadgroup).
-pytestmark = pytest.mark.xdist_group("test_soup_sweep")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 # L2 2: the L2 child's edge over its parent is clearest there after a short run (9 points of

@@ -7,9 +7,9 @@ set; it is not "project onto the ball, then clip", which is not the projection f
 - linf: the set is itself a box, so the projection is a clip.
 - l2: for a multiplier mu >= 0 of the ball constraint the minimiser is
   clip(x + t (v - x), 0, 1) with t = 1 / (1 + mu); ||clip(t u)|| grows with t, so the t that puts
-  the point on the sphere is found by bisection (in log t).
+  the point on the sphere is found by bisection.
 - l1: for a multiplier lam >= 0 the minimiser is the soft-threshold of v - x by lam, clipped to
-  the box; the l1 norm falls with lam, so lam is found by bisection (in log lam).
+  the box; the l1 norm falls with lam, so lam is found by bisection.
 
 Both bisections run over float32 values to adjacent floats (`bisection.flip_point`) and keep
 the feasible end, so the result is feasible and, coordinate by coordinate, within rounding of

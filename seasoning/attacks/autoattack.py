@@ -37,7 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from seasoning import threat
-from seasoning.attacks.apgd import LogitsFn, Unroll, apgd_runs, apgd_targeted_runs, where
+from seasoning.attacks.apgd import (
+    LogitsFn,
+    Unroll,
+    apgd_runs,
+    apgd_targeted_runs,
+    check_count,
+    where,
+)
 from seasoning.attacks.fab import fab_targeted_runs
 from seasoning.attacks.square import square_run
 
@@ -98,8 +105,9 @@ def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> d
             cfg[name] = tuple(value)
             continue
         low = 0 if name in ("n_iter", "fab_n_iter", "n_queries") else 1
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"AutoAttack setting {name} must be an int >= {low}, got {value!r}")
+        if isinstance(value, bool):
+            raise ValueError(f"AutoAttack setting {name} must be an int, got {value!r}")
+        check_count(f"AutoAttack setting {name}", value, low)
         cfg[name] = int(value)
     for name in cfg["attacks"]:
         if name not in ATTACKS:

@@ -49,6 +49,7 @@ from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
     bcast,
+    check_count,
     resolve_unroll,
     run_loop,
     top_other_classes,
@@ -264,13 +265,9 @@ def fab_targeted_runs(
 def _validate(norm, n_target_classes, n_restarts, n_iter, alpha_max, eta, beta) -> None:
     if norm not in NORMS:
         raise ValueError(f"FAB supports norms {NORMS}, got {norm!r}")
-    for name, value, low in (
-        ("n_target_classes", n_target_classes, 1),
-        ("n_restarts", n_restarts, 1),
-        ("n_iter", n_iter, 0),
-    ):
-        if int(value) != value or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    check_count("n_target_classes", n_target_classes, 1)
+    check_count("n_restarts", n_restarts, 1)
+    check_count("n_iter", n_iter, 0)
     if not 0.0 <= alpha_max <= 1.0:
         raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
     if not eta >= 1.0:

@@ -24,6 +24,7 @@ from seasoning.attacks import losses
 from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
+    check_count,
     evaluate,
     l1_sparse_direction,
     resolve_unroll,
@@ -80,8 +81,7 @@ def pgd(
     """
     if not isinstance(tm, threat.ThreatModel):
         raise ValueError(f"expected a threat.ThreatModel, got {tm!r}")
-    if int(n_iter) != n_iter or n_iter < 0:
-        raise ValueError(f"n_iter must be an int >= 0, got {n_iter!r}")
+    check_count("n_iter", n_iter, 0)
     if step_size is not None and not step_size >= 0:
         raise ValueError(f"step_size must be >= 0 or None, got {step_size!r}")
     y = y.astype(jnp.int32)

@@ -33,7 +33,7 @@ import numpy as np
 
 from seasoning import threat
 from seasoning.attacks import losses
-from seasoning.attacks.apgd import LogitsFn, bcast, where, wrong
+from seasoning.attacks.apgd import LogitsFn, bcast, check_count, where, wrong
 
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 NORMS = ("linf", "l2", "l1")
@@ -162,8 +162,7 @@ def square_run(
         raise ValueError(f"square supports norms {NORMS}, got {tm.norm!r}")
     if x.ndim != 4:
         raise ValueError(f"square needs NHWC images [B, H, W, C], got shape {x.shape}")
-    if int(n_queries) != n_queries or n_queries < 0:
-        raise ValueError(f"n_queries must be an int >= 0, got {n_queries!r}")
+    check_count("n_queries", n_queries, 0)
     if not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
     b, h, w, c = x.shape

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from seasoning import attacks, threat
+from seasoning import attacks, errors, threat
 from seasoning.attacks.apgd import apgd_runs
 from seasoning.training import Attack, AttackWithStats
 
@@ -78,23 +78,23 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
     name = attack_cfg.name
     if tm.norm == "none":
         if name != "none":
-            raise ValueError(
+            raise errors.UserError(
                 f"attack.name={name!r} but threat.norm='none': set threat.norm/eps for "
                 "adversarial training, or attack.name='none' for nominal training."
             )
         return None
     if name == "none":
-        raise ValueError(
+        raise errors.UserError(
             f"threat={tm.norm}:{tm.eps} needs an attack for adversarial training, got "
             "attack.name='none'; use 'apgd' or 'pgd' (or threat.norm='none' to train nominally)."
         )
     if attack_cfg.steps < 1:
-        raise ValueError(f"attack.steps={attack_cfg.steps} must be >= 1.")
+        raise errors.UserError(f"attack.steps={attack_cfg.steps} must be >= 1.")
     if attack_cfg.loss not in ("ce", "dlr"):
-        raise ValueError(f"attack.loss={attack_cfg.loss!r}; expected 'ce' or 'dlr'.")
+        raise errors.UserError(f"attack.loss={attack_cfg.loss!r}; expected 'ce' or 'dlr'.")
     if name == "apgd":
         if attack_cfg.step_size:
-            raise ValueError(
+            raise errors.UserError(
                 f"attack.step_size={attack_cfg.step_size}: APGD adapts its own step size; "
                 "leave it 0 (or use attack.name='pgd')."
             )
@@ -120,7 +120,7 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
             return x_adv, attacks.correct(logits_fn, x_adv, y)
 
         return run
-    raise ValueError(f"Unknown attack.name={name!r}; expected one of 'none', 'pgd', 'apgd'.")
+    raise errors.UserError(f"Unknown attack.name={name!r}; expected one of 'none', 'pgd', 'apgd'.")
 
 
 def _multi_norm_attack(
@@ -128,13 +128,13 @@ def _multi_norm_attack(
 ) -> AttackWithStats:
     """E-AT (Croce & Hein 2022): per batch, the attack of one threat model (see module doc)."""
     if threat_cfg.sampling not in MULTI_SAMPLING:
-        raise ValueError(
+        raise errors.UserError(
             f"threat.sampling={threat_cfg.sampling!r}; expected one of {MULTI_SAMPLING}."
         )
     tms = [threat.parse(spec) for spec in threat_cfg.multi]
     runs = [_attack_with_flags(tm, attack_cfg) for tm in tms]
     if len(runs) < 2 or any(run is None for run in runs):
-        raise ValueError(
+        raise errors.UserError(
             f"threat.norm='multi' needs two or more adversarial threat models in threat.multi, "
             f"got {tuple(threat_cfg.multi)!r}."
         )

@@ -14,12 +14,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from seasoning import errors
 from seasoning import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(errors.UserError):
     """A checkpoint was saved from a different model than the one asked for."""
 
 
@@ -69,7 +70,7 @@ class Checkpointer:
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"No checkpoint in {self._manager.directory}.")
+            raise errors.MissingInputError(f"No checkpoint in {self._manager.directory}.")
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         check_meta(meta["meta"], expect_meta, where=f"{self._manager.directory}/{step}")
         restored = self._manager.restore(
@@ -99,7 +100,7 @@ def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], d
     with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:
         step = manager.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"No checkpoint in {path}.")
+            raise errors.MissingInputError(f"No checkpoint in {path}.")
         layout = manager.item_metadata(step)["state"]
         target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), layout)
         restored = manager.restore(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from absl import flags, logging
 
-from seasoning import parallel
+from seasoning import errors, parallel
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
 DISTRIBUTED = flags.DEFINE_enum(
@@ -42,10 +42,13 @@ def start(batch_size: int) -> None:
 
 
 def exit_on_user_error(fn: Callable[[], object]) -> None:
-    """Runs `fn`; a ValueError or FileNotFoundError (bad input) becomes one line and exit 2."""
+    """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2.
+
+    Every other exception, a ValueError from a bug included, keeps its traceback.
+    """
     try:
         fn()
-    except (ValueError, FileNotFoundError) as e:
+    except errors.UserError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from seasoning import errors
+
 # Keys whose contents are free-form (keyword arguments of a model constructor).
 _OPEN_KEYS = frozenset({"model"})
 
@@ -44,10 +46,14 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"Unknown config arg {key!r} in {arg!r}. {_valid_keys(key, defaults)}")
+            raise errors.UserError(
+                f"Unknown config arg {key!r} in {arg!r}. {_valid_keys(key, defaults)}"
+            )
         if not sep:
             if not isinstance(defaults[key], bool):
-                raise ValueError(f"Config arg {key!r} needs a value ({key}=...), got {arg!r}.")
+                raise errors.UserError(
+                    f"Config arg {key!r} needs a value ({key}=...), got {arg!r}."
+                )
             out[key] = True
         else:
             out[key] = convert_value(raw.strip(), defaults[key], key)
@@ -80,7 +86,7 @@ def convert_value(raw: str, like: Any, name: str) -> Any:
                 return raw
     except (ValueError, SyntaxError, ZeroDivisionError):
         pass
-    raise ValueError(
+    raise errors.UserError(
         f"Config value {name}={raw!r} is not a valid {type(like).__name__} "
         f"(current value: {like!r})."
     )
@@ -115,14 +121,14 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     """
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
-        raise ValueError(f"Config file {path!r} does not exist.")
+        raise errors.UserError(f"Config file {path!r} does not exist.")
     module_spec = importlib.util.spec_from_file_location(
         f"_seasoning_config_{abs(hash(path))}", path
     )
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise ValueError(f"Config file {path!r} defines no get_config(arg=None).")
+        raise errors.UserError(f"Config file {path!r} defines no get_config(arg=None).")
     config = module.get_config(arg or None)
     for override in overrides:
         apply_override(config, override)
@@ -134,19 +140,19 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Applies one `a.b.c=value` override in place, typed by the current value."""
     dotted, sep, raw = override.partition("=")
     if not sep:
-        raise ValueError(f"Config override {override!r} is not of the form key=value.")
+        raise errors.UserError(f"Config override {override!r} is not of the form key=value.")
     *parents, leaf = dotted.split(".")
     node = config
     for i, part in enumerate(parents):
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
             where = ".".join(parents[:i]) or "config"
-            raise ValueError(
+            raise errors.UserError(
                 f"Unknown config key {dotted!r}: {where} has no section {part!r}. "
                 f"{_valid_keys(part, _sections(node))}"
             )
         node = node[part]
     if leaf not in node:
-        raise ValueError(f"Unknown config key {dotted!r}. {_valid_keys(leaf, node.keys())}")
+        raise errors.UserError(f"Unknown config key {dotted!r}. {_valid_keys(leaf, node.keys())}")
     with node.unlocked():
         node[leaf] = convert_value(raw, node[leaf], dotted)
 
@@ -335,42 +341,46 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     try:
         models.check_name(config.model.name)
     except ValueError as e:
-        raise ValueError(f"Config model.name: {e}") from None
+        raise errors.UserError(f"Config model.name: {e}") from None
     _check_choice("optimizer.name", config.optimizer.name, OPTIMIZER_NAMES)
     _check_choice("schedule.name", config.schedule.name, SCHEDULE_NAMES)
     _check_choice("attack.name", config.attack.name, ATTACK_NAMES)
     _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
     if config.threat.norm == "multi":
         if len(config.threat.multi) < 2 or config.threat.eps:
-            raise ValueError(
+            raise errors.UserError(
                 f"Config threat.norm='multi' (E-AT) needs threat.multi with two or more "
                 f"'norm:eps' threat models and threat.eps=0, got multi={config.threat.multi!r}, "
                 f"eps={config.threat.eps}."
             )
         for spec in config.threat.multi:
             if threat.parse(spec).trivial:  # raises on bad text, norm or eps
-                raise ValueError(f"Config threat.multi: {spec!r} is not an adversarial threat.")
+                raise errors.UserError(
+                    f"Config threat.multi: {spec!r} is not an adversarial threat."
+                )
         _check_choice("threat.sampling", config.threat.sampling, adversarial.MULTI_SAMPLING)
     else:
         threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
         if config.threat.multi:
-            raise ValueError(
+            raise errors.UserError(
                 f"Config threat.multi={config.threat.multi!r} is used only with "
                 f"threat.norm='multi' (E-AT), not with norm={config.threat.norm!r}."
             )
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         if config[key] <= 0:
-            raise ValueError(f"Config {key}={config[key]} must be positive.")
+            raise errors.UserError(f"Config {key}={config[key]} must be positive.")
     for key in ("num_epochs", "max_steps", "eval_every_steps", "checkpoint_every_steps"):
         if config[key] < 0:
-            raise ValueError(f"Config {key}={config[key]} must be >= 0.")
+            raise errors.UserError(f"Config {key}={config[key]} must be >= 0.")
     if config.num_epochs == 0 and config.max_steps == 0:
-        raise ValueError("Config sets num_epochs=0 and max_steps=0: nothing to train.")
+        raise errors.UserError("Config sets num_epochs=0 and max_steps=0: nothing to train.")
     if not math.isfinite(config.optimizer.lr) or config.optimizer.lr < 0:
-        raise ValueError(f"Config optimizer.lr={config.optimizer.lr} must be finite and >= 0.")
+        raise errors.UserError(
+            f"Config optimizer.lr={config.optimizer.lr} must be finite and >= 0."
+        )
     boundaries = tuple(config.schedule.boundaries)
     if any(not 0 < b < 1 for b in boundaries) or list(boundaries) != sorted(boundaries):
-        raise ValueError(
+        raise errors.UserError(
             f"Config schedule.boundaries={boundaries} must be increasing fractions in (0, 1)."
         )
 
@@ -461,14 +471,16 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
     _check_against_schema(config, base_soup_config(), prefix="")
     k = len(config.ingredients)
     if k < 2 or not all(isinstance(d, str) and d for d in config.ingredients):
-        raise ValueError(f"Config ingredients={config.ingredients!r}: give two or more run dirs.")
+        raise errors.UserError(
+            f"Config ingredients={config.ingredients!r}: give two or more run dirs."
+        )
     if config.labels and len(config.labels) != k:
-        raise ValueError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
+        raise errors.UserError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
     _check_choice("grid.kind", config.grid.kind, GRID_KINDS)
     if config.grid.kind == "line" and k != 2:
-        raise ValueError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
+        raise errors.UserError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
     if not 0 < config.grid.step <= 1:
-        raise ValueError(f"Config grid.step={config.grid.step} must be in (0, 1].")
+        raise errors.UserError(f"Config grid.step={config.grid.step} must be in (0, 1].")
     _check_choice("bn_policy", config.bn_policy, BN_POLICIES)
     _check_choice("eval.version", config.eval.version, ("standard", "fast"))
     _check_choice("eval.compute_dtype", config.eval.compute_dtype, COMPUTE_DTYPES)
@@ -477,30 +489,32 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
         threat.parse(spec)
     for key in ("chunk", "vectorize", "calibration_examples"):
         if config[key] <= 0:
-            raise ValueError(f"Config {key}={config[key]} must be positive.")
+            raise errors.UserError(f"Config {key}={config[key]} must be positive.")
     if config.front and len(config.front) != 2:
-        raise ValueError(f"Config front={config.front!r} must name two metrics.")
+        raise errors.UserError(f"Config front={config.front!r} must name two metrics.")
 
 
 def _check_against_schema(config: Any, schema: Any, prefix: str) -> None:
     for key, value in config.items():
         path = f"{prefix}{key}"
         if key not in schema:
-            raise ValueError(f"Unknown config key {path!r}. {_valid_keys(key, schema.keys())}")
+            raise errors.UserError(
+                f"Unknown config key {path!r}. {_valid_keys(key, schema.keys())}"
+            )
         expected = schema[key]
         if isinstance(expected, ml_collections.ConfigDict):
             if not isinstance(value, ml_collections.ConfigDict):
-                raise ValueError(f"Config {path!r} must be a section, got {value!r}.")
+                raise errors.UserError(f"Config {path!r} must be a section, got {value!r}.")
             if key not in _OPEN_KEYS or prefix:
                 _check_against_schema(value, expected, prefix=f"{path}.")
                 missing = sorted(set(expected.keys()) - set(value.keys()))
                 if missing:
-                    raise ValueError(
+                    raise errors.UserError(
                         f"Config section {path!r} lacks {', '.join(missing)}. (Replacing a "
                         f"section with a dict drops its defaults: use `c.{path}.update(...)`.)"
                     )
         elif not _same_kind(value, expected):
-            raise ValueError(
+            raise errors.UserError(
                 f"Config {path}={value!r} has type {type(value).__name__}, "
                 f"expected {type(expected).__name__} (like the default {expected!r})."
             )
@@ -520,7 +534,9 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
         hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise ValueError(f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}.{hint}")
+        raise errors.UserError(
+            f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}.{hint}"
+        )
 
 
 def main_with_config(main, argv: Sequence[str] | None = None) -> None:

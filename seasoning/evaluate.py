@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from seasoning import attacks, checkpoints, cli, data, models, parallel, threat
+from seasoning import attacks, checkpoints, cli, data, errors, models, parallel, threat
 from seasoning import workdir as workdir_lib
 
 _THREATS = flags.DEFINE_multi_string(
@@ -63,7 +63,7 @@ def load_run(workdir: str, step: int | None = None, compute_dtype: str = "float3
     try:
         config = ml_collections.ConfigDict(workdir_lib.read_json(path))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"{path} not found: --workdir must be a run of `python -m seasoning.train`."
         ) from None
     tree, meta, step = checkpoints.read_numpy(workdir, step)
@@ -113,14 +113,16 @@ def evaluate_run(
       FileNotFoundError: the run or its data is missing.
     """
     if jax.process_count() > 1:
-        raise ValueError("seasoning.evaluate runs on one host; start it without jax.distributed.")
+        raise errors.UserError(
+            "seasoning.evaluate runs on one host; start it without jax.distributed."
+        )
     for name, value, low in (("n_examples", n_examples, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"{name}={value!r}: expected an integer >= {low}.")
+            raise errors.UserError(f"{name}={value!r}: expected an integer >= {low}.")
     config, model, variables, step = load_run(workdir, compute_dtype=compute_dtype)
     threats = list(threats or threat.default_threats(config.dataset.name))
     if not threats:
-        raise ValueError("No threat model to evaluate.")
+        raise errors.UserError("No threat model to evaluate.")
     split = split or config.dataset.eval_split
     settings = {
         "checkpoint_step": int(step),
@@ -204,7 +206,7 @@ def _check_output(path: str, settings: dict[str, Any], overwrite: bool) -> dict[
     if old == settings:
         return existing
     diffs = "\n  ".join(workdir_lib.diff_dicts(old, settings))
-    raise ValueError(
+    raise errors.UserError(
         f"{path} holds an evaluation with other settings; not overwriting it.\n  {diffs}\n"
         "Pass --output=another.json, or --overwrite to replace it."
     )

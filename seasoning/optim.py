@@ -8,6 +8,8 @@ import jax
 import ml_collections
 import optax
 
+from seasoning import errors
+
 
 def make_schedule(
     schedule: ml_collections.ConfigDict, base_lr: float, total_steps: int
@@ -31,7 +33,7 @@ def make_schedule(
     elif schedule.name == "constant":
         main = optax.constant_schedule(base_lr)
     else:
-        raise ValueError(
+        raise errors.UserError(
             f"Unknown schedule {schedule.name!r}; expected constant, piecewise, cosine."
         )
     if not warmup:
@@ -76,5 +78,5 @@ def make_optimizer(
             )
         )
     else:
-        raise ValueError(f"Unknown optimizer {optimizer.name!r}; expected sgd or adamw.")
+        raise errors.UserError(f"Unknown optimizer {optimizer.name!r}; expected sgd or adamw.")
     return optax.chain(*parts)

@@ -17,6 +17,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from seasoning import errors
+
 DATA_AXIS = "data"
 
 # Environment variables that mean "this process is one of several" to jax.distributed.
@@ -33,7 +35,7 @@ def initialize_distributed(mode: str = "auto") -> None:
         "off".
     """
     if mode not in ("auto", "on", "off"):
-        raise ValueError(f"Unknown distributed mode {mode!r}; expected auto, on or off.")
+        raise errors.UserError(f"Unknown distributed mode {mode!r}; expected auto, on or off.")
     if mode == "off" or (mode == "auto" and not _looks_multi_process()):
         return
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # asking jax would start its backends
@@ -109,7 +111,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
     """Raises unless the global batch splits evenly over the mesh's devices."""
     if global_batch_size % mesh.size:
-        raise ValueError(
+        raise errors.UserError(
             f"{name}={global_batch_size} is not divisible by the {mesh.size} devices; "
             f"use a multiple of {mesh.size}."
         )

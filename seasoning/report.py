@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seasoning import cli
+from seasoning import cli, errors
 from seasoning import workdir as workdir_lib
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Evaluated runs, comma-separated.")
@@ -64,7 +64,7 @@ def table(workdirs: list[str], eval_file: str = "eval.json") -> str:
         config = workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE))
         path = os.path.join(workdir, eval_file)
         if not os.path.exists(path):
-            raise FileNotFoundError(
+            raise errors.MissingInputError(
                 f"{path} not found; evaluate the run first: "
                 f"python -m seasoning.evaluate --workdir={workdir}"
             )

@@ -25,7 +25,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from seasoning import bisection
+from seasoning import bisection, errors
 
 NORMS = ("linf", "l2", "l1", "none")
 
@@ -48,7 +48,7 @@ def lp_norm(delta: jax.Array, norm: str) -> jax.Array:
         return jnp.sqrt(jnp.sum(d * d, axis=1))
     if norm == "l1":
         return jnp.sum(jnp.abs(d), axis=1)
-    raise ValueError(f"unknown norm {norm!r}; allowed: {NORMS}")
+    raise errors.UserError(f"unknown norm {norm!r}; allowed: {NORMS}")
 
 
 def project_linf(v: jax.Array, x: jax.Array, eps: float | jax.Array) -> jax.Array:
@@ -126,7 +126,7 @@ def project(v: jax.Array, x: jax.Array, norm: str, eps: float | jax.Array) -> ja
         return project_l1(v, x, eps)
     if norm == "none":
         return x
-    raise ValueError(f"unknown norm {norm!r}; allowed: {NORMS}")
+    raise errors.UserError(f"unknown norm {norm!r}; allowed: {NORMS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +147,17 @@ class ThreatModel:
     def __post_init__(self):
         norm = self.norm.lower() if isinstance(self.norm, str) else self.norm
         if norm not in NORMS:
-            raise ValueError(f"unknown threat norm {self.norm!r}; allowed: {NORMS}")
+            raise errors.UserError(f"unknown threat norm {self.norm!r}; allowed: {NORMS}")
         try:
             eps = float(self.eps)
         except (TypeError, ValueError):
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}") from None
+            raise errors.UserError(f"eps must be a finite number >= 0, got {self.eps!r}") from None
         if not math.isfinite(eps) or eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
+            raise errors.UserError(f"eps must be a finite number >= 0, got {self.eps!r}")
         if norm == "none" and eps != 0:
-            raise ValueError(f"norm 'none' needs eps == 0 (no perturbation), got eps={self.eps!r}")
+            raise errors.UserError(
+                f"norm 'none' needs eps == 0 (no perturbation), got eps={self.eps!r}"
+            )
         object.__setattr__(self, "norm", norm)
         object.__setattr__(self, "eps", eps)
 
@@ -227,12 +229,14 @@ def parse(spec: str) -> ThreatModel:
     """
     norm, sep, eps_text = spec.partition(":")
     if not sep or not eps_text:
-        raise ValueError(f"threat {spec!r} is not of the form norm:eps (e.g. linf:8/255, l2:0.5)")
+        raise errors.UserError(
+            f"threat {spec!r} is not of the form norm:eps (e.g. linf:8/255, l2:0.5)"
+        )
     num, slash, den = eps_text.partition("/")
     try:
         eps = float(num) / float(den) if slash else float(num)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(
+        raise errors.UserError(
             f"threat {spec!r}: eps {eps_text!r} is not a number or a fraction"
         ) from None
     return ThreatModel(norm, eps)

@@ -24,6 +24,7 @@ from seasoning import (
     cli,
     config_lib,
     data,
+    errors,
     models,
     optim,
     parallel,
@@ -174,14 +175,14 @@ def load_parent(
     try:
         tree, _, step = checkpoints.read_numpy(init_from)
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"init_from={init_from!r} holds no checkpoint: train the parent run there first."
         ) from None
     found = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
     expected = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats or {}}
     difference = trees.first_difference(found, expected)
     if difference:
-        raise ValueError(
+        raise errors.UserError(
             f"init_from={init_from!r}: its weights do not fit model {config.model.name!r} of "
             f"this config; first difference (parent vs this model): {difference}"
         )

@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Any
 
+from seasoning import errors
+
 CONFIG_FILE = "config.json"
 
 
@@ -42,7 +44,7 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-class WorkdirConflictError(ValueError):
+class WorkdirConflictError(errors.UserError):
     """The workdir already belongs to a run with a different config."""
 
 

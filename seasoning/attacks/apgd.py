@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import bisection, threat
+from seasoning import bisection, errors, threat
 from seasoning.attacks import losses
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -89,7 +89,7 @@ def where(cond: Any, a: Any, b: Any) -> Any:
 def check_count(name: str, value: Any, low: int) -> None:
     """Raises ValueError unless `value` is an integer >= `low` (an attack's budget)."""
     if int(value) != value or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        raise errors.UserError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def resolve_unroll(unroll: Unroll, n_steps: int) -> int | bool:
@@ -100,7 +100,7 @@ def resolve_unroll(unroll: Unroll, n_steps: int) -> int | bool:
     if unroll is True or unroll is False:
         return True if unroll else 1
     if int(unroll) < 1:
-        raise ValueError(f"unroll must be True, None or an int >= 1, got {unroll!r}")
+        raise errors.UserError(f"unroll must be True, None or an int >= 1, got {unroll!r}")
     return int(unroll)
 
 
@@ -172,7 +172,9 @@ def steepest_direction(grad: jax.Array, norm: str) -> jax.Array:
         return jnp.sign(grad)
     if norm == "l2":
         return grad / bcast(threat.lp_norm(grad, "l2") + 1e-12, grad)
-    raise ValueError(f"no dense steepest direction for norm {norm!r}; allowed: ('linf', 'l2')")
+    raise errors.UserError(
+        f"no dense steepest direction for norm {norm!r}; allowed: ('linf', 'l2')"
+    )
 
 
 def evaluate(
@@ -438,13 +440,13 @@ class RunResult(NamedTuple):
 
 def _validate(tm: threat.ThreatModel, n_iter: int, n_runs: int, rho: float, init_topk: float):
     if not isinstance(tm, threat.ThreatModel):
-        raise ValueError(f"expected a threat.ThreatModel, got {tm!r}")
+        raise errors.UserError(f"expected a threat.ThreatModel, got {tm!r}")
     check_count("n_iter", n_iter, 0)
     check_count("the number of restarts/targets", n_runs, 1)
     if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho!r}")
+        raise errors.UserError(f"rho must be in [0, 1], got {rho!r}")
     if not 0.0 <= init_topk <= 1.0:
-        raise ValueError(f"init_topk must be in [0, 1], got {init_topk!r}")
+        raise errors.UserError(f"init_topk must be in [0, 1], got {init_topk!r}")
 
 
 def apgd_runs(
@@ -617,7 +619,7 @@ def apgd_targeted_runs(
     losses.check_loss(loss, num_classes, targeted=True)
     n_t = min(int(n_target_classes), num_classes - 1)
     if n_t < 1:
-        raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes!r}")
+        raise errors.UserError(f"n_target_classes must be >= 1, got {n_target_classes!r}")
     targets = top_other_classes(logits_clean, y.astype(jnp.int32), n_t)  # [n_t, B]
     if target_ranks is not None:
         targets = targets[jnp.asarray(target_ranks, jnp.int32)]

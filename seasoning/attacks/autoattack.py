@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import threat
+from seasoning import errors, threat
 from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
@@ -86,7 +86,7 @@ def version_settings(version: str, norm: str) -> dict[str, Any]:
             n_queries=1000,
             large_reps=l1,
         )
-    raise ValueError(f"unknown AutoAttack version {version!r}; allowed: {VERSIONS}")
+    raise errors.UserError(f"unknown AutoAttack version {version!r}; allowed: {VERSIONS}")
 
 
 def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> d
     cfg = version_settings(version, norm)
     for name, value in overrides.items():
         if name not in SETTINGS:
-            raise ValueError(f"unknown AutoAttack setting {name!r}; allowed: {SETTINGS}")
+            raise errors.UserError(f"unknown AutoAttack setting {name!r}; allowed: {SETTINGS}")
         if value is None:
             continue
         if name == "attacks":
@@ -106,12 +106,12 @@ def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> d
             continue
         low = 0 if name in ("n_iter", "fab_n_iter", "n_queries") else 1
         if isinstance(value, bool):
-            raise ValueError(f"AutoAttack setting {name} must be an int, got {value!r}")
+            raise errors.UserError(f"AutoAttack setting {name} must be an int, got {value!r}")
         check_count(f"AutoAttack setting {name}", value, low)
         cfg[name] = int(value)
     for name in cfg["attacks"]:
         if name not in ATTACKS:
-            raise ValueError(f"unknown attack {name!r}; allowed: {ATTACKS}")
+            raise errors.UserError(f"unknown attack {name!r}; allowed: {ATTACKS}")
     return cfg
 
 
@@ -197,7 +197,7 @@ def attack_unit(
             rescale_schedule=False, active=active,
         )  # fmt: skip
     else:
-        raise ValueError(f"unknown attack {name!r}; allowed: {ATTACKS}")
+        raise errors.UserError(f"unknown attack {name!r}; allowed: {ATTACKS}")
     return tm.clamp(x_a, x)
 
 
@@ -229,7 +229,7 @@ def union_robust(per_threat_robust: Mapping[str, jax.Array]) -> jax.Array:
       ValueError: for an empty mapping.
     """
     if not per_threat_robust:
-        raise ValueError("union_robust needs at least one threat model's robust flags")
+        raise errors.UserError("union_robust needs at least one threat model's robust flags")
     flags = [jnp.asarray(v, bool) for v in per_threat_robust.values()]
     out = flags[0]
     for f in flags[1:]:

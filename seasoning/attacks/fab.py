@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import bisection, threat
+from seasoning import bisection, errors, threat
 from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
@@ -232,7 +232,7 @@ def fab_targeted_runs(
         logits_clean = logits_fn(x)
     num_classes = logits_clean.shape[-1]
     if num_classes < 2:
-        raise ValueError(f"FAB-T needs at least 2 classes, the logits have {num_classes}")
+        raise errors.UserError(f"FAB-T needs at least 2 classes, the logits have {num_classes}")
     clean_wrong = wrong(logits_clean, y)
     n_t = min(int(n_target_classes), num_classes - 1)
     targets = top_other_classes(logits_clean, y, n_t)  # [n_t, B]
@@ -264,16 +264,16 @@ def fab_targeted_runs(
 
 def _validate(norm, n_target_classes, n_restarts, n_iter, alpha_max, eta, beta) -> None:
     if norm not in NORMS:
-        raise ValueError(f"FAB supports norms {NORMS}, got {norm!r}")
+        raise errors.UserError(f"FAB supports norms {NORMS}, got {norm!r}")
     check_count("n_target_classes", n_target_classes, 1)
     check_count("n_restarts", n_restarts, 1)
     check_count("n_iter", n_iter, 0)
     if not 0.0 <= alpha_max <= 1.0:
-        raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
+        raise errors.UserError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
     if not eta >= 1.0:
-        raise ValueError(f"eta (overshoot) must be >= 1, got {eta!r}")
+        raise errors.UserError(f"eta (overshoot) must be >= 1, got {eta!r}")
     if not 0.0 < beta <= 1.0:
-        raise ValueError(f"beta (backward step) must be in (0, 1], got {beta!r}")
+        raise errors.UserError(f"beta (backward step) must be in (0, 1], got {beta!r}")
 
 
 def fab(
@@ -312,7 +312,7 @@ def fab(
       (x itself if x is misclassified), else x.
     """
     if not isinstance(tm, threat.ThreatModel):
-        raise ValueError(f"expected a threat.ThreatModel, got {tm!r}")
+        raise errors.UserError(f"expected a threat.ThreatModel, got {tm!r}")
     if tm.trivial:
         return x
     res = fab_targeted_runs(

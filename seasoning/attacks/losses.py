@@ -16,6 +16,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from seasoning import errors
+
 LOSSES = ("ce", "dlr")
 
 # loss(logits [B, K], y [B], target [B] or None) -> [B]
@@ -29,7 +31,7 @@ def _take(logits: jax.Array, idx: jax.Array) -> jax.Array:
 def _check_classes(logits: jax.Array, needed: int, what: str) -> None:
     k = logits.shape[-1]
     if k < needed:
-        raise ValueError(f"{what} needs at least {needed} classes, but the logits have {k}")
+        raise errors.UserError(f"{what} needs at least {needed} classes, but the logits have {k}")
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -72,7 +74,7 @@ def get_loss(name: str, targeted: bool = False) -> LossFn:
       ValueError: for an unknown name.
     """
     if name not in LOSSES:
-        raise ValueError(f"unknown attack loss {name!r}; allowed: {LOSSES}")
+        raise errors.UserError(f"unknown attack loss {name!r}; allowed: {LOSSES}")
     if name == "ce":
         if targeted:
             return lambda z, y, t: ce_targeted(z, y, t)
@@ -85,12 +87,12 @@ def get_loss(name: str, targeted: bool = False) -> LossFn:
 def check_loss(name: str, num_classes: int, targeted: bool = False) -> None:
     """Raises ValueError if loss `name` is unknown or needs more than `num_classes` classes."""
     if name not in LOSSES:
-        raise ValueError(f"unknown attack loss {name!r}; allowed: {LOSSES}")
+        raise errors.UserError(f"unknown attack loss {name!r}; allowed: {LOSSES}")
     if name == "dlr":
         needed, what = (4, "the targeted DLR loss") if targeted else (3, "the DLR loss")
         if num_classes < needed:
-            raise ValueError(
+            raise errors.UserError(
                 f"{what} needs at least {needed} classes, but the logits have {num_classes}"
             )
     if targeted and num_classes < 2:
-        raise ValueError(f"a targeted attack needs at least 2 classes, got {num_classes}")
+        raise errors.UserError(f"a targeted attack needs at least 2 classes, got {num_classes}")

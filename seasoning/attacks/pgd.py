@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import threat
+from seasoning import errors, threat
 from seasoning.attacks import losses
 from seasoning.attacks.apgd import (
     LogitsFn,
@@ -80,10 +80,10 @@ def pgd(
       x_adv [B, ...] inside `tm` around x.
     """
     if not isinstance(tm, threat.ThreatModel):
-        raise ValueError(f"expected a threat.ThreatModel, got {tm!r}")
+        raise errors.UserError(f"expected a threat.ThreatModel, got {tm!r}")
     check_count("n_iter", n_iter, 0)
     if step_size is not None and not step_size >= 0:
-        raise ValueError(f"step_size must be >= 0 or None, got {step_size!r}")
+        raise errors.UserError(f"step_size must be >= 0 or None, got {step_size!r}")
     y = y.astype(jnp.int32)
     logits_clean = logits_fn(x)
     losses.check_loss(loss, logits_clean.shape[-1], targeted=target is not None)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import threat
+from seasoning import errors, threat
 from seasoning.attacks import losses
 from seasoning.attacks.apgd import LogitsFn, bcast, check_count, where, wrong
 
@@ -159,12 +159,12 @@ def square_run(
         -inf and do not keep the loop alive. Other arguments: as `square`.
     """
     if tm.norm not in NORMS:
-        raise ValueError(f"square supports norms {NORMS}, got {tm.norm!r}")
+        raise errors.UserError(f"square supports norms {NORMS}, got {tm.norm!r}")
     if x.ndim != 4:
-        raise ValueError(f"square needs NHWC images [B, H, W, C], got shape {x.shape}")
+        raise errors.UserError(f"square needs NHWC images [B, H, W, C], got shape {x.shape}")
     check_count("n_queries", n_queries, 0)
     if not 0.0 < p_init <= 1.0:
-        raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
+        raise errors.UserError(f"p_init must be in (0, 1], got {p_init!r}")
     b, h, w, c = x.shape
     eps, norm = tm.eps, tm.norm
     y = y.astype(jnp.int32)

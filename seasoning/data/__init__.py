@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from seasoning import errors
 from seasoning.data import fashion_mnist, synthetic
 from seasoning.data.pipeline import (
     eval_batches,
@@ -56,4 +57,6 @@ def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0)
             image_size=dataset.image_size,
         )
     known = ["fashion_mnist", "synthetic", *TFDS_DATASETS]
-    raise ValueError(f"Unknown dataset {dataset.name!r}; expected one of: {', '.join(known)}.")
+    raise errors.UserError(
+        f"Unknown dataset {dataset.name!r}; expected one of: {', '.join(known)}."
+    )

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from seasoning import errors
 from seasoning.data.source import ArraySource
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
@@ -32,12 +33,14 @@ def load(split: str, directory: str = "") -> ArraySource:
       FileNotFoundError: the files are missing; the message has the command that installs them.
     """
     if split not in _FILES:
-        raise ValueError(f"Unknown fashion_mnist split {split!r}; expected one of {list(_FILES)}.")
+        raise errors.UserError(
+            f"Unknown fashion_mnist split {split!r}; expected one of {list(_FILES)}."
+        )
     folder = data_dir(directory)
     paths = [os.path.join(folder, name) for name in _FILES[split]]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(
+        raise errors.MissingInputError(
             f"Fashion-MNIST not found: {missing[0]} is missing. Install it with\n"
             f"  {INSTALL_COMMAND}\n"
             "or point FASHION_MNIST_DIR (or config dataset.data_dir) at a folder with the "
@@ -54,10 +57,10 @@ def _read_idx(path: str) -> np.ndarray:
         data = f.read()
     magic = int.from_bytes(data[0:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
-        raise ValueError(f"{path}: not an IDX file of unsigned bytes (magic {magic:#x}).")
+        raise errors.UserError(f"{path}: not an IDX file of unsigned bytes (magic {magic:#x}).")
     ndim = magic & 0xFF
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape}, file holds {array.size} bytes.")
+        raise errors.UserError(f"{path}: header says {shape}, file holds {array.size} bytes.")
     return array.reshape(shape)

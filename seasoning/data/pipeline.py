@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from seasoning import errors
 from seasoning.data.source import Source
 
 Batch = dict[str, np.ndarray]
@@ -28,7 +29,7 @@ def to_float(images: np.ndarray) -> np.ndarray:
 def host_slice(global_size: int, process_index: int, process_count: int) -> slice:
     """The rows of a global batch that host `process_index` holds."""
     if global_size % process_count:
-        raise ValueError(
+        raise errors.UserError(
             f"Global batch size {global_size} is not divisible by the {process_count} hosts."
         )
     local = global_size // process_count
@@ -39,7 +40,7 @@ def steps_per_epoch(source: Source, global_batch_size: int) -> int:
     """Full batches per pass over `source` (the remainder of each epoch is dropped)."""
     steps = len(source) // global_batch_size
     if steps == 0:
-        raise ValueError(
+        raise errors.UserError(
             f"Batch size {global_batch_size} is larger than the dataset ({len(source)} examples)."
         )
     return steps

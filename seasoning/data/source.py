@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from seasoning import errors
+
 
 class Source(Protocol):
     """Random access to one split of a dataset.
@@ -33,11 +35,11 @@ class ArraySource:
 
     def __post_init__(self):
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
-            raise ValueError(
+            raise errors.UserError(
                 f"images must be uint8 [N, H, W, C], got {self.images.dtype} {self.images.shape}."
             )
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+            raise errors.UserError(f"{len(self.images)} images but {len(self.labels)} labels.")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

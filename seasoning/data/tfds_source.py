@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from seasoning import errors
+
 # The fraction of the resized image kept by the centre crop (the usual 224/256 for ImageNet).
 CROP_FRACTION = 0.875
 
@@ -32,7 +34,7 @@ class TfdsSource:
                 name, split=split, data_dir=data_dir or None, download=False
             )
         except (RuntimeError, FileNotFoundError, AssertionError) as e:
-            raise FileNotFoundError(
+            raise errors.MissingInputError(
                 f"TFDS dataset {name!r} (split {split!r}) is not prepared for random access "
                 f"({type(e).__name__}: {str(e).splitlines()[0]}). Prepare it with\n"
                 f"  {build_command(name, data_dir)}\n"

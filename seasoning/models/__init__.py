@@ -41,6 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seasoning import errors
 from seasoning.models import normalization
 from seasoning.models.cnn import SmallCNN
 from seasoning.models.preact_resnet import PreActResNet18
@@ -111,11 +112,11 @@ def _entry(name: str) -> _Entry:
         try:
             check_shape(depth, widen_factor)
         except ValueError as e:
-            raise ValueError(f"Bad model name {name!r}: {e}") from None
+            raise errors.UserError(f"Bad model name {name!r}: {e}") from None
         return _wrn(depth, widen_factor)
     near = difflib.get_close_matches(name, MODEL_NAMES, n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
-    raise ValueError(
+    raise errors.UserError(
         f"Unknown model name {name!r}.{hint} Valid names: {', '.join(MODEL_NAMES)}, "
         "or any 'wrn-D-W' with D = 6n + 4."
     )
@@ -134,7 +135,7 @@ def _floats(key: str, value: Any) -> tuple[float, ...]:
             raise TypeError(values)
         return tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(
+        raise errors.UserError(
             f"Model {key}={value!r} must be a number or a sequence of numbers."
         ) from None
 
@@ -146,7 +147,7 @@ def _dtype(value: Any) -> Any:
     except TypeError:
         name = str(value)
     if name not in COMPUTE_DTYPES:
-        raise ValueError(f"Model dtype={value!r} is not one of {COMPUTE_DTYPES}.")
+        raise errors.UserError(f"Model dtype={value!r} is not one of {COMPUTE_DTYPES}.")
     return jnp.dtype(name)
 
 
@@ -184,7 +185,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     except TypeError:
         valid = False
     if not valid:
-        raise ValueError(f"Model num_classes={num_classes!r} must be a positive integer.")
+        raise errors.UserError(f"Model num_classes={num_classes!r} must be a positive integer.")
     num_classes = operator.index(num_classes)
     fields = {f.name for f in dataclasses.fields(entry.cls)} - {"parent", "name", "num_classes"}
     allowed = fields if entry.preset_overridable else fields - set(entry.preset)
@@ -192,7 +193,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if unknown:
         fixed = [k for k in unknown if k in entry.preset]
         why = f" ({', '.join(fixed)} set by the name)" if fixed else ""
-        raise ValueError(
+        raise errors.UserError(
             f"Model {name!r} got unknown keyword argument(s) {', '.join(unknown)}{why}; "
             f"it accepts: {', '.join(sorted(allowed))}."
         )
@@ -241,13 +242,13 @@ def from_config(config: Any, num_classes: int, compute_dtype: str | None = None)
     name = kwargs.pop("name")
     declared = kwargs.pop("num_classes", num_classes)
     if declared != num_classes:
-        raise ValueError(
+        raise errors.UserError(
             f"Config model.num_classes={declared} but dataset {config['dataset']['name']!r} has "
             f"{num_classes} classes."
         )
     dtype = compute_dtype or config["compute_dtype"]
     if dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype={dtype!r} is not one of {COMPUTE_DTYPES}.")
+        raise errors.UserError(f"compute_dtype={dtype!r} is not one of {COMPUTE_DTYPES}.")
     if dtype == "bfloat16":
         kwargs["dtype"] = jnp.bfloat16
     return get_model(name, num_classes=num_classes, **kwargs)

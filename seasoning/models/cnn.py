@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from seasoning import errors
 from seasoning.models import conv, normalization
 
 NORMS = ("batch", "none")
@@ -51,7 +52,7 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits [B, num_classes] (float32) for images `x` [B, H, W, C] in [0, 1]."""
         if self.norm not in NORMS:
-            raise ValueError(f"Unknown norm {self.norm!r}; expected one of {NORMS}.")
+            raise errors.UserError(f"Unknown norm {self.norm!r}; expected one of {NORMS}.")
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
         batch_norm = self.norm == "batch"
         for i, features in enumerate(self.features):

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from seasoning import errors
+
 # Per-channel pixel statistics of common training sets, for [0, 1] pixels.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -33,16 +35,18 @@ def check_stats(mean: Sequence[float], std: Sequence[float], channels: int | Non
     """
     for label, values in (("mean", mean), ("std", std)):
         if len(values) == 0:
-            raise ValueError(f"Model {label}={tuple(values)} is empty; give one value per channel.")
+            raise errors.UserError(
+                f"Model {label}={tuple(values)} is empty; give one value per channel."
+            )
         if channels is not None and len(values) not in (1, channels):
-            raise ValueError(
+            raise errors.UserError(
                 f"Model {label}={tuple(values)} has {len(values)} values but the input has "
                 f"{channels} channel(s); pass one value per channel or a single value, e.g. "
                 f"mean=(0.5,), std=(0.5,) (the model defaults suit RGB data: set both for other "
                 f"inputs)."
             )
     if any(not s > 0 for s in std):
-        raise ValueError(f"Model std={tuple(std)} must be positive.")
+        raise errors.UserError(f"Model std={tuple(std)} must be positive.")
 
 
 def normalize(
@@ -62,7 +66,7 @@ def normalize(
       ValueError: if `x` is not 4-d, or the statistics do not fit its channels.
     """
     if x.ndim != 4:
-        raise ValueError(f"Model input must be [B, H, W, C] images; got shape {x.shape}.")
+        raise errors.UserError(f"Model input must be [B, H, W, C] images; got shape {x.shape}.")
     check_stats(mean, std, channels=x.shape[-1])
     x = jnp.asarray(x, jnp.float32)
     x = (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

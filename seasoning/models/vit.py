@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from seasoning import errors
 from seasoning.models import conv, normalization
 
 # The (hidden_size, depth, num_heads) of the named sizes.
@@ -102,15 +103,15 @@ class VisionTransformer(nn.Module):
     def check_shape(self, image_shape: Sequence[int] | None = None) -> None:
         """Raises ValueError if the sizes are inconsistent, or if [H, W, C] does not fit them."""
         if self.image_size % self.patch_size != 0:
-            raise ValueError(
+            raise errors.UserError(
                 f"ViT patch_size={self.patch_size} must divide image_size={self.image_size}."
             )
         if self.hidden_size % self.num_heads != 0:
-            raise ValueError(
+            raise errors.UserError(
                 f"ViT num_heads={self.num_heads} must divide hidden_size={self.hidden_size}."
             )
         if image_shape is not None and tuple(image_shape[:2]) != (self.image_size,) * 2:
-            raise ValueError(
+            raise errors.UserError(
                 f"ViT built for {self.image_size}x{self.image_size} images got "
                 f"{image_shape[0]}x{image_shape[1]}; pass image_size={image_shape[0]} to "
                 "get_model (square images only)."

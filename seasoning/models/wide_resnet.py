@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from seasoning import errors
 from seasoning.models import normalization
 from seasoning.models.preact_resnet import PreActBlock, conv
 
@@ -23,12 +24,12 @@ from seasoning.models.preact_resnet import PreActBlock, conv
 def check_shape(depth: int, widen_factor: int) -> None:
     """Raises ValueError unless `depth` is 6n + 4 (n >= 1) and `widen_factor` is >= 1."""
     if depth < 10 or (depth - 4) % 6 != 0:
-        raise ValueError(
+        raise errors.UserError(
             f"WideResNet depth {depth} is not 6n + 4 with n >= 1: (depth - 4) % 6 must be 0, "
             "e.g. depth 10, 16, 22, 28, 34, 40 or 70."
         )
     if widen_factor < 1:
-        raise ValueError(f"WideResNet widen_factor {widen_factor} must be >= 1.")
+        raise errors.UserError(f"WideResNet widen_factor {widen_factor} must be >= 1.")
 
 
 class WideResNet(nn.Module):

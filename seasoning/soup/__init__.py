@@ -41,6 +41,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
 
+from seasoning import errors
 from seasoning.trees import first_difference
 
 __all__ = [
@@ -83,17 +84,17 @@ def _check_ingredients(trees: Sequence[PyTree]) -> None:
             "for a tree already stacked along a leading ingredient axis use combine_stacked."
         )
     if not trees:
-        raise ValueError("A soup needs at least one ingredient; got an empty list.")
+        raise errors.UserError("A soup needs at least one ingredient; got an empty list.")
     structure = jax.tree.structure(trees[0])
     for i, tree in enumerate(trees[1:], start=1):
         diff = first_difference(trees[0], tree)
         if diff is not None:
-            raise ValueError(
+            raise errors.UserError(
                 f"Soup ingredient {i} does not match ingredient 0 at {diff}; ingredients must "
                 "share one architecture (structure, shapes and dtypes)."
             )
         if jax.tree.structure(tree) != structure:
-            raise ValueError(
+            raise errors.UserError(
                 f"Soup ingredient {i} has the same leaves as ingredient 0 but other containers: "
                 f"{jax.tree.structure(tree)} vs {structure}."
             )
@@ -185,7 +186,7 @@ def check_weights(
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim not in (1, 2) or w.shape[-1] != num_ingredients:
         got = f"{w.shape[-1]} weights" if w.ndim in (1, 2) else f"weights of shape {w.shape}"
-        raise ValueError(
+        raise errors.UserError(
             f"Got {got} for {num_ingredients} soup ingredients; expected shape "
             f"({num_ingredients},) or (G, {num_ingredients})."
         )
@@ -197,14 +198,14 @@ def check_weights(
     bad = ~np.isfinite(rows).all(axis=1)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"Soup weights {rows[i].tolist()}{where(i)} must be finite.")
+        raise errors.UserError(f"Soup weights {rows[i].tolist()}{where(i)} must be finite.")
     if not convex:
         return w
     if not allow_extrapolation:
         bad = (rows < 0).any(axis=1)
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(
+            raise errors.UserError(
                 f"Soup weights {rows[i].tolist()}{where(i)} must be >= 0 for a convex soup; "
                 "pass allow_extrapolation=True for negative weights."
             )
@@ -212,7 +213,7 @@ def check_weights(
     bad = np.abs(sums - 1.0) > SUM_ATOL
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(
+        raise errors.UserError(
             f"Soup weights {rows[i].tolist()}{where(i)} sum to {float(sums[i]):.10g}, not 1 "
             f"(within {SUM_ATOL}); pass convex=False for an unnormalised combination."
         )
@@ -277,9 +278,9 @@ def combine_stacked(
     """
     sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(stacked)}
     if not sizes:
-        raise ValueError("The stacked soup tree has no leaves, hence no ingredient axis.")
+        raise errors.UserError("The stacked soup tree has no leaves, hence no ingredient axis.")
     if len(sizes) != 1 or None in sizes:
-        raise ValueError(
+        raise errors.UserError(
             f"Every leaf of a stacked soup tree needs the same leading ingredient axis; got "
             f"leading sizes {sorted(sizes, key=str)}."
         )
@@ -295,12 +296,12 @@ def _check_weights_if_concrete(
     if concrete is not None:
         check_weights(concrete, k, convex=convex, allow_extrapolation=allow_extrapolation)
         if concrete.ndim != 1:
-            raise ValueError(
+            raise errors.UserError(
                 f"Soup weights must be one vector of {k}; got shape {concrete.shape} (vmap "
                 "combine_stacked over the rows of a grid)."
             )
     elif jnp.shape(weights) != (k,):
-        raise ValueError(
+        raise errors.UserError(
             f"Got soup weights of shape {jnp.shape(weights)} for {k} ingredients; expected ({k},)."
         )
 
@@ -322,12 +323,12 @@ def mix(a: PyTree, b: PyTree, alpha: Any, *, allow_extrapolation: bool = False) 
     concrete = _concrete(alpha)
     if concrete is not None:
         if concrete.shape != ():
-            raise ValueError(f"mix needs a scalar alpha; got shape {concrete.shape}.")
+            raise errors.UserError(f"mix needs a scalar alpha; got shape {concrete.shape}.")
         value = float(concrete)
         if not math.isfinite(value):
-            raise ValueError(f"mix alpha={value!r} must be finite.")
+            raise errors.UserError(f"mix alpha={value!r} must be finite.")
         if not allow_extrapolation and not 0.0 <= value <= 1.0:
-            raise ValueError(
+            raise errors.UserError(
                 f"mix alpha={value!r} is outside [0, 1]; pass allow_extrapolation=True to "
                 "extrapolate beyond an ingredient."
             )
@@ -353,12 +354,12 @@ def _divisions(step: Any) -> int:
     try:
         value = float(step)
     except (TypeError, ValueError):
-        raise ValueError(f"Grid step={step!r} must be a number in (0, 1].") from None
+        raise errors.UserError(f"Grid step={step!r} must be a number in (0, 1].") from None
     if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise ValueError(f"Grid step={step!r} must be in (0, 1].")
+        raise errors.UserError(f"Grid step={step!r} must be in (0, 1].")
     m = round(1.0 / value)
     if abs(m * value - 1.0) > 1e-9:
-        raise ValueError(
+        raise errors.UserError(
             f"Grid step={step!r} does not divide 1 (1/step = {1.0 / value:.6g}); use e.g. "
             "0.5, 0.25, 0.2, 0.1, 0.05 or 1/3."
         )
@@ -390,13 +391,13 @@ def simplex_grid(n: int, step: float, *, max_rows: int = 1_000_000) -> np.ndarra
     try:
         n = operator.index(n)
     except TypeError:
-        raise ValueError(f"simplex_grid n={n!r} must be an integer >= 1.") from None
+        raise errors.UserError(f"simplex_grid n={n!r} must be an integer >= 1.") from None
     if n < 1:
-        raise ValueError(f"simplex_grid n={n} must be >= 1.")
+        raise errors.UserError(f"simplex_grid n={n} must be >= 1.")
     m = _divisions(step)
     size = math.comb(m + n - 1, n - 1)
     if size > max_rows:
-        raise ValueError(
+        raise errors.UserError(
             f"simplex_grid(n={n}, step={step}) has {size} rows, more than max_rows={max_rows}; "
             "use a coarser step."
         )
@@ -430,14 +431,14 @@ def line_grid(step: float, *, low: float = 0.0, high: float = 1.0) -> np.ndarray
     """
     low, high, step = float(low), float(high), float(step)
     if not all(math.isfinite(v) for v in (low, high, step)) or not low < high or step <= 0:
-        raise ValueError(
+        raise errors.UserError(
             f"line_grid needs finite low < high and step > 0; got low={low}, high={high}, "
             f"step={step}."
         )
     span = high - low
     num = round(span / step)
     if num < 1 or abs(num * step - span) > 1e-9 * max(1.0, span):
-        raise ValueError(
+        raise errors.UserError(
             f"line_grid step={step} does not divide high - low = {span} into equal parts."
         )
     k = np.arange(num + 1, dtype=np.float64)
@@ -505,7 +506,7 @@ def greedy(
     else:
         order = [operator.index(i) for i in order]
         if not order or len(set(order)) != len(order) or not all(0 <= i < k for i in order):
-            raise ValueError(
+            raise errors.UserError(
                 f"greedy order={order} must list distinct ingredient indices in [0, {k})."
             )
     stacked = stack(trees)
@@ -550,7 +551,7 @@ def _record_bn_inputs(next_fun, args, kwargs, context):
     module = context.module
     if isinstance(module, nn.BatchNorm) and context.method_name == "__call__":
         if kwargs.get("mask") is not None:
-            raise ValueError("recalibrate_batch_stats does not support masked BatchNorm.")
+            raise errors.UserError("recalibrate_batch_stats does not support masked BatchNorm.")
         x = args[0] if args else kwargs["x"]
         module.sow(_MOMENTS, "moments", _input_moments(x, module.axis))
     return next_fun(*args, **kwargs)
@@ -625,10 +626,10 @@ def recalibrate_batch_stats(
     except TypeError:
         valid = False
     if not valid:
-        raise ValueError(f"recalibrate_batch_stats batch_size={batch_size!r} must be >= 1.")
+        raise errors.UserError(f"recalibrate_batch_stats batch_size={batch_size!r} must be >= 1.")
     num = len(images)
     if num == 0:
-        raise ValueError("recalibrate_batch_stats needs at least one image; got none.")
+        raise errors.UserError("recalibrate_batch_stats needs at least one image; got none.")
 
     per_batch = [
         _batch_moments(model, variables, images[start : start + batch_size])
@@ -647,7 +648,7 @@ def recalibrate_batch_stats(
         for name, value in (("mean", mean), ("var", m2 / count)):
             key = (*layer, name)
             if key not in flat:
-                raise ValueError(
+                raise errors.UserError(
                     f"BatchNorm layer {'/'.join(layer)} has no batch_stats entry {name!r}."
                 )
             flat[key] = jnp.asarray(value, jnp.result_type(flat[key]))
@@ -657,7 +658,7 @@ def recalibrate_batch_stats(
         if key[-1] in ("mean", "var") and tuple(key[:-1]) not in totals
     )
     if stale:
-        raise ValueError(
+        raise errors.UserError(
             f"BatchNorm layer(s) {', '.join(dict.fromkeys(stale))} did not run on the "
             "recalibration images, so their statistics cannot be re-estimated."
         )

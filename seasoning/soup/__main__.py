@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from seasoning import cli, config_lib, data, evaluate, parallel, plots, soup, threat
+from seasoning import cli, config_lib, data, errors, evaluate, parallel, plots, soup, threat
 from seasoning import workdir as workdir_lib
 from seasoning.models import normalization
 from seasoning.soup import grid as grid_lib
@@ -55,7 +55,9 @@ def load_ingredients(
         for key in ("model", "dataset"):
             if c[key].to_dict() != config[key].to_dict():
                 diffs = "; ".join(workdir_lib.diff_dicts(config[key].to_dict(), c[key].to_dict()))
-                raise ValueError(f"Ingredient {d} has another {key} than {run_dirs[0]}: {diffs}")
+                raise errors.UserError(
+                    f"Ingredient {d} has another {key} than {run_dirs[0]}: {diffs}"
+                )
     return config, model, [r[2] for r in runs], [r[3] for r in runs]
 
 
@@ -105,7 +107,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
     names = grid_lib.metric_names(threats)
     unknown = [n for n in config.front if n not in names]
     if unknown:
-        raise ValueError(f"Config front names {unknown}, not metrics of this sweep: {names}.")
+        raise errors.UserError(f"Config front names {unknown}, not metrics of this sweep: {names}.")
     overrides = {
         k: v
         for k, v in (
@@ -234,12 +236,12 @@ def _previous_rows(path: str, settings: dict[str, Any], resume: bool) -> list[di
         return []
     if previous["settings"] != settings:
         diffs = "\n  ".join(workdir_lib.diff_dicts(previous["settings"], settings))
-        raise ValueError(
+        raise errors.UserError(
             f"{path} holds a sweep with other settings; not overwriting it.\n"
             f"  {diffs}\nUse another --workdir."
         )
     if not previous.get("complete") and not resume:
-        raise ValueError(
+        raise errors.UserError(
             f"{path} holds an unfinished sweep ({len(previous['rows'])} of "
             f"{len(settings['weights'])} soups): pass --resume to continue it."
         )

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import attacks, parallel, soup, threat
+from seasoning import attacks, errors, parallel, soup, threat
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x) -> logits (eval mode)
 Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluate (BN policy)
@@ -52,12 +52,12 @@ def resolve_mode(mode: str) -> str:
       ValueError: an unknown mode, or per_soup in a multi-process job.
     """
     if mode not in MODES:
-        raise ValueError(f"Unknown soup evaluation mode {mode!r}; expected one of {MODES}.")
+        raise errors.UserError(f"Unknown soup evaluation mode {mode!r}; expected one of {MODES}.")
     multi_process = jax.process_count() > 1
     if mode == "auto":
         return "per_soup" if jax.default_backend() == "cpu" and not multi_process else "grid"
     if mode == "per_soup" and multi_process:
-        raise ValueError(
+        raise errors.UserError(
             "evaluation='per_soup' runs in one process; use evaluation='grid' (or 'auto') for "
             f"a job of {jax.process_count()} processes."
         )

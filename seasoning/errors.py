@@ -1,0 +1,18 @@
+"""The exception for bad input, which the drivers turn into one line and exit status 2.
+
+Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
+directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
+there), naming the value and what was expected. Any other exception is a bug and keeps its
+traceback. Both subclass the built-in types they refine (`ValueError`, `FileNotFoundError`),
+so library callers may catch either.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input: a config value, flag, name or file that the user can fix."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A run, checkpoint, dataset or file that the user named is not there."""

@@ -26,7 +26,7 @@ setuptools.setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "scipy>=1.13"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "scipy>=1.13", "filelock>=3.12"],
         # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
         "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],
     },

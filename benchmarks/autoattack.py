@@ -4,7 +4,7 @@
       [--n_points=500] [--version=standard] [--train_steps=300] [--threads=0]
 
 For each model: a short nominal training on Fashion-MNIST (SGD, `train_steps` batches of 128),
-then per norm, back to back in this one process: ours (`attacks.run_auto_attack`, what
+then per norm, back to back in this one process: ours (`evaluation.Evaluator`, still_robust: what
 `seasoning.evaluate` runs: each restart and target class only on the points still robust, the
 CPU split into JAX devices as the drivers split it) and the reference's
 `AutoAttack(version=...).run_standard_evaluation` on the PyTorch twin with the same weights
@@ -141,7 +141,7 @@ def main(argv):
     import torch
     from pyautoattack import AutoAttack
 
-    from seasoning import attacks, reference, threat
+    from seasoning import evaluation, reference, threat
     from seasoning.data import fashion_mnist
 
     jax.config.update("jax_enable_compilation_cache", False)
@@ -162,11 +162,13 @@ def main(argv):
         for norm in _NORMS.value:
             tm = threat.ThreatModel(norm, EPS[norm])
             t0 = time.perf_counter()
-            _, report = attacks.run_auto_attack(
-                apply_fn, variables, x, y, tm, key=jax.random.key(0), version=_VERSION.value,
+            evaluator = evaluation.Evaluator(
+                apply_fn, evaluation.AttackSettings.make([tm], _VERSION.value),
                 batch_size=_BATCH.value,
             )  # fmt: skip
+            result = evaluator.run(variables, test, np.arange(n), key=jax.random.key(0))
             ours_s = time.perf_counter() - t0
+            detail, accuracy = result.details[str(tm)], result.accuracies()
             adversary = AutoAttack(
                 twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
                 version=_VERSION.value, seed=0, device=device,
@@ -182,11 +184,11 @@ def main(argv):
             print(json.dumps({
                 "benchmark": "autoattack", "version": _VERSION.value, "model": name,
                 "norm": norm, "eps": tm.eps, "n_points": n, "train_steps": _TRAIN_STEPS.value,
-                "clean_accuracy": round(float(report.clean.mean()), 4),
-                "ours_robust_accuracy": round(report.robust_accuracy, 4),
+                "clean_accuracy": round(accuracy["clean"], 4),
+                "ours_robust_accuracy": round(accuracy[str(tm)], 4),
                 "reference_robust_accuracy": round(float(ref_robust.mean()), 4),
-                "ours_after": {k: round(v, 4) for k, v in report.after.items()},
-                "ours_attack_s": {k: round(v, 1) for k, v in report.seconds.items()},
+                "ours_after": {k: round(v, 4) for k, v in detail["after"].items()},
+                "ours_attack_s": {k: round(v, 1) for k, v in detail["seconds"].items()},
                 "ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
                 "speedup": round(ref_s / ours_s, 2), "jax_cpu_devices": devices or 1,
                 "torch_threads": threads, "torch_device": device, "jax": jax.default_backend(),

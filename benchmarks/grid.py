@@ -8,7 +8,8 @@ Prints JSON lines: seconds and soups/s for (1) G forward passes of one plain mod
 points, (2) the compiled grid (clean accuracy of G soups), (3) the loop that materialises each
 soup (`soup.combine`) and evaluates it; and the same for robust accuracy (AutoAttack fast,
 few iterations), where (4) the per-soup mode (`grid.evaluate_per_soup`: later attacks only on
-the points still robust) joins in. Targets: (2) <= 1.1 x (1) and (3) >= 3 x (2).
+the points still robust) joins in. (3) is the one evaluator's all_points schedule run on each
+soup in turn. Targets: (2) <= 1.1 x (1) and (3) >= 3 x (2).
 
 Ingredients: three randomly initialised models on random points and labels (default), or
 trained run dirs (`--ingredients`) on their test set, where robust accuracy, and so the
@@ -47,16 +48,16 @@ def main(argv):
     import jax
     import numpy as np
 
-    from seasoning import data, models, parallel, soup, threat
-    from seasoning.soup import __main__ as sweep
+    from seasoning import data, evaluation, models, parallel, soup, threat
     from seasoning.soup import grid as grid_lib
+    from seasoning.soup import sweep
 
     if _INGREDIENTS.value:
-        train_config, model, ingredients, _ = sweep.load_ingredients(_INGREDIENTS.value)
-        source = data.get_source(train_config.dataset, train_config.dataset.eval_split)
-        test_images, test_labels = source.get(np.arange(_POINTS.value))
-        test_images = data.to_float(test_images)
-        name = train_config.model.name
+        loaded = sweep.load_ingredients(_INGREDIENTS.value)
+        model, ingredients = loaded[0].model, [r.variables for r in loaded]
+        config = loaded[0].config
+        source = data.get_source(config.dataset, config.dataset.eval_split)
+        name = config.model.name
     else:
         model = models.get_model(_MODEL.value, num_classes=10)
         shape = (28, 28, 1) if _MODEL.value == "cnn-small" else (32, 32, 3)
@@ -65,8 +66,8 @@ def main(argv):
             for i in range(3)
         ]
         rng = np.random.default_rng(0)
-        test_images = rng.random((_POINTS.value, *shape), dtype=np.float32)
-        test_labels = rng.integers(0, 10, _POINTS.value)
+        images = rng.integers(0, 256, (_POINTS.value, *shape), dtype=np.uint8)
+        source = data.ArraySource(images, rng.integers(0, 10, _POINTS.value).astype(np.int32), 10)
         name = _MODEL.value
     k = len(ingredients)
     weights = soup.simplex_grid(k, 0.1)[: _SOUPS.value].astype(np.float32)
@@ -75,7 +76,7 @@ def main(argv):
     def apply_fn(v, x):
         return model.apply(v, x, train=False)
 
-    stacked = soup.stack(ingredients)
+    stacked = grid_lib.stacked_on_mesh(soup.stack(ingredients), mesh)
     info = {
         "model": name,
         "ingredients": "trained" if _INGREDIENTS.value else "random",
@@ -86,27 +87,26 @@ def main(argv):
     }
 
     def run_one(kind, n_points, threats):
-        x = test_images[:n_points]
-        y = np.asarray(test_labels[:n_points], np.int32)
-        batch = {"image": x, "label": y, "mask": np.ones(n_points, np.float32)}
-
-        def batches(batch=batch):
-            return iter([batch])
-
-        settings = dict(threats=threats, version="fast", n_iter=_N_ITER.value, n_target_classes=1)
-        key = jax.random.key(0)
-        program = grid_lib.make_chunk_program(
-            apply_fn, mesh, vectorize=_VECTORIZE.value, **settings
+        indices = np.arange(n_points)
+        settings = evaluation.AttackSettings.make(
+            threats, "fast", n_iter=_N_ITER.value, n_target_classes=1
         )
+        key = jax.random.key(0)
+        common = dict(settings=settings, key=key, mesh=mesh, batch_size=n_points)
         grid_s = _timed(
             lambda: grid_lib.evaluate_grid(
-                program, stacked, weights, batches, key=key, chunk=_CHUNK.value, mesh=mesh
+                apply_fn, stacked, weights, source, indices, chunk=_CHUNK.value,
+                vectorize=_VECTORIZE.value, **common,
             )
+        )  # fmt: skip
+        evaluator = evaluation.Evaluator(
+            apply_fn, settings, schedule="all_points", batch_size=n_points, mesh=mesh
         )
         loop_s = _timed(
-            lambda: grid_lib.evaluate_one_by_one(
-                apply_fn, ingredients, weights, batches, key=key, mesh=mesh, **settings
-            ),
+            lambda: [
+                evaluator.run(soup.combine(ingredients, w), source, indices, key=key)
+                for w in weights
+            ],
             1,
         )
         out = {
@@ -123,8 +123,7 @@ def main(argv):
         if kind == "robust":
             per_soup_s = _timed(
                 lambda: grid_lib.evaluate_per_soup(
-                    apply_fn, stacked, weights, x, y, key=key, mesh=mesh,
-                    batch_size=n_points, **settings,
+                    apply_fn, stacked, weights, source, indices, **common
                 ),
                 1,
             )  # fmt: skip
@@ -132,7 +131,8 @@ def main(argv):
             out["loop_over_per_soup"] = round(loop_s / per_soup_s, 2)
         if kind == "clean":
             forward = jax.jit(lambda v, x: apply_fn(v, x).argmax(-1))
-            xs = parallel.host_to_global(x, mesh)
+            images, _ = source.get(indices)
+            xs = parallel.host_to_global(data.to_float(images), mesh)
             plain_s = _timed(
                 lambda: [
                     forward(ingredients[0], xs).block_until_ready() for _ in range(len(weights))

@@ -4,15 +4,13 @@ r"""Fine-tunes the ImageNet ResNet-50 Linf model to L1 eps 255 (an ingredient).
       --workdir=runs/resnet50_linf_to_l1      # parent: runs/resnet50_linf
 
 Args: parent (the Linf run's workdir), eps, epochs, runlocal. The recipe is the fine-tuning
-reference's (Croce & Hein 2022; see `config_lib.finetune_config`),
+reference's (Croce & Hein 2022; see `recipes.finetune_config`),
 1 epoch as the fine-tuning reference on ImageNet.
 The soups paper publishes no other fine-tuning settings.
 """
 
-from seasoning import config_lib
+from seasoning import recipes
 
 
 def get_config(arg=None):
-    return config_lib.child_config(
-        __file__, "resnet50_linf.py", arg, norm="l1", eps=255, num_epochs=1
-    )
+    return recipes.child_config(__file__, "resnet50_linf.py", arg, norm="l1", eps=255, num_epochs=1)

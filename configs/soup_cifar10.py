@@ -7,10 +7,10 @@ L1 12), AutoAttack fast on 500 test images; raise `eval.n_examples` and set
 `eval.version=standard` for numbers to publish.
 """
 
-from seasoning import config_lib
+from seasoning import recipes
 
 
 def get_config(arg=None):
-    return config_lib.paper_soup_config(
+    return recipes.paper_soup_config(
         arg, parent="cifar10_wrn28_10_linf", threats=("linf:8/255", "l2:0.5", "l1:12")
     )

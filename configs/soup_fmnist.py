@@ -8,10 +8,10 @@ Linf->L1), runs (the folder holding fmnist_cnn_linf and its children; default ru
 Evaluated on 500 test images with AutoAttack fast under Fashion-MNIST's radii.
 """
 
-from seasoning import config_lib
+from seasoning import recipes
 
 
 def get_config(arg=None):
-    return config_lib.paper_soup_config(
+    return recipes.paper_soup_config(
         arg, parent="fmnist_cnn_linf", threats=("linf:0.1", "l2:0.8", "l1:10"), runs="runs/demo"
     )

@@ -6,10 +6,10 @@ Args as configs/soup_fmnist.py (runs default: runs). ImageNet's radii (Linf 4/25
 L1 255), AutoAttack fast on 500 validation images.
 """
 
-from seasoning import config_lib
+from seasoning import recipes
 
 
 def get_config(arg=None):
-    return config_lib.paper_soup_config(
+    return recipes.paper_soup_config(
         arg, parent="vitb_linf", threats=("linf:4/255", "l2:2", "l1:255")
     )

@@ -4,13 +4,13 @@ r"""Fine-tunes the ImageNet ViT-B/16 Linf model to nominal (clean) training (an 
       --workdir=runs/vitb_linf_to_nominal      # parent: runs/vitb_linf
 
 Args: parent (the Linf run's workdir), eps, epochs, runlocal. The recipe is the fine-tuning
-reference's (Croce & Hein 2022; see `config_lib.finetune_config`),
+reference's (Croce & Hein 2022; see `recipes.finetune_config`),
 1 epoch as the fine-tuning reference and the soups paper on ImageNet.
 The soups paper publishes no other fine-tuning settings.
 """
 
-from seasoning import config_lib
+from seasoning import recipes
 
 
 def get_config(arg=None):
-    return config_lib.child_config(__file__, "vitb_linf.py", arg, norm="none", eps=0, num_epochs=1)
+    return recipes.child_config(__file__, "vitb_linf.py", arg, norm="none", eps=0, num_epochs=1)

@@ -27,7 +27,11 @@ import numpy as np
 
 from seasoning import attacks, errors, threat
 from seasoning.attacks.apgd import apgd_runs
+from seasoning.attacks.losses import LOSSES
 from seasoning.training import Attack, AttackWithStats
+
+# The training attacks (config attack.name): "none" for nominal training.
+ATTACK_NAMES = ("none", "pgd", "apgd")
 
 # How E-AT draws each batch's threat model (see module doc); the first is the default.
 MULTI_SAMPLING = ("adaptive", "uniform")
@@ -90,8 +94,8 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
         )
     if attack_cfg.steps < 1:
         raise errors.UserError(f"attack.steps={attack_cfg.steps} must be >= 1.")
-    if attack_cfg.loss not in ("ce", "dlr"):
-        raise errors.UserError(f"attack.loss={attack_cfg.loss!r}; expected 'ce' or 'dlr'.")
+    if attack_cfg.loss not in LOSSES:
+        raise errors.UserError(f"attack.loss={attack_cfg.loss!r}; expected one of {LOSSES}.")
     if name == "apgd":
         if attack_cfg.step_size:
             raise errors.UserError(
@@ -120,7 +124,7 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
             return x_adv, attacks.correct(logits_fn, x_adv, y)
 
         return run
-    raise errors.UserError(f"Unknown attack.name={name!r}; expected one of 'none', 'pgd', 'apgd'.")
+    raise errors.UserError(f"Unknown attack.name={name!r}; expected one of {ATTACK_NAMES}.")
 
 
 def _multi_norm_attack(

@@ -2,10 +2,15 @@
 
 A config is a Python file with `get_config(arg=None) -> ml_collections.ConfigDict`. `arg` is a
 `key=value,key2,...` string (big_vision style) read with `parse_arg`; the bare key `runlocal`
-shrinks any experiment to seconds. Training configs start from `base_train_config()`, which is
-also the schema: `validate_train_config` rejects keys it does not know, values of the wrong
-type and unknown names (model, dataset, optimizer, ...), each with a message naming the value
-and the valid ones.
+shrinks any experiment to seconds. Training configs start from `base_train_config()`, soup
+configs from `base_soup_config()`; each is also the schema: `validate_train_config` and
+`validate_soup_config` reject keys they do not know, values of the wrong type, unknown names
+(model, dataset, optimizer, ...) and numbers out of range, each with a message naming the key,
+the value and what is expected. The allowed names come from the modules that own them
+(`data.DATASET_NAMES`, `models.COMPUTE_DTYPES`, `soup.BN_POLICIES`, ...), never copied here.
+
+This module only loads and validates configs; the paper's recipes built on these schemas
+(fine-tuning children, the paper's soups) are in `seasoning.recipes`.
 """
 
 from __future__ import annotations
@@ -186,13 +191,7 @@ def split_config_flags(argv: Sequence[str]) -> tuple[list[str], str | None, list
 
 
 # --------------------------------------------------------------------------------------------
-# The training schema.
-
-DATASET_NAMES = ("fashion_mnist", "synthetic", "cifar10", "cifar100", "imagenet2012")
-OPTIMIZER_NAMES = ("sgd", "adamw")
-SCHEDULE_NAMES = ("constant", "piecewise", "cosine")
-ATTACK_NAMES = ("none", "pgd", "apgd")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+# The schemas.
 
 
 def base_train_config() -> ml_collections.ConfigDict:
@@ -248,104 +247,30 @@ def base_train_config() -> ml_collections.ConfigDict:
     return c
 
 
-def finetune_config(
-    parent: ml_collections.ConfigDict,
-    *,
-    norm: str,
-    eps: float,
-    init_from: str,
-    num_epochs: int,
-    attack_steps: int = 10,
-    multi: tuple[str, ...] = (),
-) -> ml_collections.ConfigDict:
-    """A child of `parent`'s run: the same model and data, fine-tuned to another threat model.
-
-    The recipe of the fine-tuning reference (Croce & Hein 2022, fra31/robust-finetuning):
-    APGD-CE (L1-APGD for l1) with `attack_steps` iterations and no random start, SGD with
-    momentum 0.9 and weight decay 5e-4, lr 0.01 divided by 10 after 1/3 and 2/3 of the run,
-    batch 128, no label smoothing, a fresh optimiser state. Every value stays overridable.
-
-    Args:
-      parent: the parent's training config (its model and dataset are kept).
-      norm: the child's threat model norm; "none" for nominal (clean) fine-tuning.
-      eps: its radius (0 for "none").
-      init_from: the parent's workdir, whose last checkpoint gives the starting weights.
-      num_epochs: epochs of fine-tuning (the reference: 3 on CIFAR-10, 1 on ImageNet).
-      attack_steps: iterations of the training attack.
-      multi: for norm "multi" (E-AT): the "norm:eps" threat models drawn from per batch.
-    """
-    c = ml_collections.ConfigDict(parent.to_dict())
-    c.threat.update(norm=norm, eps=float(eps), multi=tuple(multi))
-    if norm == "none":
-        c.attack.update(name="none", steps=attack_steps, step_size=0.0, random_start=False)
-    else:
-        c.attack.update(name="apgd", loss="ce", steps=attack_steps, step_size=0.0,
-                        random_start=False)  # fmt: skip
-    c.optimizer.update(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                       decay_bn_and_bias=False, grad_clip_norm=0.0)  # fmt: skip
-    c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1,
-                      warmup_steps=0)  # fmt: skip
-    c.label_smoothing = 0.0
-    c.batch_size = 128
-    c.num_epochs = num_epochs
-    c.max_steps = 0
-    c.init_from = init_from
-    return c
-
-
-def child_config(
-    child_file: str,
-    parent_file: str,
-    arg: str | None,
-    *,
-    norm: str,
-    eps: float,
-    num_epochs: int,
-    multi: tuple[str, ...] = (),
-) -> ml_collections.ConfigDict:
-    """The `get_config` of a fine-tuning config file (`configs/*_to_*.py`).
-
-    Args:
-      child_file: the child config's `__file__`; the parent config is its sibling.
-      parent_file: the parent config's file name, e.g. "fmnist_cnn_linf.py".
-      arg: the child's `arg`: `parent=RUN_DIR` (default `runs/<parent name>`), `eps`,
-        `epochs`, `runlocal` (the parent's runlocal sizes, a few steps).
-      norm, eps, num_epochs: the child's threat model and length (defaults of `arg`).
-      multi: the threat models of norm "multi" (E-AT).
-
-    Returns:
-      `finetune_config` of the parent config.
-    """
-    parent_name = os.path.splitext(parent_file)[0]
-    arg = parse_arg(arg, runlocal=False, parent=f"runs/{parent_name}", eps=float(eps),
-                    epochs=num_epochs)  # fmt: skip
-    parent_path = os.path.join(os.path.dirname(os.path.abspath(child_file)), parent_file)
-    parent = load_config(f"{parent_path}:runlocal" if arg.runlocal else parent_path)
-    c = finetune_config(parent, norm=norm, eps=arg.eps if norm not in ("none", "multi") else 0.0,
-                        init_from=arg.parent, num_epochs=arg.epochs, multi=multi)  # fmt: skip
-    if arg.runlocal:
-        c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
-    return c
-
-
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
     """Checks a training config against `base_train_config()`.
 
+    Names are checked against the modules that own them (data, models, optim, adversarial),
+    numbers against their ranges.
+
     Raises:
-      ValueError: naming the first unknown key, wrongly typed value or unknown name.
+      UserError: naming the first unknown key, wrongly typed value, unknown name or value out
+        of range, with what is expected.
     """
     _check_against_schema(config, base_train_config(), prefix="")
-    from seasoning import adversarial, models, threat  # late: keeps config loading light
+    # Late: these import JAX, which config loading does not need.
+    from seasoning import adversarial, data, models, optim, threat
+    from seasoning.attacks import losses
 
-    _check_choice("dataset.name", config.dataset.name, DATASET_NAMES)
+    check_choice("dataset.name", config.dataset.name, data.DATASET_NAMES)
     try:
         models.check_name(config.model.name)
     except ValueError as e:
         raise errors.UserError(f"Config model.name: {e}") from None
-    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZER_NAMES)
-    _check_choice("schedule.name", config.schedule.name, SCHEDULE_NAMES)
-    _check_choice("attack.name", config.attack.name, ATTACK_NAMES)
-    _check_choice("compute_dtype", config.compute_dtype, COMPUTE_DTYPES)
+    check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZER_NAMES)
+    check_choice("schedule.name", config.schedule.name, optim.SCHEDULE_NAMES)
+    check_choice("attack.name", config.attack.name, adversarial.ATTACK_NAMES)
+    check_choice("compute_dtype", config.compute_dtype, models.COMPUTE_DTYPES)
     if config.threat.norm == "multi":
         if len(config.threat.multi) < 2 or config.threat.eps:
             raise errors.UserError(
@@ -354,39 +279,51 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
                 f"eps={config.threat.eps}."
             )
         for spec in config.threat.multi:
-            if threat.parse(spec).trivial:  # raises on bad text, norm or eps
+            try:
+                trivial = threat.parse(spec).trivial
+            except errors.UserError as e:
+                raise errors.UserError(f"Config threat.multi: {e}") from None
+            if trivial:
                 raise errors.UserError(
                     f"Config threat.multi: {spec!r} is not an adversarial threat."
                 )
-        _check_choice("threat.sampling", config.threat.sampling, adversarial.MULTI_SAMPLING)
+        check_choice("threat.sampling", config.threat.sampling, adversarial.MULTI_SAMPLING)
     else:
-        threat.ThreatModel(config.threat.norm, config.threat.eps)  # raises on a bad norm or eps
+        try:
+            threat.ThreatModel(config.threat.norm, config.threat.eps)
+        except errors.UserError as e:
+            raise errors.UserError(f"Config threat (norm, eps): {e}") from None
         if config.threat.multi:
             raise errors.UserError(
                 f"Config threat.multi={config.threat.multi!r} is used only with "
                 f"threat.norm='multi' (E-AT), not with norm={config.threat.norm!r}."
             )
+    if config.attack.name != "none":
+        check_choice("attack.loss", config.attack.loss, losses.LOSSES)
+        _check_int(config, "attack.steps", 1)
+        _check_number(config, "attack.step_size", 0)
+    _check_int(config, "seed", 0)
+    for key in ("image_size", "crop_padding", "num_eval_examples", "num_train_examples"):
+        _check_int(config, f"dataset.{key}", 0)
+    _check_int(config, "dataset.num_classes", 2)
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
-        if config[key] <= 0:
-            raise errors.UserError(f"Config {key}={config[key]} must be positive.")
+        _check_int(config, key, 1)
     for key in ("num_epochs", "max_steps", "eval_every_steps", "checkpoint_every_steps"):
-        if config[key] < 0:
-            raise errors.UserError(f"Config {key}={config[key]} must be >= 0.")
+        _check_int(config, key, 0)
     if config.num_epochs == 0 and config.max_steps == 0:
         raise errors.UserError("Config sets num_epochs=0 and max_steps=0: nothing to train.")
-    if not math.isfinite(config.optimizer.lr) or config.optimizer.lr < 0:
-        raise errors.UserError(
-            f"Config optimizer.lr={config.optimizer.lr} must be finite and >= 0."
-        )
+    for key in ("lr", "weight_decay", "grad_clip_norm"):
+        _check_number(config, f"optimizer.{key}", 0)
+    for key in ("momentum", "b1", "b2"):
+        _check_number(config, f"optimizer.{key}", 0, 1)
     boundaries = tuple(config.schedule.boundaries)
     if any(not 0 < b < 1 for b in boundaries) or list(boundaries) != sorted(boundaries):
         raise errors.UserError(
-            f"Config schedule.boundaries={boundaries} must be increasing fractions in (0, 1)."
+            f"Config schedule.boundaries={boundaries}: expected increasing fractions in (0, 1)."
         )
-
-
-BN_POLICIES = ("interpolate", "recalibrate")
-GRID_KINDS = ("simplex", "line")
+    _check_number(config, "schedule.decay_factor", 0, low_open=True)
+    _check_int(config, "schedule.warmup_steps", 0)
+    _check_number(config, "label_smoothing", 0, 1)
 
 
 def base_soup_config() -> ml_collections.ConfigDict:
@@ -401,7 +338,10 @@ def base_soup_config() -> ml_collections.ConfigDict:
     c.bn_policy = "interpolate"  # or "recalibrate" on `calibration_examples` training images
     c.calibration_examples = 512
     c.eval = dict(
-        split="",  # default: the ingredients' eval split
+        # "": the ingredients' own dataset; else "NAME[:split]" of another registered dataset
+        # (`data.parse_dataset`), e.g. "cifar10:test".
+        dataset="",
+        split="",  # default: the ingredients' eval split (or the split that `dataset` names)
         n_examples=500,
         batch_size=250,
         version="fast",
@@ -422,50 +362,19 @@ def base_soup_config() -> ml_collections.ConfigDict:
     return c
 
 
-# The paper's soups of a Linf parent and its children: config arg `soup` -> child suffixes.
-PAPER_SOUPS = {
-    "l2": ("", "_to_l2"),  # Linf + Linf->L2
-    "nominal": ("", "_to_nominal"),  # Linf + Linf->nominal
-    "l2_l1": ("", "_to_l2", "_to_l1"),  # Linf + Linf->L2 + Linf->L1
-}
-
-
-def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
-                      runs: str = "runs") -> ml_collections.ConfigDict:  # fmt: skip
-    """The `get_config` of a soup config file (`configs/soup_*.py`).
-
-    Args:
-      arg: `soup=l2|nominal|l2_l1` (which ingredients), `runs=DIR` (where the runs of
-        `parent` and its children are), `step` (grid step), `bn=interpolate|recalibrate`,
-        `runlocal` (a coarse grid and a short attack on a few points).
-      parent: the parent run's (and config's) name, e.g. "fmnist_cnn_linf".
-      threats: the threat models to evaluate, "norm:eps".
-      runs: the default of `runs`.
-    """
-    arg = parse_arg(arg, runlocal=False, soup="l2", runs=runs, step=0.1, bn="interpolate")
-    _check_choice("soup", arg.soup, tuple(PAPER_SOUPS))
-    suffixes = PAPER_SOUPS[arg.soup]
-    c = base_soup_config()
-    c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
-    c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
-    c.grid.update(kind="simplex", step=arg.step)
-    c.bn_policy = arg.bn
-    c.eval.threats = threats
-    c.front = ("clean", threats[0]) if arg.soup == "nominal" else (threats[0], threats[1])
-    if arg.runlocal:
-        c.grid.step = 0.5
-        c.eval.update(n_examples=64, batch_size=64, n_iter=5, n_target_classes=1)
-        c.calibration_examples = 128
-    return c
-
-
 def validate_soup_config(config: ml_collections.ConfigDict) -> None:
     """Checks a soup config against `base_soup_config()`.
 
+    Names are checked against the modules that own them (soup, soup.grid, models, data,
+    attacks.autoattack, threat), numbers against their ranges.
+
     Raises:
-      ValueError: naming the first unknown key, wrongly typed value or bad setting.
+      UserError: naming the first unknown key, wrongly typed value, unknown name or value out
+        of range, with what is expected.
     """
-    from seasoning import threat  # late: keeps config loading light
+    # Late: these import JAX, which config loading does not need.
+    from seasoning import data, models, soup, threat
+    from seasoning.attacks import autoattack
     from seasoning.soup import grid as soup_grid
 
     _check_against_schema(config, base_soup_config(), prefix="")
@@ -476,22 +385,46 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
         )
     if config.labels and len(config.labels) != k:
         raise errors.UserError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
-    _check_choice("grid.kind", config.grid.kind, GRID_KINDS)
+    check_choice("grid.kind", config.grid.kind, soup.GRID_KINDS)
     if config.grid.kind == "line" and k != 2:
         raise errors.UserError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
-    if not 0 < config.grid.step <= 1:
-        raise errors.UserError(f"Config grid.step={config.grid.step} must be in (0, 1].")
-    _check_choice("bn_policy", config.bn_policy, BN_POLICIES)
-    _check_choice("eval.version", config.eval.version, ("standard", "fast"))
-    _check_choice("eval.compute_dtype", config.eval.compute_dtype, COMPUTE_DTYPES)
-    _check_choice("evaluation", config.evaluation, soup_grid.MODES)
+    _check_number(config, "grid.step", 0, 1, low_open=True, high_closed=True)
+    _check_number(config, "grid.low", -math.inf)
+    _check_number(config, "grid.high", -math.inf)
+    if config.grid.kind == "line" and not config.grid.low < config.grid.high:
+        raise errors.UserError(
+            f"Config grid.low={config.grid.low!r}, grid.high={config.grid.high!r}: expected "
+            "low < high for grid.kind='line'."
+        )
+    check_choice("bn_policy", config.bn_policy, soup.BN_POLICIES)
+    check_choice("eval.version", config.eval.version, autoattack.VERSIONS)
+    check_choice("eval.compute_dtype", config.eval.compute_dtype, models.COMPUTE_DTYPES)
+    check_choice("evaluation", config.evaluation, soup_grid.MODES)
     for spec in config.eval.threats:
-        threat.parse(spec)
+        try:
+            threat.parse(spec)
+        except errors.UserError as e:
+            raise errors.UserError(f"Config eval.threats: {e}") from None
+    if config.eval.dataset:
+        try:
+            name, split = data.parse_dataset(config.eval.dataset)
+            if not config.eval.threats:
+                data.default_threats(name)
+        except errors.UserError as e:
+            raise errors.UserError(f"Config eval.dataset={config.eval.dataset!r}: {e}") from None
+        if split and config.eval.split and split != config.eval.split:
+            raise errors.UserError(
+                f"Config eval.dataset={config.eval.dataset!r} names split {split!r} and "
+                f"eval.split={config.eval.split!r} another: expected one of the two."
+            )
+    for key in ("n_examples", "n_iter", "n_target_classes"):
+        _check_int(config, f"eval.{key}", 0)
+    _check_int(config, "eval.batch_size", 1)
     for key in ("chunk", "vectorize", "calibration_examples"):
-        if config[key] <= 0:
-            raise errors.UserError(f"Config {key}={config[key]} must be positive.")
+        _check_int(config, key, 1)
+    _check_int(config, "seed", 0)
     if config.front and len(config.front) != 2:
-        raise errors.UserError(f"Config front={config.front!r} must name two metrics.")
+        raise errors.UserError(f"Config front={config.front!r}: expected two metrics.")
 
 
 def _check_against_schema(config: Any, schema: Any, prefix: str) -> None:
@@ -530,13 +463,56 @@ def _same_kind(value: Any, expected: Any) -> bool:
     return isinstance(value, type(expected))
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    """Raises UserError unless `value` (of config key or arg `name`) is one of `choices`."""
     if value not in choices:
         near = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise errors.UserError(
             f"Unknown {name} {value!r}; expected one of: {', '.join(choices)}.{hint}"
         )
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_int(config: ml_collections.ConfigDict, key: str, minimum: int) -> None:
+    """Raises UserError unless config value `key` (dotted) is >= `minimum`."""
+    value = _get(config, key)
+    if not value >= minimum:
+        raise errors.UserError(f"Config {key}={value!r}: expected an integer >= {minimum}.")
+
+
+def _check_number(
+    config: ml_collections.ConfigDict,
+    key: str,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_closed: bool = False,
+) -> None:
+    """Raises UserError unless config value `key` (dotted) is finite and in [low, high).
+
+    `low_open` excludes `low`, `high_closed` includes `high`; -inf and inf bound nothing.
+    """
+    value = _get(config, key)
+    above = value > low if low_open else value >= low
+    below = value <= high if high_closed else value < high
+    if math.isfinite(value) and above and below:
+        return
+    if high == math.inf and low == -math.inf:
+        expected = "a finite number"
+    elif high == math.inf:
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        left, right = "(" if low_open else "[", "]" if high_closed else ")"
+        expected = f"a number in {left}{low:g}, {high:g}{right}"
+    raise errors.UserError(f"Config {key}={value!r}: expected {expected}.")
 
 
 def main_with_config(main, argv: Sequence[str] | None = None) -> None:

@@ -2,15 +2,19 @@
 
     python -m seasoning.evaluate --workdir=runs/fmnist_linf \
         [--threat=linf:0.1 --threat=l2:0.8 --threat=l1:10] [--version=standard|fast] \
-        [--n_examples=1000]
+        [--n_examples=1000] [--dataset=NAME[:split]] [--schedule=still_robust|all_points]
 
-Reads the run's config.json and its latest checkpoint, attacks the first `n_examples` points
-of the evaluation split under each threat model (default: the dataset's usual radii,
-`threat.DEFAULT_THREATS`), and writes `eval.json` into the workdir: clean accuracy, robust
-accuracy per threat model and after each attack, the union (a point counts only if it survives
-every threat model), the attack settings and the time taken. Prints a table. An `eval.json`
-with the same checkpoint and settings is reused; one with other settings is never replaced
-without `--overwrite`.
+Reads the run (`runs.load`: config.json and its latest checkpoint), evaluates the first
+`n_examples` points of a split with the one evaluator (`seasoning.evaluation`) under each threat
+model (default: the evaluated dataset's usual radii), and writes `eval.json` into the workdir:
+clean accuracy, robust accuracy per threat model and after each attack, the union (a point
+counts only if it survives every threat model), the dataset, the settings and the time taken.
+Prints a table. The dataset defaults to the run's own; `--dataset` evaluates on another one of
+the registry with the same class count. An `eval.json` with the same checkpoint and settings is
+reused; one with other settings is never replaced without `--overwrite`.
+
+Runs unchanged as N processes (`jax.distributed` from the environment): each process feeds its
+rows of every batch, the counts are global, and only process 0 writes.
 """
 
 from __future__ import annotations
@@ -22,23 +26,37 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import app, flags, logging
 
-from seasoning import attacks, checkpoints, cli, data, errors, models, parallel, threat
+from seasoning import cli, data, errors, evaluation, models, parallel, runs, threat
 from seasoning import workdir as workdir_lib
+from seasoning.attacks import autoattack
 
 _THREATS = flags.DEFINE_multi_string(
     "threat", [], "norm:eps, repeatable (e.g. linf:8/255). Default: the dataset's usual radii."
 )
-_VERSION = flags.DEFINE_enum("version", "standard", ["standard", "fast"], "AutoAttack version.")
+_VERSION = flags.DEFINE_enum("version", "standard", list(autoattack.VERSIONS),
+                             "AutoAttack version.")  # fmt: skip
+_SCHEDULE = flags.DEFINE_enum(
+    "schedule", "still_robust", list(evaluation.SCHEDULES),
+    "still_robust: each later attack only on the points still robust (the reference's); "
+    "all_points: every attack on every point, one compiled program per batch.",
+)  # fmt: skip
 _DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", list(models.COMPUTE_DTYPES),
     "The model's compute dtype during the attacks (float32 whatever the run trained in).",
 )  # fmt: skip
 _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the split (0: all).")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "Points per compiled attack call.")
+_BATCH = flags.DEFINE_integer("batch_size", 500, "Global points per compiled attack call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
+_N_ITER = flags.DEFINE_integer("n_iter", 0, "APGD iterations (0: the version's).")
+_N_TARGETS = flags.DEFINE_integer(
+    "n_target_classes", 0, "APGD-T target classes (0: the version's)."
+)
+_DATASET = flags.DEFINE_string(
+    "dataset", "", "NAME[:split] of the dataset registry to evaluate on (default: the run's own "
+    "dataset and eval split). Its class count must be the model's."
+)  # fmt: skip
 _SPLIT = flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval_split).")
 _OUTPUT = flags.DEFINE_string(
     "output", "eval.json", "Result file: a name inside the workdir, or a path."
@@ -50,28 +68,27 @@ _OVERWRITE = flags.DEFINE_bool(
 EVAL_FILE = "eval.json"
 
 
-def load_run(workdir: str, step: int | None = None, compute_dtype: str = "float32"):
-    """A finished (or running) run: (config, model, variables, checkpoint step).
+def eval_dataset(
+    run_config: ml_collections.ConfigDict, dataset: str = "", split: str = ""
+) -> tuple[ml_collections.ConfigDict, str]:
+    """(dataset config section, split) to evaluate a run on.
 
-    The model computes in `compute_dtype` (float32 by default, whatever the run trained in:
-    attacks in bfloat16 round away steps smaller than its ~3 significant digits).
+    Args:
+      run_config: the run's training config.
+      dataset: "" (the run's dataset) or "NAME[:split]" of the registry.
+      split: a split overriding the one `dataset` names (default: the run's eval split for its
+        own dataset, "test" for another).
 
     Raises:
-      FileNotFoundError: no config.json or no checkpoint in `workdir`.
+      UserError: an unknown dataset name.
     """
-    path = f"{workdir}/{workdir_lib.CONFIG_FILE}"
-    try:
-        config = ml_collections.ConfigDict(workdir_lib.read_json(path))
-    except FileNotFoundError:
-        raise errors.MissingInputError(
-            f"{path} not found: --workdir must be a run of `python -m seasoning.train`."
-        ) from None
-    tree, meta, step = checkpoints.read_numpy(workdir, step)
-    model = models.from_config(config, meta["num_classes"], compute_dtype)
-    variables = {"params": tree["params"]}
-    if tree.get("batch_stats"):
-        variables["batch_stats"] = tree["batch_stats"]
-    return config, model, variables, step
+    section = ml_collections.ConfigDict(run_config.dataset.to_dict())
+    if not dataset:
+        return section, split or run_config.dataset.eval_split
+    name, named_split = data.parse_dataset(dataset)
+    if name != section.name:
+        section.name, section.data_dir = name, ""
+    return section, split or named_split or "test"
 
 
 def evaluate_run(
@@ -82,7 +99,9 @@ def evaluate_run(
     n_examples: int = 1000,
     batch_size: int = 500,
     seed: int = 0,
+    dataset: str = "",
     split: str = "",
+    schedule: str = "still_robust",
     output: str = EVAL_FILE,
     overwrite: bool = False,
     compute_dtype: str = "float32",
@@ -92,12 +111,14 @@ def evaluate_run(
 
     Args:
       workdir: a run of `seasoning.train`.
-      threats: threat models (default: `threat.default_threats` of the run's dataset).
+      threats: threat models (default: `data.default_threats` of the evaluated dataset).
       version: AutoAttack version, "standard" or "fast".
       n_examples: the first N points of the split (0: all of it).
-      batch_size: points per compiled attack call.
+      batch_size: global points per compiled attack call.
       seed: the attacks' seed.
-      split: the split (default: the run's `dataset.eval_split`).
+      dataset: "NAME[:split]" of another dataset of the registry (default: the run's).
+      split: the split (default: the run's `dataset.eval_split`, or `dataset`'s).
+      schedule: the evaluator's schedule (`evaluation.SCHEDULES`).
       output: the result file's name inside the workdir, or an absolute path.
       overwrite: replace an output file that holds an evaluation with other settings.
       compute_dtype: the model's compute dtype during the attacks, recorded in the result.
@@ -105,111 +126,103 @@ def evaluate_run(
         n_queries) replacing the version's, recorded in the result.
 
     Returns:
-      The result written to `output`.
+      The result written to `output` (on every process; only process 0 writes).
 
     Raises:
-      ValueError: on a multi-process job, a bad n_examples or batch_size, or when `output`
-        holds another evaluation.
-      FileNotFoundError: the run or its data is missing.
+      UserError: a bad n_examples, batch_size, dataset or setting, a dataset whose class count
+        or image shape is not the model's, or an `output` holding another evaluation.
+      MissingInputError: the run or its data is missing.
     """
-    if jax.process_count() > 1:
-        raise errors.UserError(
-            "seasoning.evaluate runs on one host; start it without jax.distributed."
-        )
     for name, value, low in (("n_examples", n_examples, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise errors.UserError(f"{name}={value!r}: expected an integer >= {low}.")
-    config, model, variables, step = load_run(workdir, compute_dtype=compute_dtype)
-    threats = list(threats or threat.default_threats(config.dataset.name))
+    run = runs.load(workdir, compute_dtype=compute_dtype)
+    dataset_cfg, split = eval_dataset(run.config, dataset, split)
+    threats = list(threats or data.default_threats(dataset_cfg.name))
     if not threats:
         raise errors.UserError("No threat model to evaluate.")
-    split = split or config.dataset.eval_split
+    attack_settings = evaluation.AttackSettings.make(threats, version, **attack_overrides)
     settings = {
-        "checkpoint_step": int(step),
+        "checkpoint_step": run.step,
+        "dataset": dataset_cfg.name,
         "split": split,
         "n_examples": int(n_examples),
         "version": version,
+        "schedule": schedule,
         "compute_dtype": compute_dtype,
         "seed": int(seed),
         "threats": [str(tm) for tm in threats],
-        "overrides": {k: v for k, v in attack_overrides.items() if v is not None},
+        "overrides": dict(attack_settings.overrides),
     }
     out_path = os.path.join(workdir, output)  # an absolute output stays as given
-    existing = _check_output(out_path, settings, overwrite)
+    existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite)
     if existing is not None:
         logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
                      out_path)  # fmt: skip
         return existing
 
-    source = data.get_source(config.dataset, split, seed=config.seed)
-    count = min(n_examples or len(source), len(source))
-    images, labels = source.get(np.arange(count))
-    x, y = data.to_float(images), np.asarray(labels, np.int32)
-    mesh = parallel.make_mesh()
-    logging.info("Evaluating %s (step %d) on %d points of %s/%s", workdir, step, count,
-                 config.dataset.name, split)  # fmt: skip
-
-    def apply_fn(v, xb):
-        return model.apply(v, xb, train=False)
-
+    source = data.get_source(dataset_cfg, split, seed=run.config.seed)
+    check_compatible(run, source, f"{dataset_cfg.name}/{split}")
+    indices = evaluation.check_points(None, source, n_examples)
+    evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
+                                     batch_size=batch_size)  # fmt: skip
+    logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)", workdir,
+                 run.step, len(indices), dataset_cfg.name, split, jax.process_count())  # fmt: skip
     start = time.monotonic()
-    reports = attacks.run_threat_models(
-        apply_fn, variables, x, y, threats, key=jax.random.key(seed), version=version,
-        batch_size=batch_size, mesh=mesh, **attack_overrides,
-    )  # fmt: skip
-    per_threat, robust_flags = {}, {}
-    for name, report in reports.items():
-        clean = report.clean
-        robust_flags[name] = report.robust
+    result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed))
+    accuracy = result.accuracies()
+    per_threat = {}
+    for tm in threats:
+        name = str(tm)
+        detail = result.details.get(name, {})
         per_threat[name] = {
-            "norm": report.threat.norm,
-            "eps": report.threat.eps,
-            "robust_accuracy": report.robust_accuracy,
-            "after": report.after,
-            "seconds": round(report.wall_seconds, 2),
-            "attack_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
-            "settings": {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in report.settings.items()},
-        }  # fmt: skip
-        logging.info("%s: robust accuracy %.2f%%", name, 100 * report.robust_accuracy)
-    union = np.logical_and.reduce(list(robust_flags.values()))
-    result = {
+            "norm": tm.norm,
+            "eps": tm.eps,
+            "robust_accuracy": accuracy[name],
+            "robust_count": result.counts()[name],
+            "after": detail.get("after", {}),
+            "seconds": round(detail.get("wall_seconds", 0.0), 2),
+            "attack_seconds": detail.get("seconds", {}),
+            "settings": detail.get("settings") or _jsonable(attack_settings.resolved(tm)),
+        }
+        logging.info("%s: robust accuracy %.2f%%", name, 100 * accuracy[name])
+    union = accuracy.get("union", accuracy[str(threats[0])])
+    out = {
         "settings": settings,
         "workdir": workdir,
-        "dataset": config.dataset.name,
-        "model": config.model.name,
-        "n_examples": count,
-        "clean_accuracy": float(clean.mean()),
+        "dataset": dataset_cfg.name,
+        "model": run.config.model.name,
+        "n_examples": len(indices),
+        "clean_accuracy": accuracy["clean"],
+        "clean_count": result.counts()["clean"],
         "threat_models": per_threat,
-        "union": {"threats": list(robust_flags), "robust_accuracy": float(union.mean())},
+        "union": {"threats": [str(tm) for tm in threats], "robust_accuracy": union},
         "seconds": round(time.monotonic() - start, 2),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "processes": jax.process_count(),
         "jax": parallel.runtime_info(),
-    }  # fmt: skip
-    workdir_lib.write_json(out_path, result)
-    return result
+    }
+    if jax.process_index() == 0:
+        workdir_lib.write_json(out_path, out)
+    return out
 
 
-def _check_output(path: str, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-    """The result at `path` when it has these very settings (and not `overwrite`), else None.
+def check_compatible(run: runs.Run, source: data.Source, name: str) -> None:
+    """Raises UserError unless `source` has the class count and image shape of `run`'s model."""
+    if source.num_classes != run.num_classes:
+        raise errors.UserError(
+            f"Dataset {name} has {source.num_classes} classes but the model of {run.workdir} "
+            f"was trained on {run.num_classes}: its logits cannot score that dataset's labels."
+        )
+    if run.image_shape and tuple(source.image_shape) != tuple(run.image_shape):
+        raise errors.UserError(
+            f"Dataset {name} has images of shape {tuple(source.image_shape)} but the model of "
+            f"{run.workdir} was trained on {tuple(run.image_shape)}."
+        )
 
-    Raises:
-      ValueError: `path` holds a result computed with other settings and not `overwrite`.
-    """
-    try:
-        existing = workdir_lib.read_json(path)
-    except FileNotFoundError:
-        return None
-    if overwrite:
-        return None
-    old = existing.get("settings", {})
-    if old == settings:
-        return existing
-    diffs = "\n  ".join(workdir_lib.diff_dicts(old, settings))
-    raise errors.UserError(
-        f"{path} holds an evaluation with other settings; not overwriting it.\n  {diffs}\n"
-        "Pass --output=another.json, or --overwrite to replace it."
-    )
+
+def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -221,7 +234,8 @@ def format_table(result: dict[str, Any]) -> str:
     header = f"{'threat':<16}{'robust %':>10}" + "".join(f"{n:>10}" for n in names) + f"{'s':>8}"
     lines = [
         f"{result['model']} on {result['dataset']}/{settings['split']}, {result['n_examples']} "
-        f"points, AutoAttack {settings['version']}, checkpoint step {settings['checkpoint_step']}, "
+        f"points, AutoAttack {settings['version']} ({settings.get('schedule', 'still_robust')}), "
+        f"checkpoint step {settings['checkpoint_step']}, "
         f"{settings.get('compute_dtype', 'float32')}",
         header,
         f"{'clean':<16}{100 * result['clean_accuracy']:>10.2f}",
@@ -248,14 +262,17 @@ def main(argv) -> None:
 
     def run():
         threats = [threat.parse(spec) for spec in _THREATS.value]
-        cli.start(_BATCH.value)
+        cli.start(max(_BATCH.value, 1))
         result = evaluate_run(
             cli.WORKDIR.value, threats, version=_VERSION.value, n_examples=_N_EXAMPLES.value,
-            batch_size=_BATCH.value, seed=_SEED.value, split=_SPLIT.value,
-            output=_OUTPUT.value, overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
+            batch_size=_BATCH.value, seed=_SEED.value, dataset=_DATASET.value,
+            split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
+            overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value, n_iter=_N_ITER.value,
+            n_target_classes=_N_TARGETS.value,
         )  # fmt: skip
-        print(format_table(result))
-        print(f"Wrote {os.path.join(cli.WORKDIR.value, _OUTPUT.value)}")
+        if jax.process_index() == 0:
+            print(format_table(result))
+            print(f"Wrote {os.path.join(cli.WORKDIR.value, _OUTPUT.value)}")
 
     cli.exit_on_user_error(run)
 

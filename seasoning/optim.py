@@ -10,6 +10,10 @@ import optax
 
 from seasoning import errors
 
+# The names `make_optimizer` and `make_schedule` accept (config optimizer.name, schedule.name).
+OPTIMIZER_NAMES = ("sgd", "adamw")
+SCHEDULE_NAMES = ("constant", "piecewise", "cosine")
+
 
 def make_schedule(
     schedule: ml_collections.ConfigDict, base_lr: float, total_steps: int
@@ -34,7 +38,7 @@ def make_schedule(
         main = optax.constant_schedule(base_lr)
     else:
         raise errors.UserError(
-            f"Unknown schedule {schedule.name!r}; expected constant, piecewise, cosine."
+            f"Unknown schedule {schedule.name!r}; expected one of {SCHEDULE_NAMES}."
         )
     if not warmup:
         return main
@@ -78,5 +82,7 @@ def make_optimizer(
             )
         )
     else:
-        raise errors.UserError(f"Unknown optimizer {optimizer.name!r}; expected sgd or adamw.")
+        raise errors.UserError(
+            f"Unknown optimizer {optimizer.name!r}; expected one of {OPTIMIZER_NAMES}."
+        )
     return optax.chain(*parts)

@@ -240,25 +240,3 @@ def parse(spec: str) -> ThreatModel:
             f"threat {spec!r}: eps {eps_text!r} is not a number or a fraction"
         ) from None
     return ThreatModel(norm, eps)
-
-
-# The radii each dataset is usually evaluated at (pixels in [0, 1]). CIFAR-10 and ImageNet:
-# those of the soups paper and of Croce & Hein 2022. Fashion-MNIST (28x28x1): Linf 0.1 as in
-# the literature; L2 and L1 are ours, CIFAR-10's radii carried over to 784 pixels so that each
-# covers the same fraction of the Linf ball's extent, eps_inf * d^(1/p), as on CIFAR-10
-# (L2: 0.5 / (8/255 * sqrt(3072)) * 0.1 * sqrt(784) = 0.8; L1: 12 / (8/255 * 3072) * 0.1 * 784
-# = 9.8, rounded to 10).
-DEFAULT_THREATS: dict[str, tuple[ThreatModel, ...]] = {
-    "cifar10": (ThreatModel("linf", 8 / 255), ThreatModel("l2", 0.5), ThreatModel("l1", 12.0)),
-    "imagenet2012": (
-        ThreatModel("linf", 4 / 255),
-        ThreatModel("l2", 2.0),
-        ThreatModel("l1", 255.0),
-    ),
-    "fashion_mnist": (ThreatModel("linf", 0.1), ThreatModel("l2", 0.8), ThreatModel("l1", 10.0)),
-}
-
-
-def default_threats(dataset_name: str) -> tuple[ThreatModel, ...]:
-    """The usual evaluation threat models of a dataset (CIFAR-10's for any other dataset)."""
-    return DEFAULT_THREATS.get(dataset_name, DEFAULT_THREATS["cifar10"])

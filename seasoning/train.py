@@ -25,9 +25,11 @@ from seasoning import (
     config_lib,
     data,
     errors,
+    evaluation,
     models,
     optim,
     parallel,
+    runs,
     training,
     trees,
 )
@@ -107,11 +109,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_step = training.make_train_step(
         mesh, model=model, attack=attack, label_smoothing=config.label_smoothing
     )
-    eval_step = training.make_eval_step(mesh, model=model)
     evaluate = functools.partial(
-        evaluate_accuracy, eval_step, eval_source, mesh,
-        parallel.round_up_to_devices(config.eval_batch_size, mesh),
-        config.dataset.num_eval_examples,
+        evaluate_accuracy,
+        evaluation.Evaluator(
+            functools.partial(model.apply, train=False), evaluation.AttackSettings(),
+            batch_size=config.eval_batch_size, mesh=mesh,
+        ),
+        eval_source,
+        evaluation.check_points(None, eval_source, config.dataset.num_eval_examples),
     )  # fmt: skip
     batches = data.prefetch(
         data.train_batches(
@@ -168,17 +173,13 @@ def load_parent(
       {"params", "batch_stats", "step"}: numpy trees and the parent's checkpoint step.
 
     Raises:
-      FileNotFoundError: `init_from` holds no checkpoint.
-      ValueError: the parent's weights differ in structure, shape or dtype from this model;
+      MissingInputError: `init_from` is not a run or holds no checkpoint.
+      UserError: the parent's weights differ in structure, shape or dtype from this model;
         names the first differing path.
     """
-    try:
-        tree, _, step = checkpoints.read_numpy(init_from)
-    except FileNotFoundError:
-        raise errors.MissingInputError(
-            f"init_from={init_from!r} holds no checkpoint: train the parent run there first."
-        ) from None
-    found = {"params": tree["params"], "batch_stats": tree.get("batch_stats") or {}}
+    parent = runs.load(init_from)
+    found = {"params": parent.variables["params"],
+             "batch_stats": parent.variables.get("batch_stats") or {}}  # fmt: skip
     expected = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats or {}}
     difference = trees.first_difference(found, expected)
     if difference:
@@ -186,7 +187,7 @@ def load_parent(
             f"init_from={init_from!r}: its weights do not fit model {config.model.name!r} of "
             f"this config; first difference (parent vs this model): {difference}"
         )
-    return {**found, "step": int(step)}
+    return {**found, "step": parent.step}
 
 
 def start_from_parent(state: training.TrainState, parent: dict[str, Any], sharding) -> Any:
@@ -198,22 +199,11 @@ def start_from_parent(state: training.TrainState, parent: dict[str, Any], shardi
 
 
 def evaluate_accuracy(
-    eval_step, source: data.Source, mesh, batch_size: int, num_examples: int, variables: Any
+    evaluator: evaluation.Evaluator, source: data.Source, indices: np.ndarray, variables: Any
 ) -> dict[str, float]:
-    """Clean accuracy and mean loss of `variables` on (the first `num_examples` of) `source`."""
-    sums = None
-    for batch in data.eval_batches(
-        source,
-        batch_size,
-        num_examples=num_examples,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        out = eval_step(variables, parallel.host_to_global(batch, mesh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    sums = jax.device_get(sums)
-    count = float(sums["count"])
-    return {"accuracy": float(sums["correct"]) / count, "loss": float(sums["loss"]) / count}
+    """Clean accuracy and mean loss of `variables` on the points `indices` of `source`."""
+    result = evaluator.run(variables, source, indices, key=jax.random.key(0))
+    return {"accuracy": result.accuracies()["clean"], "loss": result.mean_loss()}
 
 
 def _stack(items: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:

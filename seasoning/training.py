@@ -1,8 +1,9 @@
-"""The pure core of training: TrainState, train_step and eval_step. No I/O.
+"""The pure core of training: TrainState and train_step. No I/O.
 
 Steps are pure functions of pytrees. Drivers bind the static parts (model, attack, loss
 settings) with `functools.partial` and `jax.jit` them with the state donated and the batch
-sharded over the data mesh (`make_train_step`, `make_eval_step`).
+sharded over the data mesh (`make_train_step`). Evaluation, periodic or final, is
+`seasoning.evaluation`'s.
 """
 
 from __future__ import annotations
@@ -175,19 +176,6 @@ def train_step(
     return state.apply_gradients(grads, batch_stats, attack_stats), metrics
 
 
-def eval_step(
-    variables: Any, batch: dict[str, jax.Array], *, model: nn.Module
-) -> dict[str, jax.Array]:
-    """Sums over the real (mask == 1) examples: correct, loss, count."""
-    logits = model.apply(variables, batch["image"], train=False)
-    mask = batch["mask"]
-    return {
-        "correct": ((logits.argmax(-1) == batch["label"]) * mask).sum(),
-        "loss": (cross_entropy(logits, batch["label"]) * mask).sum(),
-        "count": mask.sum(),
-    }
-
-
 def make_train_step(mesh: Mesh, **statics: Any) -> Callable:
     """`train_step` with `statics` bound, jitted: state replicated and donated, batch sharded."""
     replicated = parallel.replicated(mesh)
@@ -196,14 +184,4 @@ def make_train_step(mesh: Mesh, **statics: Any) -> Callable:
         in_shardings=(replicated, parallel.data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
-    )
-
-
-def make_eval_step(mesh: Mesh, **statics: Any) -> Callable:
-    """`eval_step` with `statics` bound, jitted over the data mesh."""
-    replicated = parallel.replicated(mesh)
-    return jax.jit(
-        functools.partial(eval_step, **statics),
-        in_shardings=(replicated, parallel.data_sharding(mesh)),
-        out_shardings=replicated,
     )

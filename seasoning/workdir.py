@@ -98,3 +98,47 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
             out += diff_dicts(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
         return out
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def check_result_file(
+    path: str, settings: dict[str, Any], *, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any] | None:
+    """The one guard for result files (eval.json, grid.json, shift.json).
+
+    A result file records the `settings` that produced it (and `complete: false` while a long
+    job is still writing it). Same settings and complete: the result is reused. Same settings
+    and unfinished: continued with `resume`, else refused. Other settings: refused unless
+    `overwrite`, naming each difference.
+
+    Args:
+      path: the result file.
+      settings: everything that determines the result (JSON-like).
+      overwrite: replace a file holding other settings (or an unfinished job).
+      resume: continue an unfinished job with the same settings.
+
+    Returns:
+      The file's content to reuse (complete) or continue (resume), or None to start afresh.
+
+    Raises:
+      UserError: the file holds other settings, or an unfinished job, and neither flag says
+        what to do with it.
+    """
+    try:
+        existing = read_json(path)
+    except FileNotFoundError:
+        return None
+    if overwrite:
+        return None
+    old = existing.get("settings", {})
+    if old != settings:
+        diffs = "\n  ".join(diff_dicts(old, settings))
+        raise errors.UserError(
+            f"{path} holds a result of other settings; not overwriting it.\n  {diffs}\n"
+            "Write elsewhere (--output / another --workdir), or pass --overwrite to replace it."
+        )
+    if existing.get("complete", True) or resume:
+        return existing
+    raise errors.UserError(
+        f"{path} holds an unfinished job with these settings: pass --resume to continue it "
+        "(or --overwrite to start again)."
+    )

@@ -1,13 +1,15 @@
-"""Config loading, overrides and validation."""
+"""Config loading, overrides and validation; the paper's recipes."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from seasoning import adversarial, config_lib, models
+from seasoning import adversarial, config_lib, data, errors, models, optim, recipes, soup
+from seasoning.attacks import autoattack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,8 +93,10 @@ def test_shipped_training_configs_validate_and_build(path, variant):
         (lambda c: c.threat.update(norm="l3"), r"l3"),
         (lambda c: c.threat.update(eps=-0.1), r"-0.1"),
         (lambda c: c.optimizer.update(name="adam"), r"optimizer.name 'adam'.*adamw"),
-        (lambda c: c.update(batch_size=0), r"batch_size=0 must be positive"),
+        (lambda c: c.update(batch_size=0), r"batch_size=0: expected an integer >= 1"),
         (lambda c: c.schedule.update(boundaries=(0.7, 0.2)), r"increasing fractions"),
+        (lambda c: c.schedule.update(name="linear"), r"schedule.name 'linear'"),
+        (lambda c: c.update(compute_dtype="float16"), r"compute_dtype 'float16'.*bfloat16"),
     ],
 )
 def test_validate_rejects(mutate, message):
@@ -117,3 +121,207 @@ def test_validate_rejects_unknown_and_mistyped_keys():
     config.optimizer = dict(name="sgd", lr=0.1)
     with pytest.raises(ValueError, match=r"'optimizer' lacks .*momentum.*update"):
         config_lib.validate_train_config(config)
+
+
+def _adversarial(c):
+    c.threat.update(norm="linf", eps=0.1)
+    c.attack.update(name="apgd")
+
+
+def _set(config, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("label_smoothing", 1.0, r"a number in \[0, 1\)"),
+        ("label_smoothing", -0.1, r"a number in \[0, 1\)"),
+        ("attack.steps", 0, "an integer >= 1"),
+        ("attack.step_size", -1.0, "a finite number >= 0"),
+        ("dataset.image_size", -1, "an integer >= 0"),
+        ("dataset.crop_padding", -4, "an integer >= 0"),
+        ("dataset.num_eval_examples", -1, "an integer >= 0"),
+        ("dataset.num_train_examples", -1, "an integer >= 0"),
+        ("dataset.num_classes", 1, "an integer >= 2"),
+        ("optimizer.weight_decay", -5e-4, "a finite number >= 0"),
+        ("optimizer.weight_decay", float("nan"), "a finite number >= 0"),
+        ("optimizer.momentum", 1.0, r"a number in \[0, 1\)"),
+        ("optimizer.b2", 1.5, r"a number in \[0, 1\)"),
+        ("optimizer.lr", float("inf"), "a finite number >= 0"),
+        ("optimizer.grad_clip_norm", -1.0, "a finite number >= 0"),
+        ("schedule.decay_factor", 0.0, "a finite number > 0"),
+        ("schedule.warmup_steps", -1, "an integer >= 0"),
+        ("seed", -1, "an integer >= 0"),
+        ("max_steps", -1, "an integer >= 0"),
+        ("eval_batch_size", 0, "an integer >= 1"),
+    ],
+)
+def test_validate_train_ranges(key, value, expected):
+    """Each numeric key out of range: the message names the key, the value and the range."""
+    config = config_lib.base_train_config()
+    if key.startswith("attack."):
+        _adversarial(config)  # attack settings are checked only when there is an attack
+    _set(config, key, value)
+    message = re.escape(f"Config {key}={value!r}: expected ") + expected + r"\.$"
+    with pytest.raises(errors.UserError, match=message):
+        config_lib.validate_train_config(config)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.attack.update(loss="cw"), r"attack.loss 'cw'.*ce, dlr"),
+        (lambda c: c.threat.update(eps=float("inf")), r"Config threat \(norm, eps\).*inf"),
+        (lambda c: c.threat.update(multi=("linf:0.1", "l2:x")), r"threat.multi: .*'l2:x'"),
+    ],
+)
+def test_validate_train_rejects_attack_and_threat(mutate, message):
+    config = config_lib.base_train_config()
+    _adversarial(config)
+    mutate(config)
+    if config.threat.multi:
+        config.threat.update(norm="multi", eps=0.0)
+    with pytest.raises(errors.UserError, match=message):
+        config_lib.validate_train_config(config)
+
+
+def test_allowed_names_come_from_their_modules():
+    """Every name the owning module accepts validates (config_lib keeps no copies)."""
+    for name in data.DATASET_NAMES:
+        config = config_lib.base_train_config()
+        config.dataset.name = name
+        config_lib.validate_train_config(config)
+    for dtype in models.COMPUTE_DTYPES:
+        config = config_lib.base_train_config()
+        config.compute_dtype = dtype
+        config_lib.validate_train_config(config)
+    for optimizer in optim.OPTIMIZER_NAMES:
+        for schedule in optim.SCHEDULE_NAMES:
+            config = config_lib.base_train_config()
+            config.optimizer.name, config.schedule.name = optimizer, schedule
+            config_lib.validate_train_config(config)
+    for name in adversarial.ATTACK_NAMES[1:]:
+        config = config_lib.base_train_config()
+        _adversarial(config)
+        config.attack.name = name
+        config_lib.validate_train_config(config)
+    for copy in ("DATASET_NAMES", "COMPUTE_DTYPES", "BN_POLICIES", "GRID_KINDS", "ATTACK_NAMES"):
+        assert not hasattr(config_lib, copy)
+
+
+SOUP_CONFIGS = sorted(
+    os.path.join("configs", f)
+    for f in os.listdir(os.path.join(ROOT, "configs"))
+    if f.startswith("soup_") and f.endswith(".py")
+)
+
+
+@pytest.mark.parametrize("path", SOUP_CONFIGS)
+@pytest.mark.parametrize("variant", ["", ":runlocal", ":soup=l2_l1,bn=recalibrate"])
+def test_shipped_soup_configs_validate(path, variant):
+    config_lib.validate_soup_config(config_lib.load_config(os.path.join(ROOT, path) + variant))
+
+
+def _soup_config():
+    config = config_lib.base_soup_config()
+    config.ingredients = ("runs/a", "runs/b")
+    return config
+
+
+def test_soup_config_accepts_every_owned_name_and_another_dataset():
+    for kind in soup.GRID_KINDS:
+        for bn in soup.BN_POLICIES:
+            for version in autoattack.VERSIONS:
+                config = _soup_config()
+                config.grid.kind, config.bn_policy, config.eval.version = kind, bn, version
+                config_lib.validate_soup_config(config)
+    config = _soup_config()
+    config.grid.update(kind="line", low=-0.5, high=1.5, step=0.5)
+    config.eval.dataset = "cifar10:test[:1000]"
+    config_lib.validate_soup_config(config)
+    config.eval.update(dataset="cifar100", threats=("linf:8/255",))  # no radii: named here
+    config_lib.validate_soup_config(config)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("eval.n_examples", -1, "an integer >= 0"),
+        ("eval.batch_size", 0, "an integer >= 1"),
+        ("eval.n_iter", -5, "an integer >= 0"),
+        ("eval.n_target_classes", -1, "an integer >= 0"),
+        ("grid.low", float("-inf"), "a finite number"),
+        ("grid.high", float("nan"), "a finite number"),
+        ("grid.step", 0.0, r"a number in \(0, 1\]"),
+        ("calibration_examples", 0, "an integer >= 1"),
+        ("chunk", 0, "an integer >= 1"),
+        ("vectorize", -2, "an integer >= 1"),
+        ("seed", -3, "an integer >= 0"),
+    ],
+)
+def test_validate_soup_ranges(key, value, expected):
+    """Each numeric key out of range: the message names the key, the value and the range."""
+    config = _soup_config()
+    _set(config, key, value)
+    message = re.escape(f"Config {key}={value!r}: expected ") + expected + r"\.$"
+    with pytest.raises(errors.UserError, match=message):
+        config_lib.validate_soup_config(config)
+
+
+@pytest.mark.parametrize("low, high", [(0.5, 0.5), (1.0, 0.0)])
+def test_line_grid_needs_low_below_high(low, high):
+    config = _soup_config()
+    config.grid.update(kind="line", low=low, high=high)
+    message = f"grid.low={low!r}, grid.high={high!r}: expected low < high for grid.kind='line'"
+    with pytest.raises(errors.UserError, match=re.escape(message)):
+        config_lib.validate_soup_config(config)
+    config.grid.kind = "simplex"  # the bounds matter only to a line
+    config_lib.validate_soup_config(config)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c.grid.update(kind="lines"), r"grid.kind 'lines'.*simplex, line.*'line'"),
+        (lambda c: c.update(bn_policy="recalibrated"), r"bn_policy 'recalibrated'.*'recalibrate'"),
+        (lambda c: c.eval.update(version="plus"), r"eval.version 'plus'.*standard, fast"),
+        (lambda c: c.eval.update(compute_dtype="fp16"), r"eval.compute_dtype 'fp16'"),
+        (lambda c: c.update(evaluation="vmap"), r"evaluation 'vmap'.*per_soup"),
+        (lambda c: c.eval.update(threats=("linf:x",)), r"eval.threats: .*'linf:x'"),
+        (lambda c: c.eval.update(dataset="cifar1"),
+         r"eval.dataset='cifar1': Unknown dataset 'cifar1'.*'cifar10'"),
+        (lambda c: c.eval.update(dataset="synthetic"),
+         r"eval.dataset='synthetic': .*'synthetic'.*eval.threats"),
+        (lambda c: c.eval.update(dataset=":test"), r"eval.dataset=':test': .*names no dataset"),
+        (lambda c: c.eval.update(dataset="cifar10:test", split="train"),
+         r"split 'test' and eval.split='train'"),
+    ],
+)  # fmt: skip
+def test_validate_soup_rejects(mutate, message):
+    config = _soup_config()
+    mutate(config)
+    with pytest.raises(errors.UserError, match=message):
+        config_lib.validate_soup_config(config)
+
+
+def test_paper_soup_recipe():
+    config = recipes.paper_soup_config("soup=l2_l1", parent="p", threats=("linf:0.1", "l2:0.8"))
+    assert config.ingredients == ("runs/p", "runs/p_to_l2", "runs/p_to_l1")
+    assert config.labels == ("linf", "l2", "l1")
+    with pytest.raises(errors.UserError, match=r"soup 'l3'.*l2, nominal, l2_l1"):
+        recipes.paper_soup_config("soup=l3", parent="p", threats=("linf:0.1", "l2:0.8"))
+
+
+def test_finetune_recipe_keeps_model_and_data():
+    parent = config_lib.load_config(os.path.join(ROOT, FMNIST))
+    child = recipes.finetune_config(parent, norm="l2", eps=0.8, init_from="runs/p", num_epochs=1)
+    assert child.model.to_dict() == parent.model.to_dict()
+    assert child.dataset.to_dict() == parent.dataset.to_dict()
+    assert (child.threat.norm, child.threat.eps, child.init_from) == ("l2", 0.8, "runs/p")
+    assert (child.optimizer.lr, child.schedule.boundaries) == (0.01, (1 / 3, 2 / 3))
+    config_lib.validate_train_config(child)

@@ -1,10 +1,11 @@
-"""Data sources and the batch pipeline."""
+"""Data sources, the dataset registry and the batch pipeline."""
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from seasoning import data
+from seasoning import data, errors
 from seasoning.data import fashion_mnist, pipeline, synthetic
 from seasoning.data.tfds_source import TfdsSource
 
@@ -134,3 +135,57 @@ def test_tfds_source_with_mock_data():
 def test_tfds_missing_prints_build_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
         TfdsSource("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_registry_names_and_entries():
+    assert data.DATASET_NAMES == tuple(data.DATASETS)
+    assert set(data.DATASET_NAMES) == {
+        "fashion_mnist", "synthetic", "cifar10", "cifar100", "imagenet2012"}  # fmt: skip
+    assert all(":" not in name for name in data.DATASET_NAMES)  # ":" separates the split
+    assert data.DATASETS["cifar10"].tfds_name == "cifar10"
+    assert data.DATASETS["fashion_mnist"].tfds_name is None
+    assert data.DATASETS["synthetic"].threats is None
+    assert [str(t) for t in data.default_threats("imagenet2012")] == [
+        "linf:0.0156863", "l2:2", "l1:255"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["synthetic", "cifar100", "svhn"])
+def test_default_threats_without_radii_ask_for_them(name):
+    with pytest.raises(errors.UserError, match=f"dataset '{name}'.*--threat / eval.threats"):
+        data.default_threats(name)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [("cifar10", ("cifar10", "")), ("cifar10:test", ("cifar10", "test")),
+     ("imagenet2012:validation[:1000]", ("imagenet2012", "validation[:1000]")),
+     (" fashion_mnist : train ", ("fashion_mnist", "train")), ("synthetic:", ("synthetic", ""))],
+)  # fmt: skip
+def test_parse_dataset(spec, expected):
+    assert data.parse_dataset(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("cifar1:test", r"Unknown dataset 'cifar1'; expected one of: fashion_mnist, .*'cifar10'"),
+     ("fmnist", r"Unknown dataset 'fmnist'.*imagenet2012\."),
+     ("", "names no dataset"), (":test", "names no dataset")],
+)  # fmt: skip
+def test_parse_dataset_rejects(spec, message):
+    with pytest.raises(errors.UserError, match=message):
+        data.parse_dataset(spec)
+
+
+def test_get_source_through_the_registry():
+    config = ml_collections.ConfigDict(
+        dict(name="synthetic", data_dir="", image_size=8, num_classes=3, num_train_examples=16)
+    )
+    source = data.get_source(config, "train", seed=1)
+    assert len(source) == 16 and source.image_shape == (8, 8, 3) and source.num_classes == 3
+    assert len(data.get_source(config, "test")) == 512
+    config.name = "cifar-10"
+    with pytest.raises(errors.UserError, match=r"Unknown dataset 'cifar-10'.*'cifar10'"):
+        data.get_source(config, "test")
+    with tfds.testing.mock_data(num_examples=4):
+        config.update(name="cifar10", image_size=0)
+        assert data.get_source(config, "test").image_shape == (32, 32, 3)

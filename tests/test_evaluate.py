@@ -1,5 +1,5 @@
 """`seasoning.evaluate` run for real on a Fashion-MNIST model: eval.json is complete, reused when
-up to date and never silently replaced; threat specs; the CLI's errors."""
+up to date and never silently replaced; other datasets; threat specs; the CLI's errors."""
 
 import json
 import os
@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow_datasets as tfds
 
-from seasoning import config_lib, evaluate, threat, train
+from seasoning import config_lib, data, errors, evaluate, threat, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -16,13 +17,21 @@ LINF = threat.ThreatModel("linf", 0.1)
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """The Fashion-MNIST config trained nominally for 20 steps (the attacks need a model, not a
-    robust one: robustness from adversarial training is tested in test_ingredients.py)."""
-    workdir = str(tmp_path_factory.mktemp("runs") / "nominal")
-    overrides = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
+def runs(family):
+    """The shared family's nominal model (the attacks need a model, not a robust one:
+    robustness from adversarial training is tested in test_ingredients.py)."""
+    return {"run": family["fmnist_cnn_scratch"]}
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """A cnn-small trained for 5 steps on synthetic 32x32 RGB images of 10 classes (the shape
+    and class count of CIFAR-10), nominally."""
+    workdir = str(tmp_path_factory.mktemp("runs") / "synthetic")
+    overrides = ["dataset.name=synthetic", "dataset.image_size=32", "max_steps=5",
+                 "threat.norm=none", "threat.eps=0.0", "attack.name=none"]  # fmt: skip
     train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", overrides), workdir)
-    return {"run": workdir}
+    return workdir
 
 
 def test_eval_json_is_complete_and_not_silently_replaced(runs):
@@ -37,6 +46,8 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     assert on_disk["settings"]["overrides"] == {"n_iter": 5}
     assert on_disk["threat_models"]["l1:10"]["settings"]["n_iter"] == 5
     assert on_disk["jax"]["matmul_precision"] == "highest"  # as tests/conftest.py sets it
+    assert on_disk["settings"]["dataset"] == "fashion_mnist" and on_disk["processes"] == 1
+    assert on_disk["clean_count"] == round(64 * on_disk["clean_accuracy"])
     per_threat = [e["robust_accuracy"] for e in on_disk["threat_models"].values()]
     assert on_disk["union"]["robust_accuracy"] <= min(per_threat)
     table = evaluate.format_table(on_disk)
@@ -59,17 +70,19 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
      (dict(batch_size=0), "batch_size=0: expected an integer >= 1")],
 )  # fmt: skip
 def test_bad_sizes_are_refused_before_anything_is_written(runs, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(errors.UserError, match=message):
         evaluate.evaluate_run(runs["run"], [LINF], output="bad.json", **kwargs)
     assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
 
 
 def test_default_threats_follow_the_dataset():
-    assert [str(t) for t in threat.default_threats("fashion_mnist")] == [
+    assert [str(t) for t in data.default_threats("fashion_mnist")] == [
         "linf:0.1", "l2:0.8", "l1:10"]  # fmt: skip
-    assert [str(t) for t in threat.default_threats("cifar10")] == [
+    assert [str(t) for t in data.default_threats("cifar10")] == [
         "linf:0.0313725", "l2:0.5", "l1:12"]  # fmt: skip
-    assert threat.default_threats("imagenet2012")[0].eps == pytest.approx(4 / 255)
+    assert data.default_threats("imagenet2012")[0].eps == pytest.approx(4 / 255)
+    with pytest.raises(errors.UserError, match="'synthetic'.*eval.threats"):
+        data.default_threats("synthetic")
 
 
 @pytest.mark.parametrize(
@@ -86,7 +99,10 @@ def test_threat_specs(spec, message):
 @pytest.mark.parametrize(
     "args, message",
     [(["--threat=linf:abc"], "eps 'abc' is not a number"),
-     (["--workdir=/nonexistent/run"], "config.json not found")],
+     (["--workdir=/nonexistent/run"], "config.json not found"),
+     (["--n_examples=-5"], "n_examples=-5: expected an integer >= 0"),
+     (["--batch_size=0"], "batch_size=0: expected an integer >= 1"),
+     (["--dataset=cifar-10"], "Unknown dataset 'cifar-10'")],
 )  # fmt: skip
 def test_cli_errors_are_one_line_and_exit_2(runs, args, message):
     argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}", *args]
@@ -94,3 +110,33 @@ def test_cli_errors_are_one_line_and_exit_2(runs, args, message):
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
+    """A model of 32x32 RGB images of 10 classes on CIFAR-10 (TFDS mock data): it runs, with
+    CIFAR-10's radii from the registry, and eval.json says which dataset it measured."""
+    output = str(tmp_path / "cifar.json")
+    with tfds.testing.mock_data(num_examples=24):
+        result = evaluate.evaluate_run(
+            synthetic_run, dataset="cifar10", version="fast", n_examples=16, batch_size=16,
+            output=output, n_iter=2, n_target_classes=1,
+        )  # fmt: skip
+    with open(output) as f:
+        on_disk = json.load(f)
+    assert on_disk == json.loads(json.dumps(result))
+    assert on_disk["dataset"] == "cifar10" and on_disk["settings"]["dataset"] == "cifar10"
+    assert on_disk["settings"]["split"] == "test" and on_disk["n_examples"] == 16
+    assert on_disk["settings"]["threats"] == [str(t) for t in data.default_threats("cifar10")]
+
+
+def test_a_dataset_with_another_class_count_is_refused(synthetic_run, tmp_path):
+    output = tmp_path / "c100.json"
+    with tfds.testing.mock_data(num_examples=8):
+        with pytest.raises(errors.UserError, match="cifar100/test has 100 classes.*trained on 10"):
+            evaluate.evaluate_run(synthetic_run, [LINF], dataset="cifar100", output=str(output))
+    assert not output.exists()
+
+
+def test_a_dataset_without_radii_needs_threats(synthetic_run, tmp_path):
+    with pytest.raises(errors.UserError, match="'synthetic'"):
+        evaluate.evaluate_run(synthetic_run, output=str(tmp_path / "x.json"))

@@ -3,13 +3,15 @@ path, the trade-off along Linf -> Linf->L2, BatchNorm recalibration, files, plot
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, evaluate, parallel, soup, threat, train
-from seasoning.soup import __main__ as sweep
+from seasoning import config_lib, data, evaluate, evaluation, parallel, soup, threat
+from seasoning.soup import bn, sweep
 from seasoning.soup import grid as grid_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,19 +22,11 @@ THREATS = ("linf:0.1", "l2:2")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A Linf parent (100 steps) and its L2 child (100 steps, eps 2), named as `make demo`
-    names them."""
-    base = tmp_path_factory.mktemp("runs")
-    parent = str(base / "fmnist_cnn_linf")
-    spec = os.path.join(CONFIGS, "fmnist_cnn_linf.py:runlocal")
-    train.train_and_evaluate(config_lib.load_config(spec, ["max_steps=100"]), parent)
-    child_spec = os.path.join(CONFIGS, f"fmnist_cnn_linf_to_l2.py:runlocal,eps=2.0,parent={parent}")
-    child = str(base / "fmnist_cnn_linf_to_l2")
-    # lr 0.05 instead of the reference recipe's 0.01: 100 steps at 0.01 barely move the parent.
-    child_config = config_lib.load_config(child_spec, ["max_steps=100", "optimizer.lr=0.05"])
-    train.train_and_evaluate(child_config, child)
-    return str(base)
+def runs(family):
+    """The folder of the shared family (tests/conftest.py) once it holds the Linf parent (100
+    steps) and its L2 child (100 steps, eps 2), named as `make demo` names them."""
+    family["fmnist_cnn_linf_to_l2"]  # trains the parent first
+    return family.root
 
 
 def _config(runs, *overrides):
@@ -137,78 +131,74 @@ def test_grid_mode_sweep_agrees_with_per_soup_mode(runs, swept, tmp_path):
             assert abs(grid_row[name] - row[name]) <= 0.05, (name, grid_row, row)
 
 
+def _ingredients(runs, config):
+    loaded = sweep.load_ingredients(list(config.ingredients))
+    return loaded[0], [r.variables for r in loaded]
+
+
 def test_compiled_grid_equals_one_soup_at_a_time(runs):
+    """Many soups per compiled program (lax.map over soups mixed inside it) against each soup
+    mixed on the host and evaluated alone by the same evaluator's all_points schedule."""
     config = _config(runs)
-    _, model, ingredients, _ = sweep.load_ingredients(list(config.ingredients))
+    first, ingredients = _ingredients(runs, config)
     weights = np.array([[1.0, 0.0], [0.3, 0.7], [-0.5, 1.5]], np.float32)  # incl. extrapolation
-    threats = [threat.parse(s) for s in THREATS]
+    settings = evaluation.AttackSettings.make(
+        [threat.parse(s) for s in THREATS], "fast", n_iter=5, n_target_classes=1
+    )
     mesh = parallel.make_mesh()
-    source = data.get_source(
-        config_lib.load_config(os.path.join(CONFIGS, "fmnist_cnn_linf.py")).dataset, "test"
-    )
-
-    def batches():
-        return data.eval_batches(source, 48, num_examples=90)  # a padded last batch
-
-    def apply_fn(v, x):
-        return model.apply(v, x, train=False)
-
-    settings = dict(threats=threats, version="fast", n_iter=5, n_target_classes=1)
+    source = data.get_source(first.config.dataset, "test")
+    indices = np.arange(90)  # batches of 48: a padded last batch
     key = jax.random.key(3)
-    program = grid_lib.make_chunk_program(apply_fn, mesh, **settings)
     fast = grid_lib.evaluate_grid(
-        program, soup.stack(ingredients), weights, batches, key=key, chunk=2, mesh=mesh
+        first.apply_fn, grid_lib.stacked_on_mesh(soup.stack(ingredients), mesh), weights,
+        source, indices, settings=settings, key=key, mesh=mesh, batch_size=48, chunk=2,
+    )  # fmt: skip
+    evaluator = evaluation.Evaluator(
+        first.apply_fn, settings, schedule="all_points", batch_size=48, mesh=mesh
     )
-    slow = grid_lib.evaluate_one_by_one(
-        apply_fn, ingredients, weights, batches, key=key, mesh=mesh, **settings
-    )
+    slow = np.stack([
+        evaluation.flag_accuracies(evaluator.run(
+            soup.combine(ingredients, w, allow_extrapolation=True), source, indices, key=key
+        ).flags) for w in weights
+    ])  # fmt: skip
     np.testing.assert_allclose(fast, slow, atol=1 / 90 + 1e-9)  # at most one boundary point
     assert np.mean(np.abs(fast - slow)) < 0.005
-
-
-def test_recalibration_in_the_grid_sets_exact_batch_statistics(runs):
-    config = _config(runs)
-    _, model, ingredients, _ = sweep.load_ingredients(list(config.ingredients))
-    images = np.random.default_rng(0).random((96, 28, 28, 1), dtype=np.float32)
-    mixed = soup.mix(ingredients[0], ingredients[1], 0.5)
-    ours = sweep.recalibrate_in_program(model, images)(mixed)
-    reference = soup.recalibrate_batch_stats(model, mixed, images, batch_size=96)  # one pass
-    for a, b in zip(
-        jax.tree.leaves(ours["batch_stats"]), jax.tree.leaves(reference["batch_stats"]), strict=True
-    ):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    # The mixed statistics were not already those (else the test shows nothing).
-    assert not np.allclose(
-        jax.tree.leaves(mixed["batch_stats"])[0], jax.tree.leaves(ours["batch_stats"])[0], atol=1e-3
-    )
 
 
 def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     """No threat models: clean accuracy only; `prepare` (the BN policy) reaches the soup."""
     config = _config(runs)
-    _, model, ingredients, _ = sweep.load_ingredients(list(config.ingredients))
+    first, ingredients = _ingredients(runs, config)
     calibration = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
-    source = data.get_source(
-        config_lib.load_config(os.path.join(CONFIGS, "fmnist_cnn_linf.py")).dataset, "test"
-    )
+    source = data.get_source(first.config.dataset, "test")
     images, labels = source.get(np.arange(200))
     x, y = data.to_float(images), np.asarray(labels, np.int32)
     mesh = parallel.make_mesh()
-
-    def apply_fn(v, z):
-        return model.apply(v, z, train=False)
-
     weights = np.array([[0.5, 0.5]], np.float32)
     acc = grid_lib.evaluate_per_soup(
-        apply_fn, soup.stack(ingredients), weights, x, y, key=jax.random.key(0), mesh=mesh,
-        threats=[], prepare=sweep.recalibrate_in_program(model, calibration), batch_size=200,
+        first.apply_fn, soup.stack(ingredients), weights, source, np.arange(200),
+        settings=evaluation.AttackSettings(), key=jax.random.key(0), mesh=mesh, batch_size=200,
+        prepare=bn.make_prepare("recalibrate", first.model, calibration),
     )  # fmt: skip
     mixed = soup.mix(ingredients[0], ingredients[1], 0.5)
-    recalibrated = soup.recalibrate_batch_stats(model, mixed, calibration, batch_size=64)
-    want = np.mean(np.asarray(jax.jit(apply_fn)(recalibrated, x)).argmax(-1) == y)
-    interpolated = np.mean(np.asarray(jax.jit(apply_fn)(mixed, x)).argmax(-1) == y)
+    recalibrated = soup.recalibrate_batch_stats(first.model, mixed, calibration, batch_size=64)
+    apply_fn = jax.jit(first.apply_fn)
+    want = np.mean(np.asarray(apply_fn(recalibrated, x)).argmax(-1) == y)
+    interpolated = np.mean(np.asarray(apply_fn(mixed, x)).argmax(-1) == y)
     assert acc.shape == (1, 1)
     assert abs(acc[0, 0] - want) <= 1 / 200, (acc, want)  # one boundary point at most
     # Recalibrating on noise images moves the accuracy (measured 0.675 vs 0.795): the check
     # above tells the policies apart.
     assert abs(want - interpolated) > 0.02, (want, interpolated)
+
+
+def test_the_soup_cli_has_only_its_own_flags(runs, tmp_path):
+    """The soup driver imports no other driver, so evaluate's flags are unknown to it."""
+    spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs}")
+    argv = [sys.executable, "-m", "seasoning.soup", f"--config={spec}",
+            f"--workdir={tmp_path / 'soup'}", "--n_examples=10"]  # fmt: skip
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    assert proc.returncode != 0
+    assert "Unknown command line flag 'n_examples'" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "soup").exists()

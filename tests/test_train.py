@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, config_lib, evaluate, threat, train, training
+from seasoning import checkpoints, config_lib, evaluate, runs, threat, train, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -63,8 +63,8 @@ def test_vit_runlocal_trains_on_synthetic_data_and_is_attacked_in_float32(tmp_pa
     assert np.isfinite(final["loss"])
     tree, meta, _ = checkpoints.read_numpy(workdir)
     assert meta["model"]["name"] == "vit-ti16" and not tree["batch_stats"]
-    assert evaluate.load_run(workdir)[1].dtype == jnp.float32
-    assert evaluate.load_run(workdir, compute_dtype="bfloat16")[1].dtype == jnp.bfloat16
+    assert runs.load(workdir).model.dtype == jnp.float32
+    assert runs.load(workdir, compute_dtype="bfloat16").model.dtype == jnp.bfloat16
     result = evaluate.evaluate_run(
         workdir, [threat.parse("linf:4/255")], version="fast", n_examples=8, batch_size=8,
         n_iter=1, n_target_classes=1,

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from seasoning import config_lib, data, models, optim, parallel, training
+from seasoning import config_lib, data, evaluation, models, optim, parallel, training
 from seasoning.data import fashion_mnist
 
 
@@ -52,16 +52,21 @@ def test_real_fashion_mnist_steps_lower_the_loss():
     tx = optax.sgd(0.05, momentum=0.9, nesterov=True)
     state = jax.device_put(_state(model, tx), parallel.replicated(mesh))
     step = training.make_train_step(mesh, model=model)
-    evaluate = training.make_eval_step(mesh, model=model)
-    test_batch = next(data.eval_batches(fashion_mnist.load("test"), 512))
-    test_batch = parallel.host_to_global(test_batch, mesh)
-    before = jax.device_get(evaluate(state.variables(), test_batch))
+    evaluator = evaluation.Evaluator(
+        functools.partial(model.apply, train=False), evaluation.AttackSettings(), mesh=mesh
+    )
+    test_source = fashion_mnist.load("test")
+
+    def evaluate(variables):
+        return evaluator.run(variables, test_source, np.arange(512), key=jax.random.key(0))
+
+    before = evaluate(state.variables())
     it = data.train_batches(fashion_mnist.load("train"), 64, seed=0)
     for i in range(40):
         state, _ = step(state, parallel.host_to_global(next(it), mesh), jax.random.key(i))
-    after = jax.device_get(evaluate(state.variables(), test_batch))
-    assert after["loss"] < 0.7 * before["loss"]
-    assert after["correct"] / after["count"] > 0.6
+    after = evaluate(state.variables())
+    assert after.mean_loss() < 0.7 * before.mean_loss()
+    assert after.accuracies()["clean"] > 0.6
 
 
 def test_label_smoothing_and_cross_entropy():

@@ -16,11 +16,9 @@ from seasoning.attacks.autoattack import (
 )
 from seasoning.attacks.fab import FabResult, fab, fab_targeted_runs
 from seasoning.attacks.pgd import pgd
-from seasoning.attacks.runner import AttackReport, run_auto_attack, run_threat_models
 from seasoning.attacks.square import square
 
 __all__ = [
-    "AttackReport",
     "AutoAttackInfo",
     "apgd",
     "apgd_targeted",
@@ -32,8 +30,6 @@ __all__ = [
     "losses",
     "pgd",
     "robust_accuracy",
-    "run_auto_attack",
-    "run_threat_models",
     "square",
     "union_robust",
 ]

@@ -19,7 +19,7 @@ within eps.
 An attack is made of units: APGD-CE's restarts, APGD-T's and FAB-T's target classes (by rank
 of the clean logits), Square's one run. `auto_attack` runs every unit on every point in one
 program; `attack_unit` runs one unit, so that a host-driven evaluation can run each unit on the
-points all earlier units left robust, as the reference does (`attacks.runner`).
+points all earlier units left robust, as the reference does (`seasoning.evaluation`).
 
 Every returned x_adv is projected onto the threat set and then checked with `tm.contains`; with
 `check=True` a failed check raises at run time (through `jax.debug.callback`), and
@@ -267,7 +267,7 @@ def auto_attack(
     Pure and jit/vmap-able (all settings static). Accuracy on the returned points is the robust
     accuracy. Per example: x if x is misclassified; else the first attack's point that
     misclassifies it; else the first attack's highest-loss point. Every attack runs on every
-    point (fixed shapes); `attacks.run_auto_attack` runs each only on the points still robust.
+    point (fixed shapes); `seasoning.evaluation` runs each only on the points still robust.
 
     Args:
       logits_fn: x [B, ...] -> logits [B, K].

@@ -1,14 +1,25 @@
 """Datasets as random-access sources, and the batch pipeline over them.
 
-`get_source(dataset_config, split)` is the one entry point the drivers use; batches are
-NHWC float32 in [0, 1] with int32 labels (see `pipeline`).
+`DATASETS` is the one registry: a dataset's config name -> how to load a split, its TFDS name
+(if it is read through TFDS) and the threat models it is usually evaluated under.
+`get_source(dataset_config, split)` is the one entry point the drivers use; batches are NHWC
+float32 in [0, 1] with int32 labels (see `pipeline`). `parse_dataset("NAME[:split]")` reads a
+dataset named on a command line or in a config, `default_threats(name)` gives its radii.
+
+A registry key may contain "/" (a TFDS name with a config, e.g. "cifar10_corrupted/fog_3"),
+never ":", which separates the split.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import types
+from collections.abc import Callable, Mapping
+
 import ml_collections
 
-from seasoning import errors
+from seasoning import errors, threat
 from seasoning.data import fashion_mnist, synthetic
 from seasoning.data.pipeline import (
     eval_batches,
@@ -19,44 +30,159 @@ from seasoning.data.pipeline import (
 )
 from seasoning.data.source import ArraySource, Source
 
-# TFDS names read through tfds.data_source; the keys are our config names.
-TFDS_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "imagenet2012": "imagenet2012"}
-
 __all__ = [
+    "DATASETS",
+    "DATASET_NAMES",
     "ArraySource",
+    "DatasetEntry",
     "Source",
+    "default_threats",
     "eval_batches",
     "get_source",
+    "parse_dataset",
     "prefetch",
     "steps_per_epoch",
     "to_float",
     "train_batches",
 ]
 
+# `load(dataset_config, split, seed) -> Source`.
+Loader = Callable[[ml_collections.ConfigDict, str, int], Source]
 
-def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0) -> Source:
-    """The split `split` of the dataset that config section `dataset` describes."""
-    if dataset.name == "fashion_mnist":
-        return fashion_mnist.load(split, dataset.data_dir)
-    if dataset.name == "synthetic":
-        size = dataset.image_size or 32
-        return synthetic.load(
-            split,
-            num_examples=dataset.num_train_examples if split == "train" else 512,
-            image_shape=(size, size, 3),
-            num_classes=dataset.num_classes,
-            seed=seed,
-        )
-    if dataset.name in TFDS_DATASETS:
-        from seasoning.data.tfds_source import TfdsSource
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """One registered dataset.
+
+    Attributes:
+      load: `load(dataset_config, split, seed) -> Source`, the split of the dataset that the
+        config section `dataset` (data_dir, image_size, ...) describes.
+      tfds_name: the TFDS name it is read under (with its config, e.g. "cifar10_corrupted/
+        fog_3"), or None for datasets read otherwise.
+      threats: the threat models it is usually evaluated under, or None when it has no usual
+        radii (evaluation then needs them named explicitly).
+    """
+
+    load: Loader
+    tfds_name: str | None = None
+    threats: tuple[threat.ThreatModel, ...] | None = None
+
+
+def _load_fashion_mnist(dataset: ml_collections.ConfigDict, split: str, seed: int) -> Source:
+    del seed  # a fixed dataset
+    return fashion_mnist.load(split, dataset.data_dir)
+
+
+def _load_synthetic(dataset: ml_collections.ConfigDict, split: str, seed: int) -> Source:
+    size = dataset.image_size or 32
+    return synthetic.load(
+        split,
+        num_examples=dataset.num_train_examples if split == "train" else 512,
+        image_shape=(size, size, 3),
+        num_classes=dataset.num_classes,
+        seed=seed,
+    )
+
+
+def _tfds(tfds_name: str, threats: tuple[threat.ThreatModel, ...] | None = None) -> DatasetEntry:
+    """The entry of a dataset read through `tfds.data_source` under `tfds_name`."""
+
+    def load(dataset: ml_collections.ConfigDict, split: str, seed: int) -> Source:
+        del seed  # a fixed dataset
+        from seasoning.data.tfds_source import TfdsSource  # late: TFDS is slow to import
 
         return TfdsSource(
-            TFDS_DATASETS[dataset.name],
-            split,
-            data_dir=dataset.data_dir,
-            image_size=dataset.image_size,
+            tfds_name, split, data_dir=dataset.data_dir, image_size=dataset.image_size
         )
-    known = ["fashion_mnist", "synthetic", *TFDS_DATASETS]
-    raise errors.UserError(
-        f"Unknown dataset {dataset.name!r}; expected one of: {', '.join(known)}."
-    )
+
+    return DatasetEntry(load=load, tfds_name=tfds_name, threats=threats)
+
+
+def _threats(*specs: str) -> tuple[threat.ThreatModel, ...]:
+    return tuple(threat.parse(spec) for spec in specs)
+
+
+# The radii each dataset is usually evaluated at (pixels in [0, 1]). CIFAR-10 and ImageNet:
+# those of the soups paper and of Croce & Hein 2022. Fashion-MNIST (28x28x1): Linf 0.1 as in
+# the literature; L2 and L1 are ours, CIFAR-10's radii carried over to 784 pixels so that each
+# covers the same fraction of the Linf ball's extent, eps_inf * d^(1/p), as on CIFAR-10
+# (L2: 0.5 / (8/255 * sqrt(3072)) * 0.1 * sqrt(784) = 0.8; L1: 12 / (8/255 * 3072) * 0.1 * 784
+# = 9.8, rounded to 10). Synthetic data and CIFAR-100 have no usual radii here.
+DATASETS: Mapping[str, DatasetEntry] = types.MappingProxyType(
+    {
+        "fashion_mnist": DatasetEntry(
+            load=_load_fashion_mnist, threats=_threats("linf:0.1", "l2:0.8", "l1:10")
+        ),
+        "synthetic": DatasetEntry(load=_load_synthetic),
+        "cifar10": _tfds("cifar10", _threats("linf:8/255", "l2:0.5", "l1:12")),
+        "cifar100": _tfds("cifar100"),
+        "imagenet2012": _tfds("imagenet2012", _threats("linf:4/255", "l2:2", "l1:255")),
+    }
+)
+
+# The registered names, in registration order.
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+
+
+def _unknown(name: str) -> str:
+    """`Unknown dataset 'x'; expected one of: ...` with the closest names as a hint."""
+    near = difflib.get_close_matches(name, DATASET_NAMES, n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    return f"Unknown dataset {name!r}; expected one of: {', '.join(DATASET_NAMES)}.{hint}"
+
+
+def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0) -> Source:
+    """The split `split` of the dataset that config section `dataset` describes.
+
+    Args:
+      dataset: a training config's `dataset` section (`name`, `data_dir`, `image_size`, ...).
+      split: the split's name, e.g. "train", "test" or a TFDS slice such as "test[:1000]".
+      seed: the seed of generated (synthetic) data; fixed datasets ignore it.
+
+    Raises:
+      UserError: for an unknown dataset name; MissingInputError when its files are missing.
+    """
+    if dataset.name not in DATASETS:
+        raise errors.UserError(_unknown(dataset.name))
+    return DATASETS[dataset.name].load(dataset, split, seed)
+
+
+def default_threats(name: str) -> tuple[threat.ThreatModel, ...]:
+    """The threat models dataset `name` is usually evaluated under (Linf, L2, L1).
+
+    Raises:
+      UserError: naming the dataset when it is not registered or has no usual radii.
+    """
+    entry = DATASETS.get(name)
+    if entry is None or entry.threats is None:
+        why = "an unknown dataset" if entry is None else "it has no usual radii"
+        raise errors.UserError(
+            f"No default threat models for dataset {name!r} ({why}): pass --threat / "
+            "eval.threats explicitly (e.g. linf:8/255)."
+        )
+    return entry.threats
+
+
+def parse_dataset(spec: str) -> tuple[str, str]:
+    """Reads `NAME[:split]`, e.g. "cifar10", "cifar10:test" or "cifar10:test[:1000]".
+
+    Args:
+      spec: a registered dataset name, optionally followed by ":" and a split (everything after
+        the first ":", so TFDS slices stay whole).
+
+    Returns:
+      (name, split), split "" when `spec` names none.
+
+    Raises:
+      UserError: for an empty spec or an unknown name (listing the registered ones).
+    """
+    name, _, split = spec.strip().partition(":")
+    name, split = name.strip(), split.strip()
+    if not name:
+        raise errors.UserError(
+            f"Dataset {spec!r} names no dataset; expected NAME[:split] with NAME one of: "
+            f"{', '.join(DATASET_NAMES)}."
+        )
+    if name not in DATASETS:
+        raise errors.UserError(_unknown(name))
+    return name, split

@@ -20,33 +20,34 @@ Integer and boolean leaves (step counters and the like; Flax's BatchNorm has non
 averaged: they are taken whole from the ingredient with the largest weight (the first such
 ingredient on ties), which also keeps one-hot weights exact for them.
 
-BatchNorm (`BN_POLICIES`): "interpolate" mixes the running statistics like any other leaf
-(what `combine` does); "recalibrate" then replaces them with statistics measured on training
-images by `recalibrate_batch_stats`, which fixes the variance collapse of averaged networks.
+BatchNorm (`BN_POLICIES`, module `soup.bn`): "interpolate" mixes the running statistics like
+any other leaf (what `combine` does); "recalibrate" then replaces them with statistics measured
+on training images, by `recalibrate_batch_stats` on the host or `bn.recalibrate_in_program`
+inside a compiled program, which fixes the variance collapse of averaged networks.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
-from flax.core import FrozenDict
 
 from seasoning import errors
+from seasoning.soup import bn
+from seasoning.soup.bn import BN_POLICIES, recalibrate_batch_stats
 from seasoning.trees import first_difference
 
 __all__ = [
     "BN_POLICIES",
+    "GRID_KINDS",
     "GreedyResult",
+    "bn",
     "check_weights",
     "combine",
     "combine_stacked",
@@ -61,15 +62,8 @@ __all__ = [
 
 PyTree = Any
 
-# How a soup gets its BatchNorm running statistics: mixed with the weights like every other
-# leaf, or re-estimated on training images with `recalibrate_batch_stats`.
-BN_POLICIES = ("interpolate", "recalibrate")
-
 # Tolerance on the sum of convex (and affine) weights.
 SUM_ATOL = 1e-6
-
-# Collection in which the recalibration pass records each BatchNorm layer's input moments.
-_MOMENTS = "bn_input_moments"
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,6 +342,10 @@ def uniform(trees: Sequence[PyTree]) -> PyTree:
 # ----------------------------------------------------------------------------------------
 # Weight grids.
 
+# The grids a soup config may ask for: `simplex_grid` (any number of ingredients) and
+# `line_grid` (two ingredients, alpha from low to high, extrapolating outside [0, 1]).
+GRID_KINDS = ("simplex", "line")
+
 
 def _divisions(step: Any) -> int:
     """The integer m = 1 / step, or ValueError when `step` does not divide 1."""
@@ -528,141 +526,3 @@ def greedy(
             chosen.append(i)
             soup, best = candidate, scores[i]
     return GreedyResult(soup, chosen, scores)
-
-
-# ----------------------------------------------------------------------------------------
-# BatchNorm recalibration.
-
-
-def _input_moments(x: jax.Array, axis: int | Sequence[int]) -> tuple[jax.Array, ...]:
-    """(count, mean, sum of squared deviations) of `x` over all but the feature axes."""
-    x = jnp.asarray(x, jnp.float32)
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    features = {a % x.ndim for a in axes}
-    reduce = tuple(i for i in range(x.ndim) if i not in features)
-    count = math.prod(x.shape[i] for i in reduce)
-    mean = jnp.mean(x, axis=reduce)
-    m2 = jnp.sum(jnp.square(x - jnp.expand_dims(mean, reduce)), axis=reduce)
-    return jnp.asarray(count, jnp.int32), mean, m2
-
-
-def _record_bn_inputs(next_fun, args, kwargs, context):
-    """Method interceptor: sows the input moments of every `nn.BatchNorm` call."""
-    module = context.module
-    if isinstance(module, nn.BatchNorm) and context.method_name == "__call__":
-        if kwargs.get("mask") is not None:
-            raise errors.UserError("recalibrate_batch_stats does not support masked BatchNorm.")
-        x = args[0] if args else kwargs["x"]
-        module.sow(_MOMENTS, "moments", _input_moments(x, module.axis))
-    return next_fun(*args, **kwargs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _batch_moments(model: Any, variables: PyTree, images: jax.Array) -> PyTree:
-    """One train-mode forward pass; the input moments of each BatchNorm call, by module path."""
-    apply_fn = model.apply if isinstance(model, nn.Module) else model
-    with nn.intercept_methods(_record_bn_inputs):
-        _, state = apply_fn(variables, images, train=True, mutable=["batch_stats", _MOMENTS])
-    return state.get(_MOMENTS, {})
-
-
-def _merge(a: tuple[float, np.ndarray, np.ndarray], b: tuple[float, np.ndarray, np.ndarray]):
-    """Chan et al.'s pairwise update of (count, mean, M2), in float64."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta**2 * (n_a * n_b / n)
-
-
-def recalibrate_batch_stats(
-    model: nn.Module | Callable[..., Any],
-    variables: PyTree,
-    images: Any,
-    *,
-    batch_size: int = 256,
-) -> PyTree:
-    """Re-estimates every BatchNorm layer's running mean and variance on `images`.
-
-    Why: averaging the weights of networks shrinks the variance of their hidden activations
-    ("variance collapse", Jordan et al. 2022, REPAIR), so a soup's interpolated running
-    statistics no longer match what its layers see, and its eval-mode accuracy drops.
-    Recomputing the statistics on a few thousand training images fixes that.
-
-    How: the model runs in train mode (`train=True`, BatchNorm normalising with batch
-    statistics, as in training) on consecutive batches of `images`, under `jax.jit`; a method
-    interceptor records each `flax.linen.BatchNorm` layer's input count, mean and sum of
-    squared deviations per batch, and these are merged exactly in float64 (Chan et al.'s
-    parallel algorithm). The new `mean` and `var` are the population mean and (biased)
-    variance of each layer's inputs over all N images, not Flax's momentum average and not
-    seeded by the soup's old statistics. The first BatchNorm layer's inputs do not depend on
-    the batching, so its statistics are exact and independent of `batch_size`; a deeper
-    layer's inputs depend on its batch through the batch normalisation of earlier layers
-    (as in training), so its statistics vary slightly with `batch_size` and the image
-    order, and with `batch_size >= N` they are those of one full-batch pass. Deterministic:
-    the same inputs give the same result.
-
-    Args:
-      model: a Flax module, or an apply function with the signature of `module.apply`
-        (called as `apply_fn(variables, x, train=True, mutable=[...])`). The compiled step
-        is cached per module (equal modules share it) or per function object.
-      variables: the soup's variables, e.g. `{'params', 'batch_stats'}`. Without (or with
-        empty) 'batch_stats', e.g. a ViT's, they are returned unchanged.
-      images: [N, ...] model inputs (e.g. NHWC float32 in [0, 1]), numpy or jax.
-      batch_size: images per forward pass (the last batch may be smaller).
-
-    Returns:
-      `variables` with every BatchNorm layer's 'mean' and 'var' replaced (same dtypes);
-      other collections and other 'batch_stats' entries are unchanged.
-
-    Raises:
-      ValueError: for no images, a bad batch size, or a BatchNorm layer in 'batch_stats'
-        that the forward pass never ran.
-    """
-    batch_stats = variables.get("batch_stats") if hasattr(variables, "get") else None
-    if not batch_stats:
-        return variables
-    try:
-        valid = operator.index(batch_size) >= 1
-    except TypeError:
-        valid = False
-    if not valid:
-        raise errors.UserError(f"recalibrate_batch_stats batch_size={batch_size!r} must be >= 1.")
-    num = len(images)
-    if num == 0:
-        raise errors.UserError("recalibrate_batch_stats needs at least one image; got none.")
-
-    per_batch = [
-        _batch_moments(model, variables, images[start : start + batch_size])
-        for start in range(0, num, batch_size)
-    ]
-    totals: dict[tuple[str, ...], tuple[float, np.ndarray, np.ndarray]] = {}
-    for moments in per_batch:
-        for path, calls in traverse_util.flatten_dict(moments).items():
-            for count, mean, m2 in calls:
-                new = (float(count), np.asarray(mean, np.float64), np.asarray(m2, np.float64))
-                layer = path[:-1]  # drop the sown name
-                totals[layer] = _merge(totals[layer], new) if layer in totals else new
-
-    flat = traverse_util.flatten_dict(batch_stats)
-    for layer, (count, mean, m2) in totals.items():
-        for name, value in (("mean", mean), ("var", m2 / count)):
-            key = (*layer, name)
-            if key not in flat:
-                raise errors.UserError(
-                    f"BatchNorm layer {'/'.join(layer)} has no batch_stats entry {name!r}."
-                )
-            flat[key] = jnp.asarray(value, jnp.result_type(flat[key]))
-    stale = sorted(
-        "/".join(key[:-1])
-        for key in flat
-        if key[-1] in ("mean", "var") and tuple(key[:-1]) not in totals
-    )
-    if stale:
-        raise errors.UserError(
-            f"BatchNorm layer(s) {', '.join(dict.fromkeys(stale))} did not run on the "
-            "recalibration images, so their statistics cannot be re-estimated."
-        )
-    new_stats = traverse_util.unflatten_dict(flat)
-    if isinstance(variables, FrozenDict):
-        return variables.copy({"batch_stats": FrozenDict(new_stats)})
-    return {**variables, "batch_stats": new_stats}

@@ -1,0 +1,596 @@
+"""The one evaluator: per-point clean and robust flags of a model, or of many soups, on a dataset.
+
+Every driver measures models here: `seasoning.evaluate` (eval.json), both soup modes
+(grid.json), training's periodic evaluation, and the shift driver. Given an apply function and
+its variables, a data source and the points to use, the threat models and AutoAttack settings,
+it returns per-point flags [M, N] for the metrics `metric_names(threats)`: clean, each threat
+model (`linf:0.1`), and the union (robust under every threat model) when there are several.
+
+Two schedules:
+
+- `still_robust` (`seasoning.evaluate`'s, the reference's): the attacks' units (APGD-CE's
+  restarts, APGD-T's and FAB-T's target classes, Square) run one after another from the host,
+  each on the points every earlier unit left robust, in padded batches sharded over the device
+  mesh (one compile per attack: the unit is an argument). A point is robust when every unit
+  failed on it and its returned point is classified correctly when predicted again in the
+  evaluation's own batches: a break is never undone. Every returned point is checked to lie in
+  the threat model. Threat model i uses fold_in(key, i); attack a, unit u, batch j then
+  fold_in(., a), u, j.
+- `all_points`: every attack on every point, fixed shapes, one compiled program per batch
+  (`point_flags`), which is what evaluating many soups inside one program needs
+  (`run_all_points` takes any flags function, e.g. a `lax.map` over soups). Batch j uses
+  fold_in(key, j), threat model i then fold_in(., i).
+
+Both schedules run the same attacks with the same budgets; they differ in which points a later
+attack sees, and so in the random draws (starting points, Square's windows) each point gets.
+
+Multi-host: the points are cut into global batches of `batch_size` (the same batches whatever
+the number of processes), each process loads and feeds only its rows of each batch
+(`jax.make_array_from_process_local_data`), the programs return the batch's flags replicated,
+so every process ends with the same global flags; callers write files from process 0 only. On
+the same global batches and the same device count a result equals the 1-process result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from seasoning import data, errors, parallel, threat
+from seasoning.attacks import autoattack
+from seasoning.data.pipeline import host_slice
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x [B, H, W, C]) -> logits [B, K]
+# (model argument, x, y, key) -> bool [..., M, B]: per-point flags of one batch.
+FlagsFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
+
+SCHEDULES = ("still_robust", "all_points")
+# Survivor batches are padded to a multiple of this fraction of the batch size, so a later
+# attack's few points do not cost a whole batch, and each attack compiles for at most this
+# many batch shapes.
+SURVIVOR_QUANTA = 8
+
+
+def metric_names(threats: Sequence[threat.ThreatModel]) -> list[str]:
+    """The metrics of an evaluation: clean, one per threat model, and union (several threats)."""
+    names = ["clean"] + [str(tm) for tm in threats]
+    return names + ["union"] if len(threats) > 1 else names
+
+
+def metric_flags(clean: Any, robust: Sequence[Any]) -> jax.Array:
+    """bool [M, B]: the rows of `metric_names` from clean flags and per-threat robust flags.
+
+    The union (a point counts only if it survives every threat model) is computed here, once,
+    for every schedule; it is added when there are two or more threat models.
+    """
+    rows = [jnp.asarray(clean, bool)] + [jnp.asarray(r, bool) for r in robust]
+    if len(robust) > 1:
+        union = rows[1]
+        for r in rows[2:]:
+            union = union & r
+        rows.append(union)
+    return jnp.stack(rows)
+
+
+def checked_accuracy(count: Any, total: Any, name: str = "accuracy") -> float:
+    """count / total as a float, checked to lie in [0, 1] (a result is never written otherwise).
+
+    Raises:
+      RuntimeError: total <= 0, or count outside [0, total]: a bug (e.g. rows fed twice).
+    """
+    count, total = float(count), float(total)
+    if not total > 0 or not 0 <= count <= total:
+        raise RuntimeError(f"{name}: {count:g} of {total:g} points is not an accuracy (a bug).")
+    return count / total
+
+
+def flag_accuracies(flags: np.ndarray) -> np.ndarray:
+    """float [..., M]: the fraction of the points (last axis) that each row counts, checked.
+
+    Raises:
+      RuntimeError: no points, or a fraction outside [0, 1] (a bug).
+    """
+    flags = np.asarray(flags)
+    counts = flags.sum(axis=-1)
+    num = flags.shape[-1]
+    if num == 0 or counts.min(initial=0) < 0 or counts.max(initial=0) > num:
+        raise RuntimeError(f"Counts {counts} of {num} points are not accuracies (a bug).")
+    return counts / num
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSettings:
+    """What an evaluation attacks with: threat models, AutoAttack version, overrides.
+
+    Hashable (a static part of compiled programs). `overrides` are `auto_attack` settings
+    (n_iter, n_restarts, n_target_classes, fab_n_iter, fab_n_target_classes, n_queries,
+    attacks) replacing the version's; zero or None values are dropped.
+
+    Raises:
+      UserError: an unknown version or setting, or a bad budget.
+    """
+
+    threats: tuple[threat.ThreatModel, ...] = ()
+    version: str = "standard"
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if self.version not in autoattack.VERSIONS:
+            raise errors.UserError(
+                f"Unknown AutoAttack version {self.version!r}; expected one of "
+                f"{autoattack.VERSIONS}."
+            )
+        kept = tuple(sorted((k, v) for k, v in dict(self.overrides).items() if v))
+        object.__setattr__(self, "threats", tuple(self.threats))
+        object.__setattr__(self, "overrides", kept)
+        for tm in self.threats:
+            autoattack.resolve_settings(self.version, tm.norm, dict(kept))
+
+    @classmethod
+    def make(
+        cls, threats: Sequence[threat.ThreatModel], version: str = "standard", **overrides: Any
+    ) -> AttackSettings:
+        """AttackSettings(threats, version, overrides given as keyword arguments)."""
+        return cls(tuple(threats), version, tuple(overrides.items()))
+
+    def resolved(self, tm: threat.ThreatModel) -> dict[str, Any]:
+        """The full `auto_attack` settings for one threat model."""
+        return autoattack.resolve_settings(self.version, tm.norm, dict(self.overrides))
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as they are recorded in result files."""
+        return {
+            "threats": [str(tm) for tm in self.threats],
+            "version": self.version,
+            "overrides": dict(self.overrides),
+        }
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """The outcome of an evaluation: per-point flags and what produced them.
+
+    Attributes:
+      names: the metrics (`metric_names`), one row of `flags` each.
+      flags: bool [M, N]: per metric, whether each point counts (correct, robust, ...).
+      indices: int [N]: the points' indices in the source.
+      loss: float [N] clean cross-entropy per point (`still_robust` only), else None.
+      details: threat name -> {"after": attack -> robust accuracy after it and every attack
+        before it, "seconds": attack -> wall-clock seconds, "settings": the resolved attack
+        settings} (`still_robust` only; empty otherwise).
+      seconds: the whole evaluation's wall-clock seconds.
+    """
+
+    names: list[str]
+    flags: np.ndarray
+    indices: np.ndarray
+    loss: np.ndarray | None = None
+    details: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def num_points(self) -> int:
+        return int(self.flags.shape[-1])
+
+    def counts(self) -> dict[str, int]:
+        """Metric -> the number of points that count for it."""
+        return {n: int(c) for n, c in zip(self.names, self.flags.sum(axis=-1), strict=True)}
+
+    def accuracies(self) -> dict[str, float]:
+        """Metric -> fraction of the points, each checked to lie in [0, 1]."""
+        return dict(zip(self.names, flag_accuracies(self.flags).tolist(), strict=True))
+
+    def mean_loss(self) -> float:
+        """Mean clean cross-entropy (`still_robust` evaluations)."""
+        if self.loss is None:
+            raise ValueError("This evaluation recorded no loss (all_points schedule).")
+        return float(np.mean(self.loss))
+
+
+def point_flags(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    x: jax.Array,
+    y: jax.Array,
+    key: jax.Array,
+    *,
+    settings: AttackSettings,
+) -> jax.Array:
+    """bool [M, B]: the `all_points` flags of one batch (pure, jit- and vmap-able).
+
+    Every attack of `settings` runs on every point (`attacks.auto_attack`); threat model i
+    uses fold_in(key, i).
+    """
+    clean = autoattack.correct(logits_fn, x, y)
+    robust = []
+    for i, tm in enumerate(settings.threats):
+        _, info = autoattack.auto_attack(
+            logits_fn, x, y, tm, key=jax.random.fold_in(key, i), version=settings.version,
+            return_info=True, **dict(settings.overrides),
+        )  # fmt: skip
+        robust.append(info.robust)
+    return metric_flags(clean, robust)
+
+
+def _model_flags(apply_fn: ApplyFn, settings: AttackSettings) -> FlagsFn:
+    """A FlagsFn whose model argument is the variables of `apply_fn`."""
+
+    def flags_fn(variables, x, y, key):
+        return point_flags(functools.partial(apply_fn, variables), x, y, key, settings=settings)
+
+    return flags_fn
+
+
+# ------------------------------------------------------------------------------------------
+# Global batches: the same for any number of processes; each process feeds its rows.
+
+
+def check_points(
+    indices: np.ndarray | None, source: data.Source, n_examples: int = 0
+) -> np.ndarray:
+    """The points to evaluate: `indices`, or the first `n_examples` of `source` (0: all).
+
+    Raises:
+      UserError: a bad n_examples, no points, or an index outside the source.
+    """
+    if indices is None:
+        if isinstance(n_examples, bool) or int(n_examples) != n_examples or n_examples < 0:
+            raise errors.UserError(f"n_examples={n_examples!r}: expected an integer >= 0.")
+        indices = np.arange(min(int(n_examples) or len(source), len(source)))
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if len(indices) == 0:
+        raise errors.UserError(f"No points to evaluate (the source holds {len(source)}).")
+    if indices.min() < 0 or indices.max() >= len(source):
+        raise errors.UserError(
+            f"Point indices must lie in [0, {len(source)}); got {indices.min()}..{indices.max()}."
+        )
+    return indices
+
+
+def batch_size_for(batch_size: int, mesh: Mesh, num_points: int | None = None) -> int:
+    """`batch_size` (at most `num_points`) rounded up to a multiple of the device count.
+
+    Raises:
+      UserError: batch_size is not an integer >= 1.
+    """
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise errors.UserError(f"batch_size={batch_size!r}: expected an integer >= 1.")
+    size = int(batch_size) if num_points is None else min(int(batch_size), max(num_points, 1))
+    return parallel.round_up_to_devices(size, mesh)
+
+
+def chunks(positions: np.ndarray, size: int, quantum: int | None = None):
+    """Yields (padded positions, number of real ones), `size` at a time.
+
+    A last, shorter batch is padded (repeating its last position) only up to a multiple of
+    `quantum` (default: `size`).
+    """
+    quantum = quantum or size
+    for start in range(0, len(positions), size):
+        part = positions[start : start + size]
+        padded = min(size, -(-len(part) // quantum) * quantum)
+        yield np.concatenate([part, np.repeat(part[-1:], padded - len(part))]), len(part)
+
+
+def _process_rows(global_size: int) -> slice:
+    return host_slice(global_size, jax.process_index(), jax.process_count())
+
+
+def load_batch(
+    source: data.Source, point_ids: np.ndarray, mesh: Mesh, n_real: int | None = None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(images, labels, mask) global arrays of the points `point_ids`, sharded over 'data'.
+
+    This process loads only its rows of the batch. mask is 1 for the first `n_real` rows.
+    """
+    rows = _process_rows(len(point_ids))
+    images, labels = source.get(point_ids[rows])
+    n_real = len(point_ids) if n_real is None else n_real
+    mask = (np.arange(len(point_ids)) < n_real)[rows].astype(np.float32)
+    local = (data.to_float(images), np.asarray(labels, np.int32), mask)
+    return parallel.host_to_global(local, mesh)
+
+
+def _replicated_jit(fn: Callable, mesh: Mesh, n_sharded: int, n_after: int = 0) -> Callable:
+    """jit: first argument replicated, then `n_sharded` batch arguments sharded over 'data',
+    then `n_after` replicated ones; every output replicated (the same on every process)."""
+    replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    shardings = (replicated,) + (sharded,) * n_sharded + (replicated,) * n_after
+    return jax.jit(fn, in_shardings=shardings, out_shardings=replicated)
+
+
+# ------------------------------------------------------------------------------------------
+# The all_points schedule.
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_flags(flags_fn: FlagsFn, mesh: Mesh) -> Callable:
+    return _replicated_jit(flags_fn, mesh, n_sharded=2, n_after=1)
+
+
+def run_all_points(
+    flags_fn: FlagsFn,
+    model_arg: Any,
+    source: data.Source,
+    indices: np.ndarray,
+    *,
+    key: jax.Array,
+    batch_size: int,
+    mesh: Mesh,
+) -> np.ndarray:
+    """The `all_points` schedule for any flags function: bool [..., M, N].
+
+    Args:
+      flags_fn: (model_arg, x, y, key) -> bool [..., M, B], pure; compiled once per function
+        object and mesh (pass the same object for many models).
+      model_arg: its first argument (variables, or stacked soups and their weights),
+        replicated on every device.
+      source, indices: the points (`check_points`).
+      key: batch j uses fold_in(key, j).
+      batch_size: global points per compiled call (rounded up to the device count).
+      mesh: the device mesh.
+    """
+    program = _compiled_flags(flags_fn, mesh)
+    size = batch_size_for(batch_size, mesh, len(indices))
+    out = None
+    for j, (pos, n) in enumerate(chunks(np.arange(len(indices)), size)):
+        x, y, _ = load_batch(source, indices[pos], mesh, n)
+        flags = np.asarray(program(model_arg, x, y, jax.random.fold_in(key, j)))
+        if out is None:
+            out = np.zeros((*flags.shape[:-1], len(indices)), bool)
+        out[..., pos[:n]] = flags[..., :n]
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The still_robust schedule.
+
+
+def _clean(apply_fn, variables, x, y):
+    logits = apply_fn(variables, x).astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.argmax(logits, axis=-1) == y, loss
+
+
+def _one_unit(apply_fn, variables, x, y, key, unit, *, tm, name, frozen):
+    logits_fn = functools.partial(apply_fn, variables)
+    x_adv = autoattack.attack_unit(logits_fn, x, y, tm, name, key=key, cfg=dict(frozen),
+                                   rank=unit)  # fmt: skip
+    return x_adv, autoattack.correct(logits_fn, x_adv, y), tm.contains(x_adv, x)
+
+
+def _final(apply_fn, variables, x_adv, x, y, *, tm):
+    return autoattack.correct(functools.partial(apply_fn, variables), x_adv, y), tm.contains(
+        x_adv, x
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_clean(apply_fn: ApplyFn, mesh: Mesh) -> Callable:
+    return _replicated_jit(functools.partial(_clean, apply_fn), mesh, n_sharded=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_unit(apply_fn: ApplyFn, mesh: Mesh, tm, name: str, frozen: tuple) -> Callable:
+    fn = functools.partial(_one_unit, apply_fn, tm=tm, name=name, frozen=frozen)
+    return _replicated_jit(fn, mesh, n_sharded=2, n_after=2)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_final(apply_fn: ApplyFn, mesh: Mesh, tm) -> Callable:
+    return _replicated_jit(functools.partial(_final, apply_fn, tm=tm), mesh, n_sharded=3)
+
+
+def _num_classes(apply_fn: ApplyFn, variables: Any, image_shape: tuple[int, ...]) -> int:
+    shape = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    return int(jax.eval_shape(apply_fn, variables, shape).shape[-1])
+
+
+class _OwnAdversarial:
+    """The adversarial points of the positions this process feeds in the evaluation batches.
+
+    Position k of the evaluation lies in batch k // size at row k % size; this process feeds
+    the rows `_process_rows(size)` of every batch, and keeps the points of those positions.
+    """
+
+    def __init__(self, num_points: int, size: int):
+        rows = _process_rows(size)
+        within = np.arange(num_points) % size
+        self.owned = (within >= rows.start) & (within < rows.stop)
+        self.slot = np.cumsum(self.owned) - 1
+        self.points: np.ndarray | None = None
+        self.stored = np.zeros(int(self.owned.sum()), bool)
+
+    def put(self, positions: np.ndarray, points: np.ndarray) -> None:
+        keep = self.owned[positions]
+        if not keep.any():
+            return
+        if self.points is None:
+            self.points = np.zeros((len(self.stored), *points.shape[1:]), np.float32)
+        slots = self.slot[positions[keep]]
+        self.points[slots] = points[keep]
+        self.stored[slots] = True
+
+    def get(self, positions: np.ndarray, clean: np.ndarray) -> np.ndarray:
+        """The stored points of `positions` (all owned), `clean` where none was stored."""
+        if self.points is None:
+            return clean
+        slots = self.slot[positions]
+        return np.where(self.stored[slots][:, None, None, None], self.points[slots], clean)
+
+
+class Evaluator:
+    """Evaluates models of one apply function under fixed attack settings (see module doc).
+
+    Build it once and call `run` for each model (or soup): the programs are compiled once per
+    apply function, mesh and settings.
+
+        evaluator = Evaluator(apply_fn, AttackSettings.make(threats, "standard"))
+        result = evaluator.run(variables, source, check_points(None, source, 1000),
+                               key=jax.random.key(0))
+        result.accuracies()   # {"clean": ..., "linf:0.0313725": ..., ..., "union": ...}
+
+    Args:
+      apply_fn: (variables, x) -> logits, eval mode (BatchNorm running statistics); pure.
+      settings: the threat models and AutoAttack settings (no threat models: clean only).
+      schedule: "still_robust" or "all_points".
+      batch_size: global points per compiled call (rounded up to the device count).
+      mesh: the device mesh (default: every device of every process).
+
+    Raises:
+      UserError: an unknown schedule or a bad batch size.
+    """
+
+    def __init__(
+        self,
+        apply_fn: ApplyFn,
+        settings: AttackSettings,
+        *,
+        schedule: str = "still_robust",
+        batch_size: int = 256,
+        mesh: Mesh | None = None,
+    ):
+        if schedule not in SCHEDULES:
+            raise errors.UserError(f"Unknown schedule {schedule!r}; expected one of {SCHEDULES}.")
+        self.apply_fn = apply_fn
+        self.settings = settings
+        self.schedule = schedule
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
+        self.batch_size = batch_size_for(batch_size, self.mesh)
+        self.names = metric_names(settings.threats)
+        self._flags_fn = _model_flags(apply_fn, settings) if schedule == "all_points" else None
+
+    def run(
+        self,
+        variables: Any,
+        source: data.Source,
+        indices: np.ndarray,
+        *,
+        key: jax.Array,
+        label: str = "",
+    ) -> Evaluation:
+        """Evaluates `variables` on the points `indices` of `source`.
+
+        Args:
+          variables: the model's variables (replicated on every device).
+          source: the dataset split.
+          indices: the points (`check_points`); every process passes the same.
+          key: the attacks' `jax.random` key.
+          label: a name for progress lines (e.g. the soup's weights).
+
+        Raises:
+          RuntimeError: an attack returned a point outside its threat model (a bug).
+        """
+        start = time.monotonic()
+        indices = np.asarray(indices, np.int64)
+        if self.schedule == "all_points":
+            flags = run_all_points(self._flags_fn, variables, source, indices, key=key,
+                                   batch_size=self.batch_size, mesh=self.mesh)  # fmt: skip
+            return Evaluation(self.names, flags, indices, seconds=time.monotonic() - start)
+        size = batch_size_for(self.batch_size, self.mesh, len(indices))
+        clean, loss = self._clean_pass(variables, source, indices, size)
+        robust, details = [], {}
+        for i, tm in enumerate(self.settings.threats):
+            flags, details[str(tm)] = self._attack(
+                variables, source, indices, clean, tm, jax.random.fold_in(key, i), size, label
+            )
+            robust.append(flags)
+        flags = np.asarray(metric_flags(clean, robust))
+        return Evaluation(self.names, flags, indices, loss, details, time.monotonic() - start)
+
+    def _clean_pass(self, variables, source, indices, size):
+        program = _compiled_clean(self.apply_fn, self.mesh)
+        clean = np.zeros(len(indices), bool)
+        loss = np.zeros(len(indices), np.float32)
+        for pos, n in chunks(np.arange(len(indices)), size):
+            x, y, _ = load_batch(source, indices[pos], self.mesh, n)
+            ok, batch_loss = program(variables, x, y)
+            clean[pos[:n]], loss[pos[:n]] = np.asarray(ok)[:n], np.asarray(batch_loss)[:n]
+        return clean, loss
+
+    def _attack(self, variables, source, indices, clean, tm, key, size, label):
+        """(robust flags [N], details) of one threat model, attack unit by attack unit."""
+        t0 = time.monotonic()
+        settings = self.settings.resolved(tm)
+        frozen = tuple(sorted(settings.items()))
+        quantum = parallel.round_up_to_devices(-(-size // SURVIVOR_QUANTA), self.mesh)
+        robust = clean.copy()
+        adversarial = _OwnAdversarial(len(indices), size)
+        after: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        first = True
+        num_classes = _num_classes(self.apply_fn, variables, source.image_shape)
+        attack_names = () if tm.trivial else settings["attacks"]
+        for a, requested in enumerate(attack_names):
+            name = autoattack.effective_name(requested, num_classes)
+            if name is None:
+                continue
+            started = time.monotonic()
+            program = _compiled_unit(self.apply_fn, self.mesh, tm, name, frozen)
+            units = autoattack.n_units(name, settings, num_classes)
+            for u in range(units):
+                todo = np.flatnonzero(robust)
+                for j, (pos, n) in enumerate(chunks(todo, size, quantum)):
+                    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a), u), j)
+                    x, y, _ = load_batch(source, indices[pos], self.mesh, n)
+                    x_a, ok, inside = program(variables, x, y, k, np.int32(u))
+                    ok, inside, pos = np.asarray(ok)[:n], np.asarray(inside)[:n], pos[:n]
+                    _raise_if_outside(tm, inside)
+                    # The first unit's point stands for every point it did not break (its
+                    # highest-loss point); later units replace only the points they break.
+                    replace = np.ones(n, bool) if first else ~ok
+                    adversarial.put(pos[replace], np.asarray(x_a)[:n][replace])
+                    robust[pos] &= ok
+                    logging.info(
+                        "%s%s %s %d/%d: %d/%d points, robust accuracy at most %.2f%%, %.0f s",
+                        f"{label} " if label else "", tm, name, u + 1, units, j * size + n,
+                        len(todo), 100 * robust.mean(), time.monotonic() - started,
+                    )  # fmt: skip
+                first = False
+            after[name] = checked_accuracy(robust.sum(), len(robust), name)
+            seconds[name] = round(time.monotonic() - started, 2)
+        final = self._final_pass(variables, source, indices, tm, adversarial, size)
+        if np.any(final != robust):
+            logging.warning(
+                "%s: %d point(s) broken by an attack are classified correctly when predicted "
+                "again, %d robust point(s) are not; both count as broken.",
+                tm, np.sum(final & ~robust), np.sum(robust & ~final),
+            )  # fmt: skip
+        details = {"after": after, "seconds": seconds, "wall_seconds": time.monotonic() - t0,
+                   "settings": _jsonable(settings)}  # fmt: skip
+        return robust & final, details
+
+    def _final_pass(self, variables, source, indices, tm, adversarial, size):
+        """Re-predicts every returned point in the evaluation's batches; checks the ball."""
+        program = _compiled_final(self.apply_fn, self.mesh, tm)
+        final = np.zeros(len(indices), bool)
+        for pos, n in chunks(np.arange(len(indices)), size):
+            rows = _process_rows(len(pos))
+            images, labels = source.get(indices[pos][rows])
+            x = data.to_float(images)
+            x_adv = adversarial.get(pos[rows], x)
+            args = parallel.host_to_global((x_adv, x, np.asarray(labels, np.int32)), self.mesh)
+            ok, inside = program(variables, *args)
+            _raise_if_outside(tm, np.asarray(inside)[:n])
+            final[pos[:n]] = np.asarray(ok)[:n]
+        return final
+
+
+def _raise_if_outside(tm: threat.ThreatModel, inside: np.ndarray) -> None:
+    if not inside.all():
+        raise RuntimeError(
+            f"{(~inside).sum()} adversarial point(s) lie outside {tm} (a bug in the attacks)."
+        )
+
+
+def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}

@@ -1,0 +1,139 @@
+"""The paper's recipes, built on the schema in `config_lib`.
+
+The experiment configs in `configs/` call these: `child_config` is the `get_config` of a
+fine-tuning config (`configs/*_to_*.py`, the recipe `finetune_config`), `paper_soup_config` the
+`get_config` of a soup config (`configs/soup_*.py`, the ingredient sets `PAPER_SOUPS`).
+`config_lib` only loads and validates configs; what an experiment is lives here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from seasoning import config_lib
+
+
+def finetune_config(
+    parent: ml_collections.ConfigDict,
+    *,
+    norm: str,
+    eps: float,
+    init_from: str,
+    num_epochs: int,
+    attack_steps: int = 10,
+    multi: tuple[str, ...] = (),
+) -> ml_collections.ConfigDict:
+    """A child of `parent`'s run: the same model and data, fine-tuned to another threat model.
+
+    The recipe of the fine-tuning reference (Croce & Hein 2022, fra31/robust-finetuning):
+    APGD-CE (L1-APGD for l1) with `attack_steps` iterations and no random start, SGD with
+    momentum 0.9 and weight decay 5e-4, lr 0.01 divided by 10 after 1/3 and 2/3 of the run,
+    batch 128, no label smoothing, a fresh optimiser state. Every value stays overridable.
+
+    Args:
+      parent: the parent's training config (its model and dataset are kept).
+      norm: the child's threat model norm; "none" for nominal (clean) fine-tuning.
+      eps: its radius (0 for "none").
+      init_from: the parent's workdir, whose last checkpoint gives the starting weights.
+      num_epochs: epochs of fine-tuning (the reference: 3 on CIFAR-10, 1 on ImageNet).
+      attack_steps: iterations of the training attack.
+      multi: for norm "multi" (E-AT): the "norm:eps" threat models drawn from per batch.
+
+    Returns:
+      The child's training config (unlocked).
+    """
+    c = ml_collections.ConfigDict(parent.to_dict())
+    c.threat.update(norm=norm, eps=float(eps), multi=tuple(multi))
+    if norm == "none":
+        c.attack.update(name="none", steps=attack_steps, step_size=0.0, random_start=False)
+    else:
+        c.attack.update(name="apgd", loss="ce", steps=attack_steps, step_size=0.0,
+                        random_start=False)  # fmt: skip
+    c.optimizer.update(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                       decay_bn_and_bias=False, grad_clip_norm=0.0)  # fmt: skip
+    c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1,
+                      warmup_steps=0)  # fmt: skip
+    c.label_smoothing = 0.0
+    c.batch_size = 128
+    c.num_epochs = num_epochs
+    c.max_steps = 0
+    c.init_from = init_from
+    return c
+
+
+def child_config(
+    child_file: str,
+    parent_file: str,
+    arg: str | None,
+    *,
+    norm: str,
+    eps: float,
+    num_epochs: int,
+    multi: tuple[str, ...] = (),
+) -> ml_collections.ConfigDict:
+    """The `get_config` of a fine-tuning config file (`configs/*_to_*.py`).
+
+    Args:
+      child_file: the child config's `__file__`; the parent config is its sibling.
+      parent_file: the parent config's file name, e.g. "fmnist_cnn_linf.py".
+      arg: the child's `arg`: `parent=RUN_DIR` (default `runs/<parent name>`), `eps`,
+        `epochs`, `runlocal` (the parent's runlocal sizes, a few steps).
+      norm, eps, num_epochs: the child's threat model and length (defaults of `arg`).
+      multi: the threat models of norm "multi" (E-AT).
+
+    Returns:
+      `finetune_config` of the parent config.
+    """
+    parent_name = os.path.splitext(parent_file)[0]
+    arg = config_lib.parse_arg(arg, runlocal=False, parent=f"runs/{parent_name}",
+                               eps=float(eps), epochs=num_epochs)  # fmt: skip
+    parent_path = os.path.join(os.path.dirname(os.path.abspath(child_file)), parent_file)
+    parent = config_lib.load_config(f"{parent_path}:runlocal" if arg.runlocal else parent_path)
+    c = finetune_config(parent, norm=norm, eps=arg.eps if norm not in ("none", "multi") else 0.0,
+                        init_from=arg.parent, num_epochs=arg.epochs, multi=multi)  # fmt: skip
+    if arg.runlocal:
+        c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
+    return c
+
+
+# The paper's soups of a Linf parent and its children: config arg `soup` -> child suffixes.
+PAPER_SOUPS = {
+    "l2": ("", "_to_l2"),  # Linf + Linf->L2
+    "nominal": ("", "_to_nominal"),  # Linf + Linf->nominal
+    "l2_l1": ("", "_to_l2", "_to_l1"),  # Linf + Linf->L2 + Linf->L1
+}
+
+
+def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
+                      runs: str = "runs") -> ml_collections.ConfigDict:  # fmt: skip
+    """The `get_config` of a soup config file (`configs/soup_*.py`).
+
+    Args:
+      arg: `soup=l2|nominal|l2_l1` (which ingredients), `runs=DIR` (where the runs of
+        `parent` and its children are), `step` (grid step), `bn=interpolate|recalibrate`,
+        `runlocal` (a coarse grid and a short attack on a few points).
+      parent: the parent run's (and config's) name, e.g. "fmnist_cnn_linf".
+      threats: the threat models to evaluate, "norm:eps".
+      runs: the default of `runs`.
+
+    Returns:
+      The soup config (`config_lib.base_soup_config` with these settings).
+    """
+    arg = config_lib.parse_arg(arg, runlocal=False, soup="l2", runs=runs, step=0.1,
+                               bn="interpolate")  # fmt: skip
+    config_lib.check_choice("soup", arg.soup, tuple(PAPER_SOUPS))
+    suffixes = PAPER_SOUPS[arg.soup]
+    c = config_lib.base_soup_config()
+    c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
+    c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
+    c.grid.update(kind="simplex", step=arg.step)
+    c.bn_policy = arg.bn
+    c.eval.threats = threats
+    c.front = ("clean", threats[0]) if arg.soup == "nominal" else (threats[0], threats[1])
+    if arg.runlocal:
+        c.grid.step = 0.5
+        c.eval.update(n_examples=64, batch_size=64, n_iter=5, n_target_classes=1)
+        c.calibration_examples = 128
+    return c

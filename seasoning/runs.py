@@ -1,0 +1,78 @@
+"""A finished (or running) run of `seasoning.train`: the one way every driver reads a run.
+
+    run = runs.load("runs/fmnist_cnn_linf")            # latest checkpoint
+    logits = run.model.apply(run.variables, x, train=False)
+
+`seasoning.evaluate`, the soup and shift drivers, and fine-tuning (`init_from`) all read runs
+through `load`, so a run reads back the same everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from seasoning import checkpoints, errors, models
+from seasoning import workdir as workdir_lib
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (a cache key)
+class Run:
+    """A run's config, model and weights at one checkpoint.
+
+    Attributes:
+      workdir: the run's directory.
+      config: its training config (from config.json).
+      model: the Flax module, computing in the dtype asked of `load`.
+      variables: {'params'} plus {'batch_stats'} for BatchNorm models (numpy trees).
+      step: the checkpoint's step.
+      num_classes: the class count the model was built for.
+      image_shape: the (H, W, C) of its training images.
+    """
+
+    workdir: str
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    variables: dict[str, Any]
+    step: int
+    num_classes: int
+    image_shape: tuple[int, ...]
+
+    def apply_fn(self, variables: Any, x: Any) -> Any:
+        """The model in eval mode: (variables, x) -> logits."""
+        return self.model.apply(variables, x, train=False)
+
+
+def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") -> Run:
+    """Reads the run in `workdir` at checkpoint `step` (default: the latest).
+
+    The model computes in `compute_dtype` (float32 by default, whatever the run trained in:
+    attacks in bfloat16 round away steps smaller than its ~3 significant digits).
+
+    Raises:
+      MissingInputError: no config.json or no checkpoint in `workdir`.
+      UserError: an unknown compute dtype.
+    """
+    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    try:
+        config = ml_collections.ConfigDict(workdir_lib.read_json(path))
+    except FileNotFoundError:
+        raise errors.MissingInputError(
+            f"{path} not found: {workdir!r} is not a run of `python -m seasoning.train`."
+        ) from None
+    try:
+        tree, meta, step = checkpoints.read_numpy(workdir, step)
+    except FileNotFoundError:
+        raise errors.MissingInputError(
+            f"{workdir!r} holds no checkpoint: train the run there first."
+        ) from None
+    model = models.from_config(config, meta["num_classes"], compute_dtype)
+    variables = {"params": tree["params"]}
+    if tree.get("batch_stats"):
+        variables["batch_stats"] = tree["batch_stats"]
+    shape = tuple(meta.get("image_shape") or ())
+    return Run(workdir, config, model, variables, int(step), int(meta["num_classes"]), shape)

@@ -1,0 +1,235 @@
+"""A soup sweep: ingredients, a grid of weights, every soup evaluated, rows, CSV and plots.
+
+`run_sweep(config, workdir)` is what `python -m seasoning.soup` runs. It loads the ingredients
+(run dirs of `seasoning.train`, read with `runs.load` and checked to share one model and
+dataset), builds the grid of soup weights, evaluates every soup's clean and robust accuracy
+(`soup.grid`, in mode `grid` or `per_soup`) on the evaluation dataset (the ingredients' own, or
+config `eval.dataset`), and writes into the workdir:
+
+- `grid.json`: settings (ingredients and their checkpoint steps, weights, dataset, threat
+  models, attack settings, seed, evaluation mode) and one row per soup with every metric;
+  written after every chunk of soups (every soup in per_soup mode), so `--resume` continues an
+  interrupted sweep where it stopped;
+- `grid.csv`: the same rows as a table;
+- plots: each metric against w (two ingredients), a simplex heat map per metric (three), and
+  the trade-off front between two metrics (`config.front`) with the ingredients marked.
+
+Only process 0 writes; every process computes the same rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from seasoning import config_lib, data, errors, evaluation, parallel, plots, runs, soup, threat
+from seasoning import workdir as workdir_lib
+from seasoning.soup import bn
+from seasoning.soup import grid as grid_lib
+
+GRID_FILE, CSV_FILE = "grid.json", "grid.csv"
+
+
+def load_ingredients(run_dirs: list[str], compute_dtype: str = "float32") -> list[runs.Run]:
+    """The runs of `run_dirs`, the model computing in `compute_dtype`.
+
+    Raises:
+      UserError: the runs differ in model or dataset, or their weights in structure (the
+        message names the first differing path).
+    """
+    loaded = [runs.load(d, compute_dtype=compute_dtype) for d in run_dirs]
+    first = loaded[0]
+    for run in loaded[1:]:
+        for key in ("model", "dataset"):
+            if run.config[key].to_dict() != first.config[key].to_dict():
+                diffs = "; ".join(
+                    workdir_lib.diff_dicts(first.config[key].to_dict(), run.config[key].to_dict())
+                )
+                raise errors.UserError(
+                    f"Ingredient {run.workdir} has another {key} than {first.workdir}: {diffs}"
+                )
+    return loaded
+
+
+def weight_grid(grid_cfg: ml_collections.ConfigDict, k: int) -> np.ndarray:
+    """[G, K] soup weights from config section `grid`."""
+    if grid_cfg.kind == "line":
+        return soup.line_grid(grid_cfg.step, low=grid_cfg.low, high=grid_cfg.high)
+    return soup.simplex_grid(k, grid_cfg.step)
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
+    """The whole sweep (see module doc); returns the content of grid.json."""
+    config_lib.validate_soup_config(config)
+    run_dirs = list(config.ingredients)
+    labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    ingredients = load_ingredients(run_dirs, config.eval.compute_dtype)
+    first = ingredients[0]
+    stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path
+    weights = weight_grid(config.grid, len(run_dirs))
+    dataset_cfg, split = _eval_dataset(first.config, config.eval)
+    threats = [threat.parse(s) for s in config.eval.threats] or list(
+        data.default_threats(dataset_cfg.name)
+    )
+    overrides = {"n_iter": config.eval.n_iter, "n_target_classes": config.eval.n_target_classes}
+    settings = evaluation.AttackSettings.make(threats, config.eval.version, **overrides)
+    names = evaluation.metric_names(threats)
+    unknown = [n for n in config.front if n not in names]
+    if unknown:
+        raise errors.UserError(f"Config front names {unknown}, not metrics of this sweep: {names}.")
+    mode = grid_lib.resolve_mode(config.evaluation)
+    record = {
+        "evaluation": mode,
+        "ingredients": run_dirs,
+        "labels": labels,
+        "checkpoint_steps": [r.step for r in ingredients],
+        "weights": weights.tolist(),
+        "metrics": names,
+        "version": config.eval.version,
+        "compute_dtype": config.eval.compute_dtype,
+        "overrides": dict(settings.overrides),
+        "dataset": dataset_cfg.name,
+        "split": split,
+        "n_examples": config.eval.n_examples,
+        "bn_policy": config.bn_policy,
+        "calibration_examples": config.calibration_examples,
+        "seed": config.seed,
+    }
+    out_path = os.path.join(workdir, GRID_FILE)
+    previous = workdir_lib.check_result_file(out_path, record, resume=resume)
+    rows = list(previous["rows"]) if previous else []
+    is_writer = jax.process_index() == 0
+
+    mesh = parallel.make_mesh()
+    source = data.get_source(dataset_cfg, split, seed=first.config.seed)
+    if source.num_classes != first.num_classes:
+        raise errors.UserError(
+            f"Dataset {dataset_cfg.name}/{split} has {source.num_classes} classes; the "
+            f"ingredients were trained on {first.num_classes}."
+        )
+    indices = evaluation.check_points(None, source, config.eval.n_examples)
+    prepare = None
+    if config.bn_policy == "recalibrate":
+        train_source = data.get_source(first.config.dataset, first.config.dataset.train_split)
+        count = min(config.calibration_examples, len(train_source))
+        images, _ = train_source.get(np.arange(count))
+        prepare = bn.make_prepare(config.bn_policy, first.model, data.to_float(images))
+    start = time.monotonic()
+
+    def save(first_row: int, acc: np.ndarray) -> None:
+        for i, values in enumerate(acc):
+            rows.append({"weights": weights[first_row + i].tolist(),
+                         **{n: float(v) for n, v in zip(names, values, strict=True)}})  # fmt: skip
+        if is_writer:
+            workdir_lib.write_json(
+                out_path, {"settings": record, "rows": rows, "complete": len(rows) == len(weights)}
+            )
+
+    if len(rows) < len(weights):
+        logging.info(
+            "Evaluating %d soups of %d ingredients (%d done) on %d points: %s",
+            len(weights), len(run_dirs), len(rows), len(indices), ", ".join(names),
+        )  # fmt: skip
+        common = dict(
+            settings=settings, key=jax.random.key(config.seed), mesh=mesh,
+            batch_size=config.eval.batch_size, prepare=prepare, on_chunk=save,
+            start_row=len(rows),
+        )  # fmt: skip
+        stacked = grid_lib.stacked_on_mesh(stacked, mesh)
+        if mode == "grid":
+            grid_lib.evaluate_grid(
+                first.apply_fn, stacked, weights, source, indices, chunk=config.chunk,
+                vectorize=config.vectorize, **common,
+            )  # fmt: skip
+        else:
+            grid_lib.evaluate_per_soup(first.apply_fn, stacked, weights, source, indices, **common)
+    result = {
+        "settings": record,
+        "rows": rows,
+        "complete": True,
+        "seconds": round(time.monotonic() - start, 2),
+        "processes": jax.process_count(),
+        "jax": parallel.runtime_info(),
+    }
+    if is_writer:
+        workdir_lib.write_json(out_path, result)
+        workdir_lib.write_atomic(os.path.join(workdir, CSV_FILE), to_csv(rows, labels, names))
+        make_plots(result, labels, names, list(config.front), workdir)
+    return result
+
+
+def _eval_dataset(
+    train_config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict
+) -> tuple[ml_collections.ConfigDict, str]:
+    """(dataset section, split) of config `eval.dataset` / `eval.split` (default: the
+    ingredients' own dataset and eval split)."""
+    section = ml_collections.ConfigDict(train_config.dataset.to_dict())
+    spec = eval_cfg.get("dataset", "")
+    if not spec:
+        return section, eval_cfg.split or train_config.dataset.eval_split
+    name, split = data.parse_dataset(spec)
+    if name != section.name:
+        section.name, section.data_dir = name, ""
+    return section, eval_cfg.split or split or "test"
+
+
+def to_csv(rows: list[dict[str, Any]], labels: list[str], names: list[str]) -> str:
+    """grid.csv: one column per ingredient weight (`w_<label>`), then the metrics."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([f"w_{label}" for label in labels] + names)
+    for row in rows:
+        writer.writerow([f"{w:.4f}" for w in row["weights"]] + [f"{row[n]:.4f}" for n in names])
+    return out.getvalue()
+
+
+def make_plots(
+    result: dict, labels: list[str], names: list[str], front: list[str], workdir: str
+) -> list[str]:
+    """The figures of module doc; returns their paths."""
+    weights = np.array([r["weights"] for r in result["rows"]])
+    values = {n: np.array([r[n] for r in result["rows"]]) for n in names}
+    paths = []
+    if weights.shape[1] == 2:
+        paths.append(plots.line(weights[:, 1], values, labels, os.path.join(workdir, "line.png")))
+    if weights.shape[1] == 3 and len(weights) >= 3:
+        for n in names:
+            file = f"simplex_{n.replace(':', '_')}.png"
+            paths.append(plots.simplex(weights, values[n], labels, n, os.path.join(workdir, file)))
+    x_name, y_name = front or (names[1:3] if len(names) >= 3 else names[:2])
+    corners = {
+        labels[i]: int(np.flatnonzero(np.isclose(weights[:, i], 1.0))[0])
+        for i in range(weights.shape[1])
+        if np.isclose(weights[:, i], 1.0).any()
+    }
+    paths.append(
+        plots.front(
+            values[x_name],
+            values[y_name],
+            corners,
+            x_name,
+            y_name,
+            os.path.join(workdir, "front.png"),
+        )  # fmt: skip
+    )
+    return paths
+
+
+def summary(result: dict, labels: list[str], names: list[str]) -> str:
+    """The best soup per metric, one line each."""
+    lines = []
+    for n in names:
+        best = max(result["rows"], key=lambda r: r[n])
+        mix = " + ".join(
+            f"{w:.2f} {label}" for w, label in zip(best["weights"], labels, strict=True)
+        )
+        lines.append(f"best {n:<12} {100 * best[n]:6.2f}%  at  {mix}")
+    return "\n".join(lines)

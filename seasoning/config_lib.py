@@ -530,7 +530,7 @@ def main_with_config(main, argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     try:
         config = load_config(spec, overrides)
-    except ValueError as e:
+    except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     app.run(lambda args: main(args, config), argv=rest)

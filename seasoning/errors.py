@@ -9,6 +9,8 @@ so library callers may catch either.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class UserError(ValueError):
     """Bad input: a config value, flag, name or file that the user can fix."""
@@ -16,3 +18,18 @@ class UserError(ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A run, checkpoint, dataset or file that the user named is not there."""
+
+
+def check_count(name: str, value: Any, low: int) -> int:
+    """`value` as an int, after checking that it is an integer >= `low` (a size or budget).
+
+    Raises:
+      UserError: naming the value and what was expected (booleans are not counts).
+    """
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= low
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"{name}={value!r}: expected an integer >= {low}.")
+    return int(value)

@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 
 from seasoning import cli, data, errors, evaluation, models, parallel, runs, threat
@@ -66,29 +65,6 @@ _OVERWRITE = flags.DEFINE_bool(
 )
 
 EVAL_FILE = "eval.json"
-
-
-def eval_dataset(
-    run_config: ml_collections.ConfigDict, dataset: str = "", split: str = ""
-) -> tuple[ml_collections.ConfigDict, str]:
-    """(dataset config section, split) to evaluate a run on.
-
-    Args:
-      run_config: the run's training config.
-      dataset: "" (the run's dataset) or "NAME[:split]" of the registry.
-      split: a split overriding the one `dataset` names (default: the run's eval split for its
-        own dataset, "test" for another).
-
-    Raises:
-      UserError: an unknown dataset name.
-    """
-    section = ml_collections.ConfigDict(run_config.dataset.to_dict())
-    if not dataset:
-        return section, split or run_config.dataset.eval_split
-    name, named_split = data.parse_dataset(dataset)
-    if name != section.name:
-        section.name, section.data_dir = name, ""
-    return section, split or named_split or "test"
 
 
 def evaluate_run(
@@ -133,11 +109,10 @@ def evaluate_run(
         or image shape is not the model's, or an `output` holding another evaluation.
       MissingInputError: the run or its data is missing.
     """
-    for name, value, low in (("n_examples", n_examples, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise errors.UserError(f"{name}={value!r}: expected an integer >= {low}.")
+    errors.check_count("n_examples", n_examples, 0)
+    errors.check_count("batch_size", batch_size, 1)
     run = runs.load(workdir, compute_dtype=compute_dtype)
-    dataset_cfg, split = eval_dataset(run.config, dataset, split)
+    dataset_cfg, split = data.eval_dataset(run.config.dataset, dataset, split)
     threats = list(threats or data.default_threats(dataset_cfg.name))
     if not threats:
         raise errors.UserError("No threat model to evaluate.")

@@ -243,9 +243,8 @@ def check_points(
       UserError: a bad n_examples, no points, or an index outside the source.
     """
     if indices is None:
-        if isinstance(n_examples, bool) or int(n_examples) != n_examples or n_examples < 0:
-            raise errors.UserError(f"n_examples={n_examples!r}: expected an integer >= 0.")
-        indices = np.arange(min(int(n_examples) or len(source), len(source)))
+        n_examples = errors.check_count("n_examples", n_examples, 0)
+        indices = np.arange(min(n_examples or len(source), len(source)))
     indices = np.asarray(indices, np.int64).reshape(-1)
     if len(indices) == 0:
         raise errors.UserError(f"No points to evaluate (the source holds {len(source)}).")
@@ -262,9 +261,8 @@ def batch_size_for(batch_size: int, mesh: Mesh, num_points: int | None = None) -
     Raises:
       UserError: batch_size is not an integer >= 1.
     """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise errors.UserError(f"batch_size={batch_size!r}: expected an integer >= 1.")
-    size = int(batch_size) if num_points is None else min(int(batch_size), max(num_points, 1))
+    size = errors.check_count("batch_size", batch_size, 1)
+    size = size if num_points is None else min(size, max(num_points, 1))
     return parallel.round_up_to_devices(size, mesh)
 
 

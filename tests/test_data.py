@@ -93,16 +93,6 @@ def test_augment_crop_and_flip():
         assert any(np.array_equal(img, w) for w in windows)
 
 
-def test_eval_batches_pad_and_mask():
-    source = _source(n=21)
-    batches = list(data.eval_batches(source, 8))
-    assert [b["image"].shape[0] for b in batches] == [8, 8, 8]
-    assert [b["mask"].sum() for b in batches] == [8, 8, 5]
-    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
-    np.testing.assert_array_equal(labels, source.labels)
-    assert sum(b["mask"].sum() for b in data.eval_batches(source, 8, num_examples=10)) == 10
-
-
 def test_float_images_in_unit_box():
     batch = next(data.train_batches(_source(), 16, seed=0))
     assert batch["image"].dtype == np.float32

@@ -38,7 +38,7 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     workdir = runs["run"]
     threats = [LINF, threat.parse("l2:0.8"), threat.parse("l1:10")]
     settings = dict(version="fast", n_iter=5, output="e.json")
-    result = evaluate.evaluate_run(workdir, threats, n_examples=64, batch_size=64, **settings)
+    result = evaluate.evaluate_run(workdir, threats, n_examples=64, batch_size=8, **settings)
     with open(os.path.join(workdir, "e.json")) as f:
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(result))
@@ -60,7 +60,9 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
         assert json.load(f) == on_disk
     # The same settings again: the result on disk is reused, not recomputed.
     assert evaluate.evaluate_run(workdir, threats, n_examples=64, **settings) == on_disk
-    again = evaluate.evaluate_run(workdir, [LINF], n_examples=32, overwrite=True, **settings)
+    again = evaluate.evaluate_run(
+        workdir, [LINF], n_examples=32, batch_size=8, overwrite=True, **settings
+    )
     assert again["n_examples"] == 32
 
 

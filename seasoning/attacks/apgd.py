@@ -86,12 +86,6 @@ def where(cond: Any, a: Any, b: Any) -> Any:
     return jax.tree.map(pick, a, b)
 
 
-def check_count(name: str, value: Any, low: int) -> None:
-    """Raises ValueError unless `value` is an integer >= `low` (an attack's budget)."""
-    if int(value) != value or value < low:
-        raise errors.UserError(f"{name} must be an int >= {low}, got {value!r}")
-
-
 def resolve_unroll(unroll: Unroll, n_steps: int) -> int | bool:
     """The loop mode for `n_steps` model evaluations (see the module doc for `None`)."""
     if unroll is None:
@@ -441,8 +435,8 @@ class RunResult(NamedTuple):
 def _validate(tm: threat.ThreatModel, n_iter: int, n_runs: int, rho: float, init_topk: float):
     if not isinstance(tm, threat.ThreatModel):
         raise errors.UserError(f"expected a threat.ThreatModel, got {tm!r}")
-    check_count("n_iter", n_iter, 0)
-    check_count("the number of restarts/targets", n_runs, 1)
+    errors.check_count("n_iter", n_iter, 0)
+    errors.check_count("the number of restarts/targets", n_runs, 1)
     if not 0.0 <= rho <= 1.0:
         raise errors.UserError(f"rho must be in [0, 1], got {rho!r}")
     if not 0.0 <= init_topk <= 1.0:

@@ -42,7 +42,6 @@ from seasoning.attacks.apgd import (
     Unroll,
     apgd_runs,
     apgd_targeted_runs,
-    check_count,
     where,
 )
 from seasoning.attacks.fab import fab_targeted_runs
@@ -107,7 +106,7 @@ def resolve_settings(version: str, norm: str, overrides: Mapping[str, Any]) -> d
         low = 0 if name in ("n_iter", "fab_n_iter", "n_queries") else 1
         if isinstance(value, bool):
             raise errors.UserError(f"AutoAttack setting {name} must be an int, got {value!r}")
-        check_count(f"AutoAttack setting {name}", value, low)
+        errors.check_count(f"AutoAttack setting {name}", value, low)
         cfg[name] = int(value)
     for name in cfg["attacks"]:
         if name not in ATTACKS:

@@ -49,7 +49,6 @@ from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
     bcast,
-    check_count,
     resolve_unroll,
     run_loop,
     top_other_classes,
@@ -265,9 +264,9 @@ def fab_targeted_runs(
 def _validate(norm, n_target_classes, n_restarts, n_iter, alpha_max, eta, beta) -> None:
     if norm not in NORMS:
         raise errors.UserError(f"FAB supports norms {NORMS}, got {norm!r}")
-    check_count("n_target_classes", n_target_classes, 1)
-    check_count("n_restarts", n_restarts, 1)
-    check_count("n_iter", n_iter, 0)
+    errors.check_count("n_target_classes", n_target_classes, 1)
+    errors.check_count("n_restarts", n_restarts, 1)
+    errors.check_count("n_iter", n_iter, 0)
     if not 0.0 <= alpha_max <= 1.0:
         raise errors.UserError(f"alpha_max must be in [0, 1], got {alpha_max!r}")
     if not eta >= 1.0:

@@ -24,7 +24,6 @@ from seasoning.attacks import losses
 from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
-    check_count,
     evaluate,
     l1_sparse_direction,
     resolve_unroll,
@@ -81,7 +80,7 @@ def pgd(
     """
     if not isinstance(tm, threat.ThreatModel):
         raise errors.UserError(f"expected a threat.ThreatModel, got {tm!r}")
-    check_count("n_iter", n_iter, 0)
+    errors.check_count("n_iter", n_iter, 0)
     if step_size is not None and not step_size >= 0:
         raise errors.UserError(f"step_size must be >= 0 or None, got {step_size!r}")
     y = y.astype(jnp.int32)

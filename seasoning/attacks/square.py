@@ -33,7 +33,7 @@ import numpy as np
 
 from seasoning import errors, threat
 from seasoning.attacks import losses
-from seasoning.attacks.apgd import LogitsFn, bcast, check_count, where, wrong
+from seasoning.attacks.apgd import LogitsFn, bcast, where, wrong
 
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 NORMS = ("linf", "l2", "l1")
@@ -162,7 +162,7 @@ def square_run(
         raise errors.UserError(f"square supports norms {NORMS}, got {tm.norm!r}")
     if x.ndim != 4:
         raise errors.UserError(f"square needs NHWC images [B, H, W, C], got shape {x.shape}")
-    check_count("n_queries", n_queries, 0)
+    errors.check_count("n_queries", n_queries, 0)
     if not 0.0 < p_init <= 1.0:
         raise errors.UserError(f"p_init must be in (0, 1], got {p_init!r}")
     b, h, w, c = x.shape

@@ -22,7 +22,6 @@ import ml_collections
 from seasoning import errors, threat
 from seasoning.data import fashion_mnist, synthetic
 from seasoning.data.pipeline import (
-    eval_batches,
     prefetch,
     steps_per_epoch,
     to_float,
@@ -37,7 +36,7 @@ __all__ = [
     "DatasetEntry",
     "Source",
     "default_threats",
-    "eval_batches",
+    "eval_dataset",
     "get_source",
     "parse_dataset",
     "prefetch",
@@ -186,3 +185,26 @@ def parse_dataset(spec: str) -> tuple[str, str]:
     if name not in DATASETS:
         raise errors.UserError(_unknown(name))
     return name, split
+
+
+def eval_dataset(
+    train_dataset: ml_collections.ConfigDict, spec: str = "", split: str = ""
+) -> tuple[ml_collections.ConfigDict, str]:
+    """(dataset config section, split) to evaluate a run on, for every driver.
+
+    Args:
+      train_dataset: the run's `dataset` config section (image size and the like are kept).
+      spec: "" (the run's own dataset) or "NAME[:split]" of the registry.
+      split: a split overriding the one `spec` names (default: the run's eval split for its
+        own dataset, "test" for another).
+
+    Raises:
+      UserError: an unknown dataset name.
+    """
+    section = ml_collections.ConfigDict(train_dataset.to_dict())
+    if not spec:
+        return section, split or train_dataset.eval_split
+    name, named_split = parse_dataset(spec)
+    if name != section.name:
+        section.name, section.data_dir = name, ""
+    return section, split or named_split or "test"

@@ -122,33 +122,6 @@ def train_batches(
         yield {"image": to_float(images), "label": labels}
 
 
-def eval_batches(
-    source: Source,
-    global_batch_size: int,
-    *,
-    num_examples: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[Batch]:
-    """One pass over the first `num_examples` (0 = all) in order, padded to full batches.
-
-    Yields:
-      {"image", "label", "mask"}: this host's rows; `mask` is 1.0 for real examples and 0.0
-      for the padding of the last batch.
-    """
-    total = min(num_examples or len(source), len(source))
-    rows = host_slice(global_batch_size, process_index, process_count)
-    for start in range(0, total, global_batch_size):
-        indices = np.arange(start, start + global_batch_size)[rows]
-        real = indices < total
-        images, labels = source.get(np.where(real, indices, 0))
-        yield {
-            "image": to_float(images),
-            "label": labels,
-            "mask": real.astype(np.float32),
-        }
-
-
 def prefetch(iterator: Iterator[Batch], size: int = 2) -> Iterator[Batch]:
     """Runs `iterator` in a background thread, `size` batches ahead."""
     buffer: queue.Queue = queue.Queue(maxsize=size)

@@ -75,7 +75,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
     first = ingredients[0]
     stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path
     weights = weight_grid(config.grid, len(run_dirs))
-    dataset_cfg, split = _eval_dataset(first.config, config.eval)
+    dataset_cfg, split = data.eval_dataset(
+        first.config.dataset, config.eval.dataset, config.eval.split
+    )
     threats = [threat.parse(s) for s in config.eval.threats] or list(
         data.default_threats(dataset_cfg.name)
     )
@@ -164,21 +166,6 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
         workdir_lib.write_atomic(os.path.join(workdir, CSV_FILE), to_csv(rows, labels, names))
         make_plots(result, labels, names, list(config.front), workdir)
     return result
-
-
-def _eval_dataset(
-    train_config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict
-) -> tuple[ml_collections.ConfigDict, str]:
-    """(dataset section, split) of config `eval.dataset` / `eval.split` (default: the
-    ingredients' own dataset and eval split)."""
-    section = ml_collections.ConfigDict(train_config.dataset.to_dict())
-    spec = eval_cfg.get("dataset", "")
-    if not spec:
-        return section, eval_cfg.split or train_config.dataset.eval_split
-    name, split = data.parse_dataset(spec)
-    if name != section.name:
-        section.name, section.data_dir = name, ""
-    return section, eval_cfg.split or split or "test"
 
 
 def to_csv(rows: list[dict[str, Any]], labels: list[str], names: list[str]) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 from absl import app, flags, logging
+from jax.sharding import Mesh
 
 from seasoning import cli, data, errors, evaluation, models, parallel, runs, threat
 from seasoning import workdir as workdir_lib
@@ -81,6 +82,7 @@ def evaluate_run(
     output: str = EVAL_FILE,
     overwrite: bool = False,
     compute_dtype: str = "float32",
+    mesh: Mesh | None = None,
     **attack_overrides: Any,
 ) -> dict[str, Any]:
     """Attacks a run's latest checkpoint and writes `output` (eval.json) into its workdir.
@@ -98,6 +100,7 @@ def evaluate_run(
       output: the result file's name inside the workdir, or an absolute path.
       overwrite: replace an output file that holds an evaluation with other settings.
       compute_dtype: the model's compute dtype during the attacks, recorded in the result.
+      mesh: the devices to use (default: every device of every process).
       **attack_overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes,
         n_queries) replacing the version's, recorded in the result.
 
@@ -140,7 +143,7 @@ def evaluate_run(
     check_compatible(run, source, f"{dataset_cfg.name}/{split}")
     indices = evaluation.check_points(None, source, n_examples)
     evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
-                                     batch_size=batch_size)  # fmt: skip
+                                     batch_size=batch_size, mesh=mesh)  # fmt: skip
     logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)", workdir,
                  run.step, len(indices), dataset_cfg.name, split, jax.process_count())  # fmt: skip
     start = time.monotonic()
@@ -175,7 +178,7 @@ def evaluate_run(
         "seconds": round(time.monotonic() - start, 2),
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "processes": jax.process_count(),
-        "jax": parallel.runtime_info(),
+        "jax": parallel.runtime_info(evaluator.mesh),
     }
     if jax.process_index() == 0:
         workdir_lib.write_json(out_path, out)

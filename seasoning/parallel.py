@@ -133,7 +133,7 @@ def global_to_host(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-def runtime_info() -> dict[str, Any]:
+def runtime_info(mesh: Mesh | None = None) -> dict[str, Any]:
     """What ran a result, for its JSON: JAX version, backend, device count, matmul precision.
 
     The precision matters on GPUs: float32 matmuls and convolutions default to TF32 there
@@ -144,6 +144,6 @@ def runtime_info() -> dict[str, Any]:
     return {
         "version": jax.__version__,
         "backend": jax.default_backend(),
-        "devices": jax.device_count(),
+        "devices": jax.device_count() if mesh is None else mesh.size,
         "matmul_precision": jax.config.jax_default_matmul_precision or "default",
     }

@@ -10,7 +10,9 @@ through `load`, so a run reads back the same everywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -42,9 +44,24 @@ class Run:
     num_classes: int
     image_shape: tuple[int, ...]
 
-    def apply_fn(self, variables: Any, x: Any) -> Any:
-        """The model in eval mode: (variables, x) -> logits."""
-        return self.model.apply(variables, x, train=False)
+    @property
+    def apply_fn(self) -> Callable[[Any, Any], Any]:
+        """The model in eval mode, (variables, x) -> logits (see `eval_apply_fn`)."""
+        return eval_apply_fn(self.model)
+
+
+@functools.lru_cache(maxsize=64)
+def eval_apply_fn(model: nn.Module) -> Callable[[Any, Any], Any]:
+    """`model` in eval mode, (variables, x) -> logits: one function object per model config.
+
+    Equal modules (runs of one architecture) get the same object, so the evaluator's
+    compiled programs, cached per apply function, serve every run and soup of that model.
+    """
+    return functools.partial(_apply_eval, model)
+
+
+def _apply_eval(model: nn.Module, variables: Any, x: Any) -> Any:
+    return model.apply(variables, x, train=False)
 
 
 def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") -> Run:

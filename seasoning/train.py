@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     evaluate = functools.partial(
         evaluate_accuracy,
         evaluation.Evaluator(
-            functools.partial(model.apply, train=False), evaluation.AttackSettings(),
+            runs.eval_apply_fn(model), evaluation.AttackSettings(),
             batch_size=config.eval_batch_size, mesh=mesh,
         ),
         eval_source,

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import tensorflow_datasets as tfds
+from absl import flags
 
 from seasoning import config_lib, data, errors, evaluate, threat, train
 
@@ -98,20 +99,39 @@ def test_threat_specs(spec, message):
     assert threat.parse("linf:8/255").eps == pytest.approx(8 / 255)
 
 
+def test_cli_error_is_one_line_and_exit_2(runs):
+    """The real command (`--n_examples=-5` once wrote an eval.json of NaN and exited 0)."""
+    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}",
+            "--n_examples=-5", "--output=bad.json"]  # fmt: skip
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "n_examples=-5: expected an integer >= 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [(["--threat=linf:abc"], "eps 'abc' is not a number"),
      (["--workdir=/nonexistent/run"], "config.json not found"),
-     (["--n_examples=-5"], "n_examples=-5: expected an integer >= 0"),
      (["--batch_size=0"], "batch_size=0: expected an integer >= 1"),
      (["--dataset=cifar-10"], "Unknown dataset 'cifar-10'")],
 )  # fmt: skip
-def test_cli_errors_are_one_line_and_exit_2(runs, args, message):
-    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}", *args]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_cli_errors_are_one_line_and_exit_2(runs, capsys, args, message):
+    """The command's entry point in this process (its flags parsed as absl parses them)."""
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["evaluate", f"--workdir={runs['run']}", "--cpu_devices=0",
+                 "--output=bad.json", *args])  # fmt: skip
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate.main(["evaluate"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
 
 
 def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):

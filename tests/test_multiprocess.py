@@ -1,10 +1,11 @@
 """Two real processes (jax.distributed over localhost, CPU collectives, 2 CPU devices each)
-against one process with 4 devices, on the same global batches: `seasoning.evaluate` and
-`seasoning.soup` give the same counts.
+against one process with 4 devices (this one, on 4 of its 8 CPU devices), on the same global
+batches: `seasoning.evaluate` and `seasoning.soup` give the same counts.
 
 The tolerance is zero points: both layouts run the same SPMD programs on a 4-device mesh with the
 same global batches and keys, and every per-point decision (attack steps, predictions) is made
-per example, so the counts must agree exactly (measured: identical). Only process 0 writes.
+per example, so the counts must agree exactly (measured: identical; also against the 1-process
+CLI with --cpu_devices=4). Only process 0 writes.
 """
 
 import json
@@ -13,7 +14,11 @@ import socket
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from seasoning import config_lib, evaluate, parallel, threat
+from seasoning.soup import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -26,8 +31,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(module: str, args: list[str], processes: int) -> list[subprocess.CompletedProcess]:
-    """Runs `python -m module args` as `processes` processes of one job; waits for all."""
+def _mesh4():
+    """One process's 4-device mesh, the device count of the 2 x 2 job."""
+    return parallel.make_mesh(jax.devices()[:4])
+
+
+def _run(module: str, args: list[str], processes: int = 2) -> list[subprocess.CompletedProcess]:
+    """Runs `python -m module args` as `processes` processes of one job (4 CPU devices in all);
+    waits for all."""
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     base.pop("JAX_NUM_CPU_DEVICES", None)
     cpu = 4 // processes
@@ -65,49 +76,46 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
     # 42 points in global batches of 4, one point a device: a padded last batch, survivor
     # batches padded alike, rows split over 2 processes. (One batch shape: one compile per
     # attack keeps the test short.)
-    common = [f"--workdir={run}", "--version=fast", "--n_iter=10", "--n_target_classes=1",
-              "--n_examples=42", "--batch_size=4", "--threat=l2:2"]  # fmt: skip
-    results = {}
-    for processes in (1, 2):
-        output = str(tmp_path / f"eval_{processes}.json")
-        logs = _run("seasoning.evaluate", [*common, f"--output={output}"], processes)
-        with open(output) as f:
-            results[processes] = json.load(f)
-        assert "Wrote" in logs[0].stdout
-        assert ("Wrote" in logs[-1].stdout) == (processes == 1)  # only process 0 writes
-    one, two = results[1], results[2]
+    settings = dict(version="fast", n_iter=10, n_target_classes=1, n_examples=42, batch_size=4)
+    output = str(tmp_path / "eval_2.json")
+    flags = [f"--{k}={v}" for k, v in settings.items()]
+    logs = _run("seasoning.evaluate", [f"--workdir={run}", "--threat=l2:2", *flags,
+                                       f"--output={output}"])  # fmt: skip
+    assert "Wrote" in logs[0].stdout and "Wrote" not in logs[1].stdout  # only process 0 writes
+    with open(output) as f:
+        two = json.load(f)
+    one = evaluate.evaluate_run(run, [threat.parse("l2:2")], output=str(tmp_path / "eval_1.json"),
+                                mesh=_mesh4(), **settings)  # fmt: skip
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
     assert one["n_examples"] == two["n_examples"] == 42
     assert two["clean_count"] == one["clean_count"]
-    for name in ("l2:2",):
-        assert (
-            two["threat_models"][name]["robust_count"] == one["threat_models"][name]["robust_count"]
-        ), name
-        assert two["threat_models"][name]["after"] == one["threat_models"][name]["after"], name
-        assert 0 <= two["threat_models"][name]["robust_accuracy"] <= two["clean_accuracy"] <= 1
+    assert (
+        two["threat_models"]["l2:2"]["robust_count"] == one["threat_models"]["l2:2"]["robust_count"]
+    )
+    assert two["threat_models"]["l2:2"]["after"] == one["threat_models"]["l2:2"]["after"]
+    assert 0 <= two["threat_models"]["l2:2"]["robust_accuracy"] <= two["clean_accuracy"] <= 1
 
 
 def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     """The sweep that reported 129% accuracy on two processes (each fed the whole batch).
     (Mode per_soup runs the evaluator of `seasoning.evaluate`, tested above.)"""
-    mode = "grid"
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},runlocal")
-    args = [f"--config={spec}", f"--config.evaluation={mode}", "--config.eval.n_examples=44",
-            "--config.eval.batch_size=24", "--config.chunk=3",
-            "--config.eval.threats=('linf:0.1',)", "--config.front=()"]  # fmt: skip
-    rows = {}
-    for processes in (1, 2):
-        workdir = str(tmp_path / f"soup_{processes}")
-        _run("seasoning.soup", [*args, f"--workdir={workdir}"], processes)
-        with open(os.path.join(workdir, "grid.json")) as f:
-            result = json.load(f)
-        assert result["complete"] and result["processes"] == processes
-        assert result["settings"]["evaluation"] == mode
-        rows[processes] = result["rows"]
-    assert len(rows[1]) == 3
-    for row in rows[2]:
+    overrides = ["evaluation=grid", "eval.n_examples=44", "eval.batch_size=24", "chunk=3",
+                 "eval.threats=('linf:0.1',)", "front=()"]  # fmt: skip
+    workdir = str(tmp_path / "soup_2")
+    _run("seasoning.soup", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
+                            f"--workdir={workdir}"])  # fmt: skip
+    with open(os.path.join(workdir, "grid.json")) as f:
+        two = json.load(f)
+    one = sweep.run_sweep(config_lib.load_config(spec, overrides), str(tmp_path / "soup_1"),
+                          mesh=_mesh4())  # fmt: skip
+    assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
+    assert two["settings"]["evaluation"] == one["settings"]["evaluation"] == "grid"
+    assert one["jax"]["devices"] == two["jax"]["devices"] == 4
+    assert len(one["rows"]) == 3
+    for row in two["rows"]:
         for name, value in row.items():
             if name != "weights":
                 assert 0.0 <= value <= 1.0, (name, value)
-    assert rows[2] == rows[1]
+    assert two["rows"] == one["rows"]

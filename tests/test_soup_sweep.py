@@ -33,7 +33,7 @@ def _config(runs, *overrides):
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},step=0.5")
     fixed = [
         "eval.n_examples=120",
-        "eval.batch_size=120",
+        "eval.batch_size=8",  # one point a device: one batch shape, one compile per attack
         "eval.n_iter=8",
         "eval.n_target_classes=2",
         "chunk=2",
@@ -82,7 +82,7 @@ def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs,
     parent = os.path.join(runs, "fmnist_cnn_linf")
     threats = [threat.parse(s) for s in THREATS]
     evaluated = evaluate.evaluate_run(
-        parent, threats, version="fast", n_examples=120, batch_size=120, seed=0,
+        parent, threats, version="fast", n_examples=120, batch_size=8, seed=0,
         output=str(tmp_path / "eval.json"), n_iter=8, n_target_classes=2,
     )  # fmt: skip
     row = result["rows"][0]

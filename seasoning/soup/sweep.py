@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
 from seasoning import config_lib, data, errors, evaluation, parallel, plots, runs, soup, threat
 from seasoning import workdir as workdir_lib
@@ -66,8 +67,14 @@ def weight_grid(grid_cfg: ml_collections.ConfigDict, k: int) -> np.ndarray:
     return soup.simplex_grid(k, grid_cfg.step)
 
 
-def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = False) -> dict:
-    """The whole sweep (see module doc); returns the content of grid.json."""
+def run_sweep(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    resume: bool = False,
+    mesh: Mesh | None = None,
+) -> dict:
+    """The whole sweep (see module doc) on `mesh` (default: every device of every process);
+    returns the content of grid.json."""
     config_lib.validate_soup_config(config)
     run_dirs = list(config.ingredients)
     labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
@@ -110,7 +117,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
     rows = list(previous["rows"]) if previous else []
     is_writer = jax.process_index() == 0
 
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh() if mesh is None else mesh
     source = data.get_source(dataset_cfg, split, seed=first.config.seed)
     if source.num_classes != first.num_classes:
         raise errors.UserError(
@@ -159,7 +166,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, resume: bool = Fa
         "complete": True,
         "seconds": round(time.monotonic() - start, 2),
         "processes": jax.process_count(),
-        "jax": parallel.runtime_info(),
+        "jax": parallel.runtime_info(mesh),
     }
     if is_writer:
         workdir_lib.write_json(out_path, result)

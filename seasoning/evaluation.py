@@ -221,8 +221,10 @@ def point_flags(
     return metric_flags(clean, robust)
 
 
+@functools.lru_cache(maxsize=64)
 def _model_flags(apply_fn: ApplyFn, settings: AttackSettings) -> FlagsFn:
-    """A FlagsFn whose model argument is the variables of `apply_fn`."""
+    """A FlagsFn whose model argument is the variables of `apply_fn` (one per pair, so that
+    its compiled program is shared by every Evaluator of the pair)."""
 
     def flags_fn(variables, x, y, key):
         return point_flags(functools.partial(apply_fn, variables), x, y, key, settings=settings)
@@ -284,17 +286,16 @@ def _process_rows(global_size: int) -> slice:
 
 
 def load_batch(
-    source: data.Source, point_ids: np.ndarray, mesh: Mesh, n_real: int | None = None
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(images, labels, mask) global arrays of the points `point_ids`, sharded over 'data'.
+    source: data.Source, point_ids: np.ndarray, mesh: Mesh
+) -> tuple[jax.Array, jax.Array]:
+    """(images, labels): global arrays of the points `point_ids`, sharded over 'data'.
 
-    This process loads only its rows of the batch. mask is 1 for the first `n_real` rows.
+    This process loads only its rows of the batch (padding rows are real points repeated;
+    callers keep the results of the first rows only).
     """
     rows = _process_rows(len(point_ids))
     images, labels = source.get(point_ids[rows])
-    n_real = len(point_ids) if n_real is None else n_real
-    mask = (np.arange(len(point_ids)) < n_real)[rows].astype(np.float32)
-    local = (data.to_float(images), np.asarray(labels, np.int32), mask)
+    local = (data.to_float(images), np.asarray(labels, np.int32))
     return parallel.host_to_global(local, mesh)
 
 
@@ -341,7 +342,7 @@ def run_all_points(
     size = batch_size_for(batch_size, mesh, len(indices))
     out = None
     for j, (pos, n) in enumerate(chunks(np.arange(len(indices)), size)):
-        x, y, _ = load_batch(source, indices[pos], mesh, n)
+        x, y = load_batch(source, indices[pos], mesh)
         flags = np.asarray(program(model_arg, x, y, jax.random.fold_in(key, j)))
         if out is None:
             out = np.zeros((*flags.shape[:-1], len(indices)), bool)
@@ -510,7 +511,7 @@ class Evaluator:
         clean = np.zeros(len(indices), bool)
         loss = np.zeros(len(indices), np.float32)
         for pos, n in chunks(np.arange(len(indices)), size):
-            x, y, _ = load_batch(source, indices[pos], self.mesh, n)
+            x, y = load_batch(source, indices[pos], self.mesh)
             ok, batch_loss = program(variables, x, y)
             clean[pos[:n]], loss[pos[:n]] = np.asarray(ok)[:n], np.asarray(batch_loss)[:n]
         return clean, loss
@@ -539,7 +540,7 @@ class Evaluator:
                 todo = np.flatnonzero(robust)
                 for j, (pos, n) in enumerate(chunks(todo, size, quantum)):
                     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a), u), j)
-                    x, y, _ = load_batch(source, indices[pos], self.mesh, n)
+                    x, y = load_batch(source, indices[pos], self.mesh)
                     x_a, ok, inside = program(variables, x, y, k, np.int32(u))
                     ok, inside, pos = np.asarray(ok)[:n], np.asarray(inside)[:n], pos[:n]
                     _raise_if_outside(tm, inside)

@@ -21,6 +21,19 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+# The longest files first: `make test` hands whole files to 2 workers in this order, so the
+# short ones fill the gaps at the end (longest-first balancing). test_ingredients trains the
+# family's parent while test_reference, which needs none of it, runs on the other worker.
+_LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_soup_sweep.py",
+                  "test_train.py", "test_attacks.py", "test_multiprocess.py", "test_evaluate.py",
+                  "test_evaluation.py", "test_adversarial.py", "test_models.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # ------------------------------------------------------------------------------------------
 # One Fashion-MNIST family for the whole run: a Linf parent, its fine-tuned children and a
 # nominal model, each trained once (on first use) and shared by every test file and xdist

@@ -37,22 +37,22 @@ def synthetic_run(tmp_path_factory):
 
 def test_eval_json_is_complete_and_not_silently_replaced(runs):
     workdir = runs["run"]
-    threats = [LINF, threat.parse("l2:0.8"), threat.parse("l1:10")]
+    threats = [LINF, threat.parse("l2:0.8")]
     settings = dict(version="fast", n_iter=5, output="e.json")
     result = evaluate.evaluate_run(workdir, threats, n_examples=64, batch_size=8, **settings)
     with open(os.path.join(workdir, "e.json")) as f:
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(result))
-    assert set(on_disk["threat_models"]) == {"linf:0.1", "l2:0.8", "l1:10"}
+    assert set(on_disk["threat_models"]) == {"linf:0.1", "l2:0.8"}
     assert on_disk["settings"]["overrides"] == {"n_iter": 5}
-    assert on_disk["threat_models"]["l1:10"]["settings"]["n_iter"] == 5
+    assert on_disk["threat_models"]["l2:0.8"]["settings"]["n_iter"] == 5
     assert on_disk["jax"]["matmul_precision"] == "highest"  # as tests/conftest.py sets it
     assert on_disk["settings"]["dataset"] == "fashion_mnist" and on_disk["processes"] == 1
     assert on_disk["clean_count"] == round(64 * on_disk["clean_accuracy"])
     per_threat = [e["robust_accuracy"] for e in on_disk["threat_models"].values()]
     assert on_disk["union"]["robust_accuracy"] <= min(per_threat)
     table = evaluate.format_table(on_disk)
-    assert "union" in table and "l1:10" in table and "apgd-t" in table
+    assert "union" in table and "l2:0.8" in table and "apgd-t" in table
 
     # Other settings into the same file: refused, naming the difference; then on request.
     with pytest.raises(ValueError, match=r"other settings.*\n.*n_examples: 64 -> 32"):

@@ -158,19 +158,17 @@ def test_metric_flags_and_accuracies():
         evaluation.checked_accuracy(5, 4)
 
 
-def test_chunks_pad_and_load_batch_masks():
-    """Evaluation batches: the last one padded (repeating its last point), masked out, and
-    survivor batches padded only to a multiple of the quantum."""
+def test_chunks_pad_and_load_batch_shards():
+    """Evaluation batches: the last one padded (repeating its last point), survivor batches
+    padded only to a multiple of the quantum; a batch is loaded sharded over the devices."""
     _, source, x, y = _problem()
     mesh = parallel.make_mesh()
     batches = list(evaluation.chunks(np.arange(21), 8))
     assert [len(p) for p, _ in batches] == [8, 8, 8] and [n for _, n in batches] == [8, 8, 5]
     np.testing.assert_array_equal(batches[-1][0], [16, 17, 18, 19, 20, 20, 20, 20])
     assert [len(p) for p, _ in evaluation.chunks(np.arange(21), 16, quantum=4)] == [16, 8]
-    images, labels, mask = evaluation.load_batch(source, np.array([3, 4, 4, 4, 4, 4, 4, 4]),
-                                                 mesh, n_real=2)  # fmt: skip
-    np.testing.assert_array_equal(np.asarray(mask), [1, 1, 0, 0, 0, 0, 0, 0])
-    np.testing.assert_array_equal(np.asarray(labels)[:2], y[3:5])
+    images, labels = evaluation.load_batch(source, np.array([3, 4, 4, 4, 4, 4, 4, 4]), mesh)
+    np.testing.assert_array_equal(np.asarray(labels), [y[3]] + [y[4]] * 7)
     np.testing.assert_array_equal(np.asarray(images)[0], x[3])
     assert images.sharding.spec[0] == "data"
 

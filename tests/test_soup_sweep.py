@@ -117,20 +117,6 @@ def test_an_interrupted_sweep_resumes_to_the_same_rows(runs, swept, tmp_path, mo
     assert resumed["rows"] == swept[1]["rows"]
 
 
-def test_grid_mode_sweep_agrees_with_per_soup_mode(runs, swept, tmp_path):
-    """The same sweep in grid mode (every attack on every point, soups in one program): clean
-    accuracy identical, robust accuracy within a few points (other keys, same attacks)."""
-    config = _config(runs, "evaluation=grid", "grid.step=1.0")  # the two ingredients
-    result = sweep.run_sweep(config, str(tmp_path / "grid"))
-    assert result["settings"]["evaluation"] == "grid"
-    per_soup = swept[1]["rows"]
-    for grid_row, row in zip(result["rows"], [per_soup[0], per_soup[-1]], strict=True):
-        assert grid_row["weights"] == row["weights"]
-        assert grid_row["clean"] == row["clean"]
-        for name in (*THREATS, "union"):
-            assert abs(grid_row[name] - row[name]) <= 0.05, (name, grid_row, row)
-
-
 def _ingredients(runs, config):
     loaded = sweep.load_ingredients(list(config.ingredients))
     return loaded[0], [r.variables for r in loaded]

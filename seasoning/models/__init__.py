@@ -32,7 +32,6 @@ every channel; three values need RGB input (set `mean=(m,), std=(s,)` for gray i
 import dataclasses
 import difflib
 import math
-import operator
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -180,13 +179,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
         an invalid WideResNet depth, an unknown or fixed keyword argument, or bad values.
     """
     entry = _entry(name)
-    try:
-        valid = operator.index(num_classes) >= 1
-    except TypeError:
-        valid = False
-    if not valid:
-        raise errors.UserError(f"Model num_classes={num_classes!r} must be a positive integer.")
-    num_classes = operator.index(num_classes)
+    num_classes = errors.check_count("Model num_classes", num_classes, 1)
     fields = {f.name for f in dataclasses.fields(entry.cls)} - {"parent", "name", "num_classes"}
     allowed = fields if entry.preset_overridable else fields - set(entry.preset)
     unknown = sorted(set(kwargs) - allowed)

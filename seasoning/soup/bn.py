@@ -19,7 +19,6 @@ merges them over batches in float64, the in-program one is the single-batch case
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -199,12 +198,7 @@ def recalibrate_batch_stats(
     batch_stats = _batch_stats(variables)
     if not batch_stats:
         return variables
-    try:
-        valid = operator.index(batch_size) >= 1
-    except TypeError:
-        valid = False
-    if not valid:
-        raise errors.UserError(f"recalibrate_batch_stats batch_size={batch_size!r} must be >= 1.")
+    batch_size = errors.check_count("batch_size", batch_size, 1)
     num = len(images)
     if num == 0:
         raise errors.UserError("recalibrate_batch_stats needs at least one image; got none.")

@@ -140,7 +140,7 @@ def evaluate_run(
         return existing
 
     source = data.get_source(dataset_cfg, split, seed=run.config.seed)
-    check_compatible(run, source, f"{dataset_cfg.name}/{split}")
+    run.check_source(source, f"{dataset_cfg.name}/{split}")
     indices = evaluation.check_points(None, source, n_examples)
     evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
                                      batch_size=batch_size, mesh=mesh)  # fmt: skip
@@ -161,7 +161,7 @@ def evaluate_run(
             "after": detail.get("after", {}),
             "seconds": round(detail.get("wall_seconds", 0.0), 2),
             "attack_seconds": detail.get("seconds", {}),
-            "settings": detail.get("settings") or _jsonable(attack_settings.resolved(tm)),
+            "settings": attack_settings.resolved_json(tm),
         }
         logging.info("%s: robust accuracy %.2f%%", name, 100 * accuracy[name])
     union = accuracy.get("union", accuracy[str(threats[0])])
@@ -183,24 +183,6 @@ def evaluate_run(
     if jax.process_index() == 0:
         workdir_lib.write_json(out_path, out)
     return out
-
-
-def check_compatible(run: runs.Run, source: data.Source, name: str) -> None:
-    """Raises UserError unless `source` has the class count and image shape of `run`'s model."""
-    if source.num_classes != run.num_classes:
-        raise errors.UserError(
-            f"Dataset {name} has {source.num_classes} classes but the model of {run.workdir} "
-            f"was trained on {run.num_classes}: its logits cannot score that dataset's labels."
-        )
-    if run.image_shape and tuple(source.image_shape) != tuple(run.image_shape):
-        raise errors.UserError(
-            f"Dataset {name} has images of shape {tuple(source.image_shape)} but the model of "
-            f"{run.workdir} was trained on {tuple(run.image_shape)}."
-        )
-
-
-def _jsonable(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def format_table(result: dict[str, Any]) -> str:

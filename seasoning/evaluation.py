@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -146,6 +146,10 @@ class AttackSettings:
     def resolved(self, tm: threat.ThreatModel) -> dict[str, Any]:
         """The full `auto_attack` settings for one threat model."""
         return autoattack.resolve_settings(self.version, tm.norm, dict(self.overrides))
+
+    def resolved_json(self, tm: threat.ThreatModel) -> dict[str, Any]:
+        """`resolved(tm)` as result files record it (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.resolved(tm).items()}
 
     def to_json(self) -> dict[str, Any]:
         """The settings as they are recorded in result files."""
@@ -293,10 +297,13 @@ def load_batch(
     This process loads only its rows of the batch (padding rows are real points repeated;
     callers keep the results of the first rows only).
     """
-    rows = _process_rows(len(point_ids))
-    images, labels = source.get(point_ids[rows])
-    local = (data.to_float(images), np.asarray(labels, np.int32))
-    return parallel.host_to_global(local, mesh)
+    return parallel.host_to_global(_own_rows(source, point_ids), mesh)
+
+
+def _own_rows(source: data.Source, point_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(float images, int32 labels) of this process's rows of the batch `point_ids` (host)."""
+    images, labels = source.get(point_ids[_process_rows(len(point_ids))])
+    return data.to_float(images), np.asarray(labels, np.int32)
 
 
 def _replicated_jit(fn: Callable, mesh: Mesh, n_sharded: int, n_after: int = 0) -> Callable:
@@ -565,7 +572,7 @@ class Evaluator:
                 tm, np.sum(final & ~robust), np.sum(robust & ~final),
             )  # fmt: skip
         details = {"after": after, "seconds": seconds, "wall_seconds": time.monotonic() - t0,
-                   "settings": _jsonable(settings)}  # fmt: skip
+                   "settings": self.settings.resolved_json(tm)}  # fmt: skip
         return robust & final, details
 
     def _final_pass(self, variables, source, indices, tm, adversarial, size):
@@ -573,11 +580,9 @@ class Evaluator:
         program = _compiled_final(self.apply_fn, self.mesh, tm)
         final = np.zeros(len(indices), bool)
         for pos, n in chunks(np.arange(len(indices)), size):
-            rows = _process_rows(len(pos))
-            images, labels = source.get(indices[pos][rows])
-            x = data.to_float(images)
-            x_adv = adversarial.get(pos[rows], x)
-            args = parallel.host_to_global((x_adv, x, np.asarray(labels, np.int32)), self.mesh)
+            x, y = _own_rows(source, indices[pos])
+            x_adv = adversarial.get(pos[_process_rows(len(pos))], x)
+            args = parallel.host_to_global((x_adv, x, y), self.mesh)
             ok, inside = program(variables, *args)
             _raise_if_outside(tm, np.asarray(inside)[:n])
             final[pos[:n]] = np.asarray(ok)[:n]
@@ -589,7 +594,3 @@ def _raise_if_outside(tm: threat.ThreatModel, inside: np.ndarray) -> None:
         raise RuntimeError(
             f"{(~inside).sum()} adversarial point(s) lie outside {tm} (a bug in the attacks)."
         )
-
-
-def _jsonable(settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}

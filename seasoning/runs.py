@@ -44,6 +44,21 @@ class Run:
     num_classes: int
     image_shape: tuple[int, ...]
 
+    def check_source(self, source: Any, name: str) -> None:
+        """Raises UserError unless data `source` (called `name`) has the class count and image
+        shape this run's model was trained on."""
+        if source.num_classes != self.num_classes:
+            raise errors.UserError(
+                f"Dataset {name} has {source.num_classes} classes but the model of "
+                f"{self.workdir} was trained on {self.num_classes}: its logits cannot score "
+                "that dataset's labels."
+            )
+        if self.image_shape and tuple(source.image_shape) != tuple(self.image_shape):
+            raise errors.UserError(
+                f"Dataset {name} has images of shape {tuple(source.image_shape)} but the model "
+                f"of {self.workdir} was trained on {tuple(self.image_shape)}."
+            )
+
     @property
     def apply_fn(self) -> Callable[[Any, Any], Any]:
         """The model in eval mode, (variables, x) -> logits (see `eval_apply_fn`)."""

@@ -119,11 +119,7 @@ def run_sweep(
 
     mesh = parallel.make_mesh() if mesh is None else mesh
     source = data.get_source(dataset_cfg, split, seed=first.config.seed)
-    if source.num_classes != first.num_classes:
-        raise errors.UserError(
-            f"Dataset {dataset_cfg.name}/{split} has {source.num_classes} classes; the "
-            f"ingredients were trained on {first.num_classes}."
-        )
+    first.check_source(source, f"{dataset_cfg.name}/{split}")
     indices = evaluation.check_points(None, source, config.eval.n_examples)
     prepare = None
     if config.bn_policy == "recalibrate":

@@ -12,22 +12,22 @@ never ":", which separates the split.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import ml_collections
 
 from seasoning import errors, threat
-from seasoning.data import fashion_mnist, synthetic
+from seasoning.data import corruptions, fashion_mnist, shifts, synthetic
 from seasoning.data.pipeline import (
     prefetch,
     steps_per_epoch,
     to_float,
     train_batches,
 )
-from seasoning.data.source import ArraySource, Source
+from seasoning.data.source import ArraySource, DatasetEntry, Source
+from seasoning.data.tfds_source import tfds_entry
 
 __all__ = [
     "DATASETS",
@@ -38,33 +38,13 @@ __all__ = [
     "default_threats",
     "eval_dataset",
     "get_source",
+    "members",
     "parse_dataset",
     "prefetch",
     "steps_per_epoch",
     "to_float",
     "train_batches",
 ]
-
-# `load(dataset_config, split, seed) -> Source`.
-Loader = Callable[[ml_collections.ConfigDict, str, int], Source]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetEntry:
-    """One registered dataset.
-
-    Attributes:
-      load: `load(dataset_config, split, seed) -> Source`, the split of the dataset that the
-        config section `dataset` (data_dir, image_size, ...) describes.
-      tfds_name: the TFDS name it is read under (with its config, e.g. "cifar10_corrupted/
-        fog_3"), or None for datasets read otherwise.
-      threats: the threat models it is usually evaluated under, or None when it has no usual
-        radii (evaluation then needs them named explicitly).
-    """
-
-    load: Loader
-    tfds_name: str | None = None
-    threats: tuple[threat.ThreatModel, ...] | None = None
 
 
 def _load_fashion_mnist(dataset: ml_collections.ConfigDict, split: str, seed: int) -> Source:
@@ -83,20 +63,6 @@ def _load_synthetic(dataset: ml_collections.ConfigDict, split: str, seed: int) -
     )
 
 
-def _tfds(tfds_name: str, threats: tuple[threat.ThreatModel, ...] | None = None) -> DatasetEntry:
-    """The entry of a dataset read through `tfds.data_source` under `tfds_name`."""
-
-    def load(dataset: ml_collections.ConfigDict, split: str, seed: int) -> Source:
-        del seed  # a fixed dataset
-        from seasoning.data.tfds_source import TfdsSource  # late: TFDS is slow to import
-
-        return TfdsSource(
-            tfds_name, split, data_dir=dataset.data_dir, image_size=dataset.image_size
-        )
-
-    return DatasetEntry(load=load, tfds_name=tfds_name, threats=threats)
-
-
 def _threats(*specs: str) -> tuple[threat.ThreatModel, ...]:
     return tuple(threat.parse(spec) for spec in specs)
 
@@ -113,9 +79,13 @@ DATASETS: Mapping[str, DatasetEntry] = types.MappingProxyType(
             load=_load_fashion_mnist, threats=_threats("linf:0.1", "l2:0.8", "l1:10")
         ),
         "synthetic": DatasetEntry(load=_load_synthetic),
-        "cifar10": _tfds("cifar10", _threats("linf:8/255", "l2:0.5", "l1:12")),
-        "cifar100": _tfds("cifar100"),
-        "imagenet2012": _tfds("imagenet2012", _threats("linf:4/255", "l2:2", "l1:255")),
+        "cifar10": tfds_entry("cifar10", _threats("linf:8/255", "l2:0.5", "l1:12")),
+        "cifar100": tfds_entry("cifar100"),
+        "imagenet2012": tfds_entry(
+            "imagenet2012", _threats("linf:4/255", "l2:2", "l1:255"), default_split="validation"
+        ),
+        **corruptions.ENTRIES,  # Fashion-MNIST's shifted test sets, generated offline
+        **shifts.ENTRIES,  # the shifted test sets of CIFAR-10 and ImageNet (TFDS)
     }
 )
 
@@ -143,7 +113,24 @@ def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0)
     """
     if dataset.name not in DATASETS:
         raise errors.UserError(_unknown(dataset.name))
-    return DATASETS[dataset.name].load(dataset, split, seed)
+    entry = DATASETS[dataset.name]
+    if entry.members:
+        raise errors.UserError(
+            f"Dataset {dataset.name!r} is a group of {len(entry.members)} datasets (its accuracy "
+            f"is the mean of theirs): name one of them, e.g. {entry.members[0]!r}."
+        )
+    return entry.load(dataset, split, seed)
+
+
+def members(name: str) -> tuple[str, ...]:
+    """The datasets whose mean accuracy is `name`'s: a group's members, else (name,).
+
+    Raises:
+      UserError: an unknown name.
+    """
+    if name not in DATASETS:
+        raise errors.UserError(_unknown(name))
+    return DATASETS[name].members or (name,)
 
 
 def default_threats(name: str) -> tuple[threat.ThreatModel, ...]:
@@ -196,7 +183,7 @@ def eval_dataset(
       train_dataset: the run's `dataset` config section (image size and the like are kept).
       spec: "" (the run's own dataset) or "NAME[:split]" of the registry.
       split: a split overriding the one `spec` names (default: the run's eval split for its
-        own dataset, "test" for another).
+        own dataset, the registry's `default_split` for another).
 
     Raises:
       UserError: an unknown dataset name.
@@ -207,4 +194,4 @@ def eval_dataset(
     name, named_split = parse_dataset(spec)
     if name != section.name:
         section.name, section.data_dir = name, ""
-    return section, split or named_split or "test"
+    return section, split or named_split or DATASETS[name].default_split

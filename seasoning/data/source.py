@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -54,3 +55,39 @@ class ArraySource:
     def take(self, indices: np.ndarray) -> ArraySource:
         """A new source holding only the examples at `indices`."""
         return ArraySource(self.images[indices], self.labels[indices], self.num_classes)
+
+
+# `load(dataset_config, split, seed) -> Source`.
+Loader = Callable[[Any, str, int], Source]
+# logits [..., C] -> log-probabilities [..., L] over a dataset's label space (see data.shifts).
+Head = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """One registered dataset (`data.DATASETS`).
+
+    Attributes:
+      load: `load(dataset_config, split, seed) -> Source`, the split of the dataset that the
+        config section `dataset` (data_dir, image_size, ...) describes; None for a group.
+      tfds_name: the TFDS name it is read under (with its config, e.g. "cifar10_corrupted/
+        fog_3"), or None for datasets read otherwise.
+      threats: the threat models it is usually evaluated under, or None when it has no usual
+        radii (evaluation then needs them named explicitly).
+      default_split: the split read when none is named.
+      head: how a model's logits score this dataset's labels (`data.shifts.label_log_probs`):
+        logits -> log-probabilities over the label space; None: log-softmax of all logits
+        (the labels are the model's classes). E.g. ImageNet-A's 200-class mask.
+      model_classes: the logit count a model needs to score this dataset, when it differs
+        from the labels' class count (Conflict Stimuli: 1000 ImageNet logits, 16 labels).
+      members: a group (ImageNet-C, Fashion-MNIST-C): the registry names of its members; its
+        accuracy is the mean of theirs. Empty for a dataset read by `load`.
+    """
+
+    load: Loader | None
+    tfds_name: str | None = None
+    threats: tuple[Any, ...] | None = None
+    default_split: str = "test"
+    head: Head | None = None
+    model_classes: int | None = None
+    members: tuple[str, ...] = ()

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from seasoning import errors
+from seasoning.data.source import DatasetEntry, Head
 
 # The fraction of the resized image kept by the centre crop (the usual 224/256 for ImageNet).
 CROP_FRACTION = 0.875
@@ -15,6 +16,27 @@ def build_command(name: str, data_dir: str) -> str:
     """The command that prepares `name` for random access (on a machine with internet)."""
     where = f" --data_dir={data_dir}" if data_dir else ""
     return f"tfds build {name} --file_format=array_record{where}"
+
+
+def tfds_entry(
+    tfds_name: str,
+    threats: tuple | None = None,
+    *,
+    default_split: str = "test",
+    head: Head | None = None,
+    model_classes: int | None = None,
+) -> DatasetEntry:
+    """The registry entry of a dataset read through `tfds.data_source` under `tfds_name`."""
+
+    def load(dataset, split: str, seed: int) -> TfdsSource:
+        del seed  # a fixed dataset
+        return TfdsSource(
+            tfds_name, split, data_dir=dataset.data_dir, image_size=dataset.image_size
+        )
+
+    return DatasetEntry(load=load, tfds_name=tfds_name, threats=threats,
+                        default_split=default_split, head=head,
+                        model_classes=model_classes)  # fmt: skip
 
 
 class TfdsSource:

@@ -24,6 +24,8 @@ setuptools.setup(
         "matplotlib>=3.9",
         "numpy>=2.0",
         "pillow>=10",
+        # ImageNet-C's corruptions as a library, for Fashion-MNIST-C (seasoning.data.corruptions).
+        "imagecorruptions-imaug==1.1.5",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "scipy>=1.13", "filelock>=3.12"],

@@ -48,12 +48,11 @@ def main(argv):
     import jax
     import numpy as np
 
-    from seasoning import data, evaluation, models, parallel, soup, threat
+    from seasoning import data, evaluation, models, parallel, runs, soup, threat
     from seasoning.soup import grid as grid_lib
-    from seasoning.soup import sweep
 
     if _INGREDIENTS.value:
-        loaded = sweep.load_ingredients(_INGREDIENTS.value)
+        loaded = runs.load_ingredients(_INGREDIENTS.value)
         model, ingredients = loaded[0].model, [r.variables for r in loaded]
         config = loaded[0].config
         source = data.get_source(config.dataset, config.dataset.eval_split)

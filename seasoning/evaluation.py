@@ -333,11 +333,12 @@ def run_all_points(
     batch_size: int,
     mesh: Mesh,
 ) -> np.ndarray:
-    """The `all_points` schedule for any flags function: bool [..., M, N].
+    """The `all_points` schedule for any flags function: [..., M, N] of its dtype.
 
     Args:
-      flags_fn: (model_arg, x, y, key) -> bool [..., M, B], pure; compiled once per function
-        object and mesh (pass the same object for many models).
+      flags_fn: (model_arg, x, y, key) -> [..., M, B] per-point outputs (bool flags, or e.g.
+        predicted labels), pure; compiled once per function object and mesh (pass the same
+        object for many models).
       model_arg: its first argument (variables, or stacked soups and their weights),
         replicated on every device.
       source, indices: the points (`check_points`).
@@ -352,7 +353,7 @@ def run_all_points(
         x, y = load_batch(source, indices[pos], mesh)
         flags = np.asarray(program(model_arg, x, y, jax.random.fold_in(key, j)))
         if out is None:
-            out = np.zeros((*flags.shape[:-1], len(indices)), bool)
+            out = np.zeros((*flags.shape[:-1], len(indices)), flags.dtype)
         out[..., pos[:n]] = flags[..., :n]
     return out
 

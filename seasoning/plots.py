@@ -1,5 +1,6 @@
 """Figures of a soup grid (matplotlib, no display needed): metric curves along two ingredients,
-simplex heat maps for three, and the trade-off front between two metrics for any number.
+simplex heat maps for three, the trade-off front between two metrics for any number, and the
+weights that shift selection chose.
 
 Every function writes one PNG atomically (temporary file, then rename) and returns its path.
 """
@@ -108,4 +109,26 @@ def front(
     ax.set_ylabel(f"{y_name} accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def weight_bars(chosen: dict[str, dict[str, list[float]]], labels: list[str], path: str) -> str:
+    """Grouped bars of soup weights: one panel per selection method, one group per soup
+    (`chosen[method][soup] = weights`), one bar per ingredient."""
+    methods = list(chosen)
+    fig, axes = plt.subplots(len(methods), 1, figsize=(8, 2.6 * len(methods)), squeeze=False)
+    for ax, method in zip(axes[:, 0], methods, strict=True):
+        soups = list(chosen[method])
+        width = 0.8 / len(labels)
+        for i, label in enumerate(labels):
+            heights = [chosen[method][s][i] for s in soups]
+            ax.bar(np.arange(len(soups)) + (i - (len(labels) - 1) / 2) * width, heights, width,
+                   label=label)  # fmt: skip
+        ax.set_xticks(np.arange(len(soups)), soups, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("weight")
+        ax.set_title(f"{method} selection", fontsize=10)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, ncol=len(labels))
+    fig.tight_layout()
     return _save(fig, path)

@@ -137,3 +137,45 @@ def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
         c.eval.update(n_examples=64, batch_size=64, n_iter=5, n_target_classes=1)
         c.calibration_examples = 128
     return c
+
+
+def paper_shift_config(
+    arg: str | None,
+    *,
+    parent: str,
+    shifts: dict[str, str],
+    runs: str = "runs",
+    n_unseen: int = 0,
+    robust_examples: int = 500,
+) -> ml_collections.ConfigDict:
+    """The `get_config` of a shift config file (`configs/shift_*.py`): the paper's four
+    ingredients (Linf and its L2, L1 and nominal children) and shifted datasets.
+
+    Args:
+      arg: `runs=DIR` (where the runs of `parent` and its children are), `step` (grid step),
+        `runlocal` (a coarse grid, short selection and attack, few images: seconds).
+      parent: the parent run's (and config's) name, e.g. "fmnist_cnn_linf".
+      shifts: column name -> "NAME[:split]" of the registry, in table order.
+      runs: the default of `runs`.
+      n_unseen: unseen images per shift (0: all).
+      robust_examples: test images of the AutoAttack evaluation of the selected soups.
+
+    Returns:
+      The shift config (`config_lib.base_shift_config` with these settings).
+    """
+    arg = config_lib.parse_arg(arg, runlocal=False, runs=runs, step=0.1)
+    suffixes = ("", "_to_l2", "_to_l1", "_to_nominal")
+    c = config_lib.base_shift_config()
+    c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
+    c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
+    c.shifts = tuple(shifts.values())
+    c.columns = tuple(shifts)
+    c.grid_step = arg.step
+    c.n_unseen = n_unseen
+    c.robust.n_examples = robust_examples
+    if arg.runlocal:
+        c.grid_step = 0.5
+        c.update(n_adaptation=75, n_unseen=75, batch_size=64)
+        c.learned.update(steps=5, batch_size=16)
+        c.robust.update(n_examples=16, batch_size=16, n_iter=2, n_target_classes=1)
+    return c

@@ -44,12 +44,17 @@ class Run:
     num_classes: int
     image_shape: tuple[int, ...]
 
-    def check_source(self, source: Any, name: str) -> None:
+    def check_source(self, source: Any, name: str, num_classes: int | None = None) -> None:
         """Raises UserError unless data `source` (called `name`) has the class count and image
-        shape this run's model was trained on."""
-        if source.num_classes != self.num_classes:
+        shape this run's model was trained on.
+
+        `num_classes`: the logit count the dataset needs when it differs from its labels'
+        (`DatasetEntry.model_classes`, e.g. 1000 for Conflict Stimuli's 16 labels).
+        """
+        needed = num_classes or source.num_classes
+        if needed != self.num_classes:
             raise errors.UserError(
-                f"Dataset {name} has {source.num_classes} classes but the model of "
+                f"Dataset {name} needs {needed} classes but the model of "
                 f"{self.workdir} was trained on {self.num_classes}: its logits cannot score "
                 "that dataset's labels."
             )
@@ -108,3 +113,24 @@ def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") 
         variables["batch_stats"] = tree["batch_stats"]
     shape = tuple(meta.get("image_shape") or ())
     return Run(workdir, config, model, variables, int(step), int(meta["num_classes"]), shape)
+
+
+def load_ingredients(run_dirs: list[str], compute_dtype: str = "float32") -> list[Run]:
+    """The runs of `run_dirs` (soup ingredients), the model computing in `compute_dtype`.
+
+    Raises:
+      UserError: the runs differ in model or dataset, or their weights in structure (the
+        message names the first differing path).
+    """
+    loaded = [load(d, compute_dtype=compute_dtype) for d in run_dirs]
+    first = loaded[0]
+    for run in loaded[1:]:
+        for key in ("model", "dataset"):
+            if run.config[key].to_dict() != first.config[key].to_dict():
+                diffs = "; ".join(
+                    workdir_lib.diff_dicts(first.config[key].to_dict(), run.config[key].to_dict())
+                )
+                raise errors.UserError(
+                    f"Ingredient {run.workdir} has another {key} than {first.workdir}: {diffs}"
+                )
+    return loaded

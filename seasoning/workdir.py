@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
+
 from seasoning import errors
 
 CONFIG_FILE = "config.json"
@@ -37,6 +39,29 @@ def write_atomic(path: str, text: str) -> None:
 def write_json(path: str, obj: Any) -> None:
     """Writes `obj` as indented JSON, atomically."""
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Writes named arrays as an .npz file, atomically (read back with `read_arrays`)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file; never unpickles (a file read never runs code)."""
+    with np.load(path, allow_pickle=False) as f:
+        return {key: f[key] for key in f.files}
 
 
 def read_json(path: str) -> Any:

@@ -154,7 +154,7 @@ def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
 def test_a_dataset_with_another_class_count_is_refused(synthetic_run, tmp_path):
     output = tmp_path / "c100.json"
     with tfds.testing.mock_data(num_examples=8):
-        with pytest.raises(errors.UserError, match="cifar100/test has 100 classes.*trained on 10"):
+        with pytest.raises(errors.UserError, match="cifar100/test needs 100 classes.*on 10"):
             evaluate.evaluate_run(synthetic_run, [LINF], dataset="cifar100", output=str(output))
     assert not output.exists()
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from seasoning import config_lib, data, evaluate, evaluation, parallel, soup, threat
+from seasoning import runs as runs_lib
 from seasoning.soup import bn, sweep
 from seasoning.soup import grid as grid_lib
 
@@ -118,7 +119,7 @@ def test_an_interrupted_sweep_resumes_to_the_same_rows(runs, swept, tmp_path, mo
 
 
 def _ingredients(runs, config):
-    loaded = sweep.load_ingredients(list(config.ingredients))
+    loaded = runs_lib.load_ingredients(list(config.ingredients))
     return loaded[0], [r.variables for r in loaded]
 
 

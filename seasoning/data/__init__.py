@@ -94,10 +94,17 @@ DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 
 
 def _unknown(name: str) -> str:
-    """`Unknown dataset 'x'; expected one of: ...` with the closest names as a hint."""
+    """`Unknown dataset 'x'; expected one of: ...` with the closest names as a hint (a group's
+    members are summarised by the group)."""
     near = difflib.get_close_matches(name, DATASET_NAMES, n=2, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-    return f"Unknown dataset {name!r}; expected one of: {', '.join(DATASET_NAMES)}.{hint}"
+    in_groups = {m for entry in DATASETS.values() for m in entry.members}
+    listed = [
+        f"{n} (or a member, e.g. {DATASETS[n].members[0]})" if DATASETS[n].members else n
+        for n in DATASET_NAMES
+        if n not in in_groups
+    ]
+    return f"Unknown dataset {name!r}; expected one of: {', '.join(listed)}.{hint}"
 
 
 def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0) -> Source:
@@ -166,8 +173,8 @@ def parse_dataset(spec: str) -> tuple[str, str]:
     name, split = name.strip(), split.strip()
     if not name:
         raise errors.UserError(
-            f"Dataset {spec!r} names no dataset; expected NAME[:split] with NAME one of: "
-            f"{', '.join(DATASET_NAMES)}."
+            f"Dataset {spec!r} names no dataset; expected NAME[:split] with NAME a registered "
+            f"dataset, e.g. {', '.join(DATASET_NAMES[:5])}."
         )
     if name not in DATASETS:
         raise errors.UserError(_unknown(name))

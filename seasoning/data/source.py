@@ -91,3 +91,52 @@ class DatasetEntry:
     head: Head | None = None
     model_classes: int | None = None
     members: tuple[str, ...] = ()
+
+
+class ConcatSource:
+    """Several sources of one image shape and label space read as one (index = offset + i).
+
+    `member_of(indices)` says which source each index falls in (a group's members, e.g. the
+    75 corruption x severity sets of ImageNet-C).
+    """
+
+    def __init__(self, sources: list[Source]):
+        if not sources:
+            raise errors.UserError("ConcatSource needs at least one source.")
+        shapes = {tuple(s.image_shape) for s in sources}
+        classes = {s.num_classes for s in sources}
+        if len(shapes) != 1 or len(classes) != 1:
+            raise errors.UserError(
+                f"Sources to concatenate differ in image shape {sorted(shapes)} or class count "
+                f"{sorted(classes)}."
+            )
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in sources])
+        self.image_shape = tuple(sources[0].image_shape)
+        self.num_classes = sources[0].num_classes
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def member_of(self, indices: np.ndarray) -> np.ndarray:
+        """int [n]: the source each global index belongs to."""
+        return np.searchsorted(self.offsets, np.asarray(indices), side="right") - 1
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise errors.UserError(
+                f"Indices must lie in [0, {len(self)}); got {indices.min()}..{indices.max()}."
+            )
+        member = self.member_of(indices)
+        images = np.zeros((len(indices), *self.image_shape), np.uint8)
+        labels = None
+        for m in np.unique(member):
+            where = np.flatnonzero(member == m)
+            x, y = self.sources[m].get(indices[where] - self.offsets[m])
+            if labels is None:
+                labels = np.zeros((len(indices), *np.shape(y)[1:]), np.int32)
+            images[where], labels[where] = x, y
+        if labels is None:
+            labels = np.zeros((0,), np.int32)
+        return images, labels

@@ -6,6 +6,8 @@ A soup of K ingredients theta_1..theta_K (variable pytrees of one architecture, 
     soup_vars = soup.combine([v_linf, v_l2, v_l1, v_clean], [0.4, 0.3, 0.2, 0.1])
     soup_vars = soup.mix(v_a, v_b, 0.25)                  # 0.75 a + 0.25 b
     grid = soup.simplex_grid(3, 0.1)                      # [66, 3], rows sum to 1
+    best = soup.greedy(trees, score_fn)                   # Wortsman et al.'s greedy soup
+    w = soup.learned(loss_fn, data, k=4, key=key).weights # learned soup (gradient descent)
     stacked = soup.stack([v_linf, v_l2, v_l1])            # leaves [3, ...]
     soup.check_weights(grid, 3)                           # all rows, eagerly
     many = jax.jit(jax.vmap(soup.combine_stacked, in_axes=(None, 0)))(stacked, grid)
@@ -28,6 +30,7 @@ inside a compiled program, which fixes the variance collapse of averaged network
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -37,6 +40,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from seasoning import errors
 from seasoning.soup import bn
@@ -47,11 +51,14 @@ __all__ = [
     "BN_POLICIES",
     "GRID_KINDS",
     "GreedyResult",
+    "LearnedResult",
     "bn",
     "check_weights",
     "combine",
     "combine_stacked",
     "greedy",
+    "learned",
+    "learned_weights",
     "line_grid",
     "mix",
     "recalibrate_batch_stats",
@@ -526,3 +533,85 @@ def greedy(
             chosen.append(i)
             soup, best = candidate, scores[i]
     return GreedyResult(soup, chosen, scores)
+
+
+# ----------------------------------------------------------------------------------------
+# Learned soup.
+
+
+class LearnedResult(NamedTuple):
+    """What `learned` returns.
+
+    Attributes:
+      weights: float [K], the learned soup weights.
+      losses: float [steps], the loss at each step (before its update).
+    """
+
+    weights: np.ndarray
+    losses: np.ndarray
+
+
+def learned_weights(alpha: jax.Array, extrapolate: bool) -> jax.Array:
+    """Soup weights from `learned`'s parameters: softmax(alpha) on the simplex, else alpha."""
+    return alpha if extrapolate else jax.nn.softmax(alpha)
+
+
+@functools.lru_cache(maxsize=16)
+def _learn_program(loss_fn: Callable, steps: int, learning_rate: float, extrapolate: bool):
+    optimizer = optax.adam(learning_rate)
+
+    def run(alpha, data, key):
+        def step(carry, step_key):
+            alpha, opt_state = carry
+            loss, grad = jax.value_and_grad(
+                lambda a: loss_fn(learned_weights(a, extrapolate), data, step_key)
+            )(alpha)
+            updates, opt_state = optimizer.update(grad, opt_state, alpha)
+            return (optax.apply_updates(alpha, updates), opt_state), loss
+
+        (alpha, _), losses = jax.lax.scan(
+            step, (alpha, optimizer.init(alpha)), jax.random.split(key, steps)
+        )
+        return learned_weights(alpha, extrapolate), losses
+
+    return jax.jit(run)
+
+
+def learned(
+    loss_fn: Callable[[jax.Array, Any, jax.Array], jax.Array],
+    data: Any,
+    k: int,
+    *,
+    key: jax.Array,
+    steps: int = 200,
+    learning_rate: float = 0.1,
+    extrapolate: bool = False,
+) -> LearnedResult:
+    """Learned soup (Wortsman et al. 2022): the weights by gradient descent on held-out data.
+
+    Parametrised on the simplex as w = softmax(alpha), alpha starting at 0 (the uniform soup);
+    with `extrapolate`, w = alpha unconstrained (any real weights, not summing to 1 either),
+    starting at 1/K. Adam, `steps` steps, all in one compiled program (cached per `loss_fn`
+    object, so pass the same one for many datasets of one shape).
+
+    Args:
+      loss_fn: (weights [K], data, key) -> scalar loss, pure (e.g. the cross-entropy of
+        `combine_stacked(stacked, weights)` on a batch of `data` drawn with `key`).
+      data: its second argument (ingredients, images, labels), any pytree of arrays.
+      k: the number of ingredients.
+      key: split into one key per step.
+      steps: optimisation steps (an integer >= 1).
+      learning_rate: Adam's step size (> 0).
+      extrapolate: unconstrained weights instead of the simplex.
+
+    Raises:
+      UserError: bad steps, learning rate or k.
+    """
+    k = errors.check_count("k", k, 1)
+    steps = errors.check_count("steps", steps, 1)
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise errors.UserError(f"learning_rate={learning_rate!r}: expected a number > 0.")
+    alpha = jnp.full((k,), 1.0 / k) if extrapolate else jnp.zeros((k,))
+    program = _learn_program(loss_fn, steps, float(learning_rate), bool(extrapolate))
+    weights, losses = program(alpha, data, key)
+    return LearnedResult(np.asarray(weights, np.float64), np.asarray(losses, np.float64))

@@ -39,27 +39,6 @@ from seasoning.soup import grid as grid_lib
 GRID_FILE, CSV_FILE = "grid.json", "grid.csv"
 
 
-def load_ingredients(run_dirs: list[str], compute_dtype: str = "float32") -> list[runs.Run]:
-    """The runs of `run_dirs`, the model computing in `compute_dtype`.
-
-    Raises:
-      UserError: the runs differ in model or dataset, or their weights in structure (the
-        message names the first differing path).
-    """
-    loaded = [runs.load(d, compute_dtype=compute_dtype) for d in run_dirs]
-    first = loaded[0]
-    for run in loaded[1:]:
-        for key in ("model", "dataset"):
-            if run.config[key].to_dict() != first.config[key].to_dict():
-                diffs = "; ".join(
-                    workdir_lib.diff_dicts(first.config[key].to_dict(), run.config[key].to_dict())
-                )
-                raise errors.UserError(
-                    f"Ingredient {run.workdir} has another {key} than {first.workdir}: {diffs}"
-                )
-    return loaded
-
-
 def weight_grid(grid_cfg: ml_collections.ConfigDict, k: int) -> np.ndarray:
     """[G, K] soup weights from config section `grid`."""
     if grid_cfg.kind == "line":
@@ -78,7 +57,7 @@ def run_sweep(
     config_lib.validate_soup_config(config)
     run_dirs = list(config.ingredients)
     labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
-    ingredients = load_ingredients(run_dirs, config.eval.compute_dtype)
+    ingredients = runs.load_ingredients(run_dirs, config.eval.compute_dtype)
     first = ingredients[0]
     stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path
     weights = weight_grid(config.grid, len(run_dirs))

@@ -1,0 +1,43 @@
+"""Soups for distribution shifts: `python -m seasoning.shift --config=... --workdir=...`.
+
+    python -m seasoning.shift --config=configs/shift_fmnist.py --workdir=runs/shift_fmnist
+
+Flags -> config -> `shift.run.run_shift` (see there for what is written); prints the table.
+`--resume` continues an interrupted run in the same workdir.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from seasoning import cli, config_lib
+from seasoning.shift import run as run_lib
+
+_RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted run in --workdir.")
+
+
+def main(argv, config: ml_collections.ConfigDict) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not cli.WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+
+    def go():
+        cli.start(max(config.batch_size, 1))
+        run_lib.run_shift(config, cli.WORKDIR.value, resume=_RESUME.value)
+        if jax.process_index() == 0:
+            path = os.path.join(cli.WORKDIR.value, run_lib.REPORT_FILE)
+            with open(path, encoding="utf-8") as f:
+                print(f.read())
+            print(f"Wrote {cli.WORKDIR.value}/{{{run_lib.SHIFT_FILE},{run_lib.ARRAYS_FILE},"
+                  f"{run_lib.REPORT_FILE},{run_lib.WEIGHTS_PLOT}}}.")  # fmt: skip
+
+    cli.exit_on_user_error(go)
+
+
+if __name__ == "__main__":
+    config_lib.main_with_config(main)

@@ -1,0 +1,164 @@
+"""The numbers of a shift run, computed from its saved per-point predictions, and report.md.
+
+Every accuracy in `shift.json` and `report.md` comes from `shift_accuracy` over the arrays
+of `predictions.npz` (predicted labels, labels, and the member each point belongs to), so a
+reader can recompute each figure; none is typed twice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from seasoning import evaluation
+from seasoning.data import shifts
+
+
+def shift_accuracy(predicted: np.ndarray, labels: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """float [...]: the mean over members of each member's accuracy (a group's accuracy, as
+    ImageNet-C's is the mean over its 75 sets), per row of `predicted` [..., N]."""
+    member = np.asarray(member)
+    per_member = [
+        shifts.accuracy(np.asarray(predicted)[..., member == m], np.asarray(labels)[member == m])
+        for m in np.unique(member)
+    ]
+    out = np.mean(per_member, axis=0)
+    for value in np.ravel(out):
+        evaluation.checked_accuracy(value, 1.0, "shift accuracy")
+    return out
+
+
+def unseen_accuracy(arrays: dict[str, np.ndarray], column: str, row: str) -> float:
+    """The accuracy of table row `row` on the unseen images of `column`, from the arrays."""
+    prefix = f"unseen/{column}/"
+    return float(shift_accuracy(arrays[f"{prefix}row/{row}"], arrays[f"{prefix}labels"],
+                                arrays[f"{prefix}member"]))  # fmt: skip
+
+
+def robust_accuracies(flags: np.ndarray, metrics: list[str]) -> dict[str, float]:
+    """Metric -> accuracy from per-point flags [M, N]."""
+    return dict(zip(metrics, evaluation.flag_accuracies(flags).tolist(), strict=True))
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _weights(w: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in w)
+
+
+def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
+    """report.md of a finished shift run (see module doc)."""
+    settings = result["settings"]
+    columns = [c["name"] for c in result["columns"]]
+    labels = settings["labels"]
+    out = ["# Soups for distribution shifts", ""]
+    ingredients = ", ".join(
+        f"{lab} (`{d}`)" for lab, d in zip(labels, settings["ingredients"], strict=True)
+    )
+    unseen = ", ".join(
+        f"{c['name']}: {sum(m['n_unseen'] for m in c['members'])}" for c in result["columns"]
+    )
+    out.append(
+        f"Ingredients: {ingredients}. Weights chosen on {settings['n_adaptation']} adaptation "
+        f"images per shift (split seed {settings['split_seed']}); accuracies (%) on the unseen "
+        f"images of each shift ({unseen}). A group (e.g. the corruptions) scores the mean over "
+        "its member sets. #FP: forward passes per image."
+    )
+    out += ["", "## Accuracy on unseen images (%)", ""]
+    out.append("| setup | #FP | " + " | ".join(columns) + " | mean |")
+    out.append("|---|---:|" + "---:|" * (len(columns) + 1))
+    values = {}
+    for row in result["rows"]:
+        accs = [unseen_accuracy(arrays, c, row["name"]) for c in columns]
+        values[row["name"]] = accs
+        mean = _pct(float(np.mean(accs)))
+        mean = f"({mean})" if row["kind"] == "specific" else mean
+        cells = [row["name"], f"x{row['fp']}", *(_pct(a) for a in accs), mean]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", *comparison_lines(result, values, columns), ""]
+    out += ["## Chosen weights", ""]
+    out.append("| method | soup | " + " | ".join(f"w_{lab}" for lab in labels)
+               + " | adaptation acc. |")  # fmt: skip
+    out.append("|---|---|" + "---:|" * (len(labels) + 1))
+    for method, chosen in result["selection"].items():
+        entries = [("single", chosen["single"], chosen["single_adaptation"])]
+        entries += [(f"for {c}", chosen["specific"][c], chosen["specific_adaptation"][c])
+                    for c in columns]  # fmt: skip
+        for name, w, acc in entries:
+            cells = [method, name, *(f"{v:.2f}" for v in w), _pct(acc)]
+            out.append("| " + " | ".join(cells) + " |")
+    out += ["", "![chosen weights](weights.png)", ""]
+    robust = result.get("robust")
+    if robust:
+        where = f"{robust['dataset']}/{robust['split']}, first {robust['n_examples']} images"
+        out += [f"## Robustness of the selected soups (%, {where}, AutoAttack "
+                f"{robust['version']})", ""]  # fmt: skip
+        metrics = robust["metrics"]
+        out.append("| soup | weights | " + " | ".join(metrics) + " |")
+        out.append("|---|---|" + "---:|" * len(metrics))
+        for i, row in enumerate(robust["rows"]):
+            accs = robust_accuracies(arrays[f"robust/{i}"], metrics)
+            cells = ["; ".join(row["names"]), _weights(row["weights"]),
+                     *(_pct(accs[m]) for m in metrics)]  # fmt: skip
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["## Time", ""]
+    for line in timing_lines(result):
+        out.append(f"- {line}")
+    return "\n".join(out) + "\n"
+
+
+def comparison_lines(result: dict, values: dict[str, list[float]], columns: list[str]) -> list[str]:
+    """Where the soups beat the best single ingredient, the 4-ensemble, and each other."""
+    rows = {r["name"]: r for r in result["rows"]}
+    ingredients = [n for n, r in rows.items() if r["kind"] == "ingredient"]
+    best_single = np.max([values[n] for n in ingredients], axis=0)
+    lines = []
+    ensembles = [n for n, r in rows.items() if r["kind"] == "ensemble"]
+    full = max(ensembles, key=lambda n: rows[n]["fp"]) if ensembles else None
+    for name, row in rows.items():
+        if row["kind"] not in ("single", "specific"):
+            continue
+        accs = np.array(values[name])
+        wins = [c for c, a, b in zip(columns, accs, best_single, strict=True) if a > b]
+        text = (f"- {name}: beats the best ingredient of each column on {len(wins)}/"
+                f"{len(columns)} ({', '.join(wins) or 'none'})")  # fmt: skip
+        if full:
+            beat = [c for c, a, b in zip(columns, accs, values[full], strict=True) if a > b]
+            text += f"; the {full} on {len(beat)}/{len(columns)} ({', '.join(beat) or 'none'})"
+        lines.append(text + f"; mean {_pct(accs.mean())} vs {_pct(best_single.mean())} (best "
+                     "ingredient per column).")  # fmt: skip
+    for kind in ("single", "specific"):
+        grid = [n for n, r in rows.items() if r["kind"] == kind and r.get("method") == "grid"]
+        other = [n for n, r in rows.items() if r["kind"] == kind and r.get("method") == "learned"]
+        if grid and other:
+            g, o = np.array(values[grid[0]]), np.array(values[other[0]])
+            better = [c for c, a, b in zip(columns, o, g, strict=True) if a > b]
+            worse = [c for c, a, b in zip(columns, o, g, strict=True) if a < b]
+            lines.append(
+                f"- {other[0]} vs {grid[0]}: learned higher on {', '.join(better) or 'none'}; "
+                f"grid higher on {', '.join(worse) or 'none'}."
+            )
+    return lines
+
+
+def timing_lines(result: dict) -> list[str]:
+    """How long each stage took (seconds, from shift.json)."""
+    seconds = result.get("stage_seconds", {})
+    lines = []
+    grid = seconds.get("grid", {})
+    if grid:
+        n = len(result["grid"]["weights"])
+        lines.append(f"grid: {n} soups on every shift's adaptation images, "
+                     f"{sum(grid.values()):.1f} s in all")  # fmt: skip
+    for method, took in seconds.get("select", {}).items():
+        lines.append(f"{method} selection: {took:.1f} s for every shift and the single soup "
+                     "(grid: given the grid's predictions)")  # fmt: skip
+    if "unseen" in seconds:
+        lines.append(f"unseen images, every row: {sum(seconds['unseen'].values()):.1f} s")
+    if "robust" in seconds:
+        lines.append(f"AutoAttack of the selected soups: {seconds['robust']:.1f} s")
+    if "total" in result.get("stage_seconds", {}):
+        lines.append(f"whole run (this process's sessions): {seconds['total']:.1f} s")
+    return lines

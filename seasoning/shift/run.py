@@ -1,0 +1,482 @@
+"""A shift run: `run_shift(config, workdir)` is what `python -m seasoning.shift` runs.
+
+For the ingredients (runs of `seasoning.train`, the paper's four: Linf, Linf->L2, Linf->L1,
+Linf->nominal) and each shifted dataset of the config (a column), in stages:
+
+1. splits: each shift split into adaptation and unseen images (`shift.splits`);
+2. grid: the clean predictions of every soup of the simplex grid on the adaptation images,
+   all soups of a batch in one compiled program (`shift.predict`);
+3. selection (`shift.select`): per method (grid, learned, greedy) a soup per shift and a single
+   soup for all of them, using the adaptation images only;
+4. unseen: the predictions of every table row on the unseen images: each ingredient, the
+   logit ensembles, and each method's single and dataset-specific soups;
+5. robust: AutoAttack of each ingredient and each selected soup on the ingredients' test set.
+
+It writes `shift.json` (settings, splits, the grid's accuracies, chosen weights, every row's
+accuracy, times), `predictions.npz` (the per-point predictions, labels and members every
+accuracy is computed from), `report.md` (the paper-shaped table) and `weights.png`. Both files
+are saved after every stage (and every shift of a stage), so `--resume` continues where an
+interrupted run stopped. Only process 0 writes; every process computes the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from seasoning import config_lib, data, errors, evaluation, parallel, plots, runs, soup, threat
+from seasoning import workdir as workdir_lib
+from seasoning.data.source import ConcatSource
+from seasoning.shift import predict, report, select, splits
+from seasoning.soup import bn
+
+SHIFT_FILE, ARRAYS_FILE, REPORT_FILE, WEIGHTS_PLOT = (
+    "shift.json", "predictions.npz", "report.md", "weights.png"
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Column:
+    """One shifted dataset of the table, read as one source over its members.
+
+    Attributes:
+      name: the column's name.
+      spec: the registry name and split it was read from.
+      head: how logits score its labels (`DatasetEntry.head`).
+      source: its members read as one (`ConcatSource`).
+      members: each member's split (member-local indices).
+      adaptation, unseen: the split's indices in `source`.
+    """
+
+    name: str
+    spec: str
+    head: Any
+    source: ConcatSource
+    members: list[splits.MemberSplit]
+    adaptation: np.ndarray
+    unseen: np.ndarray
+
+    def member(self, indices: np.ndarray) -> np.ndarray:
+        return self.source.member_of(indices)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "spec": self.spec,
+                "members": [m.to_json() for m in self.members]}  # fmt: skip
+
+
+def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Column]:
+    """The config's shifts, loaded, checked against the model and split.
+
+    Raises:
+      UserError: a dataset the model cannot score (class count, image shape), a group whose
+        members differ in head, or a member too small for its split.
+      MissingInputError: a dataset that is not prepared (with the command that prepares it).
+    """
+    names = list(config.columns) or list(config.shifts)
+    columns = []
+    for spec, name in zip(config.shifts, names, strict=True):
+        dataset, split = data.parse_dataset(spec)
+        member_names = data.members(dataset)
+        heads = {data.DATASETS[m].head for m in member_names}
+        if len(heads) != 1:
+            raise errors.UserError(f"The members of {dataset!r} score their labels differently.")
+        sources, sized = [], []
+        for m in member_names:
+            section, member_split = data.eval_dataset(
+                first.config.dataset, f"{m}:{split}" if split else m
+            )
+            source = data.get_source(section, member_split, seed=config.seed)
+            first.check_source(source, f"{m}/{member_split}", data.DATASETS[m].model_classes)
+            sources.append(source)
+            sized.append((f"{m}:{member_split}", len(source)))
+        member_splits = splits.split_shift(sized, config.n_adaptation, config.n_unseen,
+                                           config.split_seed)  # fmt: skip
+        concat = ConcatSource(sources)
+        offsets = concat.offsets
+        adaptation = np.concatenate(
+            [o + m.adaptation for o, m in zip(offsets, member_splits, strict=False)]
+        )
+        unseen = np.concatenate(
+            [o + m.unseen for o, m in zip(offsets, member_splits, strict=False)]
+        )
+        columns.append(Column(name, spec, heads.pop(), concat, member_splits, adaptation, unseen))
+    return columns
+
+
+def ensembles_of(config: ml_collections.ConfigDict, labels: list[str]) -> list[list[int]]:
+    """Ingredient indices of each logit ensemble (default: first + last, and all)."""
+    if config.ensembles:
+        return [[labels.index(p) for p in spec.split("+")] for spec in config.ensembles]
+    k = len(labels)
+    return [[0, k - 1], list(range(k))] if k > 2 else [list(range(k))]
+
+
+def table_rows(labels: list[str], ensembles: list[list[int]], methods: list[str]) -> list[dict]:
+    """The rows of the paper's table: ingredients, ensembles, each method's soups."""
+    rows = [{"name": lab, "kind": "ingredient", "fp": 1, "ingredient": i}
+            for i, lab in enumerate(labels)]  # fmt: skip
+    for members in ensembles:
+        name = ("ensemble of all" if len(members) == len(labels) and len(labels) > 2
+                else "ensemble " + "+".join(labels[i] for i in members))  # fmt: skip
+        rows.append({"name": name, "kind": "ensemble", "fp": len(members), "members": members})
+    for method in methods:
+        rows.append({"name": f"single soup ({method})", "kind": "single", "fp": 1,
+                     "method": method})  # fmt: skip
+        rows.append({"name": f"dataset-specific soups ({method})", "kind": "specific", "fp": 1,
+                     "method": method})  # fmt: skip
+    return rows
+
+
+class _Files:
+    """shift.json and predictions.npz of a run, saved together (process 0 only)."""
+
+    def __init__(self, workdir: str, result: dict, arrays: dict[str, np.ndarray]):
+        self.json_path = os.path.join(workdir, SHIFT_FILE)
+        self.arrays_path = os.path.join(workdir, ARRAYS_FILE)
+        self.result, self.arrays = result, arrays
+        self.is_writer = jax.process_index() == 0
+
+    def save(self) -> None:
+        if self.is_writer:  # arrays first: shift.json says which stages are done
+            workdir_lib.write_arrays(self.arrays_path, self.arrays)
+            workdir_lib.write_json(self.json_path, self.result)
+
+
+def _adaptation_sets(column: Column) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = column.source.get(column.adaptation)
+    return data.to_float(images), np.asarray(labels, np.int32)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What every stage reads: the loaded inputs and the result being filled."""
+
+    config: ml_collections.ConfigDict
+    ingredients: list[runs.Run]
+    labels: list[str]
+    columns: list[Column]
+    grid: np.ndarray
+    stacked: Any  # the stacked ingredients, replicated on the mesh
+    mesh: Mesh
+    prepare: predict.Prepare
+    files: _Files
+
+    @property
+    def result(self) -> dict:
+        return self.files.result
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return self.files.arrays
+
+    @property
+    def seconds(self) -> dict:
+        return self.result["stage_seconds"]
+
+    @property
+    def apply_fn(self):
+        return self.ingredients[0].apply_fn
+
+    def predict_rows(self, column: Column, weights: np.ndarray, indices: np.ndarray, **kw):
+        return predict.predict_rows(
+            self.apply_fn, column.head, self.stacked, np.asarray(weights), column.source,
+            indices, mesh=self.mesh, batch_size=self.config.batch_size, prepare=self.prepare,
+            **kw,
+        )  # fmt: skip
+
+    def keep_points(self, prefix: str, column: Column, indices: np.ndarray, labels) -> None:
+        """Saves the points' indices, members and labels under `prefix`."""
+        self.arrays[prefix + "indices"] = indices
+        self.arrays[prefix + "member"] = column.member(indices)
+        self.arrays[prefix + "labels"] = labels
+
+
+def _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split, attack):
+    """Everything that determines the result (the one result-file guard compares it)."""
+    return {
+        "ingredients": list(config.ingredients),
+        "labels": labels,
+        "checkpoint_steps": [r.step for r in ingredients],
+        "shifts": list(config.shifts),
+        "columns": list(config.columns) or list(config.shifts),
+        "n_adaptation": config.n_adaptation,
+        "n_unseen": config.n_unseen,
+        "split_seed": config.split_seed,
+        "grid_step": config.grid_step,
+        "methods": list(config.methods),
+        "learned": config.learned.to_dict(),
+        "ensembles": ensembles,
+        "bn_policy": config.bn_policy,
+        "calibration_examples": config.calibration_examples,
+        "compute_dtype": config.compute_dtype,
+        "seed": config.seed,
+        "clean_evaluation": "predicted labels, no attack",
+        "robust": {
+            "enabled": config.robust.enabled,
+            "dataset": robust_dataset.name,
+            "split": robust_split,
+            "n_examples": config.robust.n_examples,
+            **attack.to_json(),
+        },
+    }
+
+
+def run_shift(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    resume: bool = False,
+    mesh: Mesh | None = None,
+) -> dict:
+    """The whole run (see module doc) on `mesh` (default: every device of every process);
+    returns the content of shift.json."""
+    config_lib.validate_shift_config(config)
+    run_dirs = list(config.ingredients)
+    labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    ingredients = runs.load_ingredients(run_dirs, config.compute_dtype)
+    first = ingredients[0]
+    ensembles = ensembles_of(config, labels)
+    robust_dataset, robust_split = data.eval_dataset(
+        first.config.dataset, config.robust.dataset, config.robust.split
+    )
+    threats = [threat.parse(s) for s in config.robust.threats]
+    if config.robust.enabled and not threats:
+        threats = list(data.default_threats(robust_dataset.name))
+    attack = evaluation.AttackSettings.make(
+        threats, config.robust.version, n_iter=config.robust.n_iter,
+        n_target_classes=config.robust.n_target_classes,
+    )  # fmt: skip
+    record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
+                       attack)  # fmt: skip
+    json_path = os.path.join(workdir, SHIFT_FILE)
+    previous = workdir_lib.check_result_file(json_path, record, resume=resume)
+    if previous and previous.get("complete"):
+        logging.info("%s is complete with these settings; nothing to do.", json_path)
+        return previous
+    arrays_path = os.path.join(workdir, ARRAYS_FILE)
+    resumed = previous and os.path.exists(arrays_path)
+    arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    start = time.monotonic()
+    columns = load_columns(config, first)
+    grid = soup.simplex_grid(len(ingredients), config.grid_step)
+    result = previous or {
+        "settings": record,
+        "columns": [c.to_json() for c in columns],
+        "grid": {"weights": grid.tolist(), "adaptation": {}},
+        "selection": {},
+        "rows": table_rows(labels, ensembles, list(config.methods)),
+        "unseen_done": [],
+        "stage_seconds": {"grid": {}, "select": {}, "unseen": {}},
+        "complete": False,
+    }
+    stacked_host = soup.stack([r.variables for r in ingredients])
+    prepare = None
+    if config.bn_policy == "recalibrate":
+        train_source = data.get_source(first.config.dataset, first.config.dataset.train_split)
+        count = min(config.calibration_examples, len(train_source))
+        images, _ = train_source.get(np.arange(count))
+        prepare = bn.make_prepare(config.bn_policy, first.model, data.to_float(images))
+    run = _Run(config, ingredients, labels, columns, grid,
+               jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
+               _Files(workdir, result, arrays))  # fmt: skip
+    if "grid" in config.methods:
+        _grid_stage(run)
+    for method in config.methods:
+        if method not in result["selection"]:
+            _select_stage(run, method)
+    _unseen_stage(run)
+    if config.robust.enabled:
+        _robust_stage(run, robust_dataset, robust_split, attack)
+    run.seconds["total"] = round(run.seconds.get("total", 0.0) + time.monotonic() - start, 2)
+    result.update(complete=True, processes=jax.process_count(),
+                  jax=parallel.runtime_info(mesh))  # fmt: skip
+    run.files.save()
+    if run.files.is_writer:
+        workdir_lib.write_atomic(os.path.join(workdir, REPORT_FILE),
+                                 report.markdown(result, arrays))  # fmt: skip
+        chosen = {m: {"single": result["selection"][m]["single"],
+                      **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()}}
+                  for m in config.methods}  # fmt: skip
+        plots.weight_bars(chosen, labels, os.path.join(workdir, WEIGHTS_PLOT))
+    return result
+
+
+def _grid_stage(run: _Run) -> None:
+    """Stage 2: every soup of the grid on each shift's adaptation images."""
+    done = run.result["grid"]["adaptation"]
+    for column in run.columns:
+        if column.name in done:
+            continue
+        t0 = time.monotonic()
+        predicted, labels = run.predict_rows(column, run.grid, column.adaptation)
+        prefix = f"adaptation/{column.name}/"
+        run.keep_points(prefix, column, column.adaptation, labels)
+        run.arrays[prefix + "grid"] = predicted
+        accuracy = report.shift_accuracy(predicted, labels, run.arrays[prefix + "member"])
+        done[column.name] = accuracy.tolist()
+        run.seconds["grid"][column.name] = round(time.monotonic() - t0, 2)
+        logging.info("grid of %d soups on %s (%d adaptation images): best %.2f%%, %.1f s",
+                     len(run.grid), column.name, len(column.adaptation), 100 * accuracy.max(),
+                     run.seconds["grid"][column.name])  # fmt: skip
+        run.files.save()
+
+
+def _adaptation_accuracy(run: _Run, tree: Any, column: Column) -> float:
+    predicted, labels = predict.predict_model(
+        run.apply_fn, column.head, tree, column.source, column.adaptation, mesh=run.mesh,
+        batch_size=run.config.batch_size, prepare=run.prepare,
+    )  # fmt: skip
+    return float(report.shift_accuracy(predicted, labels, column.member(column.adaptation)))
+
+
+def _choose(run: _Run, method: str) -> dict:
+    """{"single": weights, "specific": {column: weights}} of one selection method."""
+    columns = run.columns
+    if method == "grid":
+        accuracy = np.array([run.result["grid"]["adaptation"][c.name] for c in columns])
+        best, single = select.grid_choice(accuracy)
+        specific = {c.name: run.grid[b].tolist() for c, b in zip(columns, best, strict=True)}
+        return {"single": run.grid[single].tolist(), "specific": specific}
+    if method == "learned":
+        sets = [_adaptation_sets(c) for c in columns]
+        options = dict(mesh=run.mesh, prepare=run.prepare, **run.config.learned.to_dict())
+        key = jax.random.key(run.config.seed)
+        specific, final_loss = {}, {}
+        for i, column in enumerate(columns):
+            out = select.learn(run.apply_fn, [column.head], run.stacked, [sets[i]],
+                               key=jax.random.fold_in(key, i), **options)  # fmt: skip
+            specific[column.name] = out.weights.tolist()
+            final_loss[column.name] = float(out.losses[-1])
+        out = select.learn(run.apply_fn, [c.head for c in columns], run.stacked, sets,
+                           key=jax.random.fold_in(key, len(columns)), **options)  # fmt: skip
+        final_loss["single"] = float(out.losses[-1])
+        return {"single": out.weights.tolist(), "specific": specific, "final_loss": final_loss}
+    trees = [r.variables for r in run.ingredients]  # greedy
+    specific = {
+        c.name: select.greedy_weights(
+            trees, lambda tree, c=c: _adaptation_accuracy(run, tree, c)
+        ).tolist()
+        for c in columns
+    }
+    single = select.greedy_weights(
+        trees, lambda tree: float(np.mean([_adaptation_accuracy(run, tree, c) for c in columns]))
+    )
+    return {"single": single.tolist(), "specific": specific}
+
+
+def _select_stage(run: _Run, method: str) -> None:
+    """Stage 3 for one method; the chosen soups' adaptation predictions are kept (the
+    report's adaptation accuracies come from them)."""
+    t0 = time.monotonic()
+    chosen = _choose(run, method)
+    chosen["specific_adaptation"], singles = {}, []
+    for column in run.columns:
+        weights = [chosen["single"], chosen["specific"][column.name]]
+        predicted, labels = run.predict_rows(column, weights, column.adaptation)
+        prefix = f"adaptation/{column.name}/"
+        run.keep_points(prefix, column, column.adaptation, labels)
+        run.arrays[f"{prefix}chosen/{method}"] = predicted
+        accuracy = report.shift_accuracy(predicted, labels, run.arrays[prefix + "member"])
+        singles.append(float(accuracy[0]))
+        chosen["specific_adaptation"][column.name] = float(accuracy[1])
+    chosen["single_adaptation"] = float(np.mean(singles))
+    run.seconds["select"][method] = round(time.monotonic() - t0, 2)
+    run.result["selection"][method] = chosen
+    logging.info("%s selection: single soup %s (%.1f s)", method,
+                 np.round(chosen["single"], 3).tolist(), run.seconds["select"][method])  # fmt: skip
+    run.files.save()
+
+
+def _unseen_stage(run: _Run) -> None:
+    """Stage 4: every table row on each shift's unseen images, then the rows' accuracies."""
+    rows, result = run.result["rows"], run.result
+    ensembles = [r["members"] for r in rows if r["kind"] == "ensemble"]
+    k = len(run.ingredients)
+    for column in run.columns:
+        if column.name in result["unseen_done"]:
+            continue
+        t0 = time.monotonic()
+        names = [r["name"] for r in rows if r["kind"] == "ingredient"]
+        weights = list(np.eye(k))
+        for method in run.config.methods:
+            chosen = result["selection"][method]
+            weights += [chosen["single"], chosen["specific"][column.name]]
+            names += [f"single soup ({method})", f"dataset-specific soups ({method})"]
+        names += [r["name"] for r in rows if r["kind"] == "ensemble"]
+        predicted, labels = run.predict_rows(column, np.array(weights), column.unseen,
+                                             ensembles=ensembles)  # fmt: skip
+        prefix = f"unseen/{column.name}/"
+        run.keep_points(prefix, column, column.unseen, labels)
+        for name, row in zip(names, predicted, strict=True):
+            run.arrays[f"{prefix}row/{name}"] = row
+        run.seconds["unseen"][column.name] = round(time.monotonic() - t0, 2)
+        result["unseen_done"].append(column.name)
+        logging.info("%s: %d rows on %d unseen images, %.1f s", column.name, len(names),
+                     len(column.unseen), run.seconds["unseen"][column.name])  # fmt: skip
+        run.files.save()
+    for row in rows:
+        row["unseen"] = {c.name: report.unseen_accuracy(run.arrays, c.name, row["name"])
+                         for c in run.columns}  # fmt: skip
+        row["mean"] = float(np.mean(list(row["unseen"].values())))
+        if row["kind"] == "single":
+            row["weights"] = result["selection"][row["method"]]["single"]
+        elif row["kind"] == "specific":
+            row["weights"] = result["selection"][row["method"]]["specific"]
+
+
+def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
+    """Stage 5: one still_robust evaluation per distinct soup (ingredients, selected soups)."""
+    config, first = run.config, run.ingredients[0]
+    robust = run.result.setdefault("robust", {
+        "dataset": dataset_cfg.name, "split": split, "n_examples": config.robust.n_examples,
+        "version": attack.version, "metrics": evaluation.metric_names(attack.threats),
+        "rows": [],
+    })  # fmt: skip
+    k = len(run.labels)
+    candidates = [(lab, np.eye(k)[i].tolist()) for i, lab in enumerate(run.labels)]
+    for method in config.methods:
+        chosen = run.result["selection"][method]
+        candidates.append((f"single soup ({method})", chosen["single"]))
+        candidates += [(f"{c.name} soup ({method})", chosen["specific"][c.name])
+                       for c in run.columns]  # fmt: skip
+    distinct: dict[tuple, dict] = {}
+    for name, weights in candidates:
+        new = {"names": [], "weights": [float(w) for w in weights]}
+        entry = distinct.setdefault(tuple(np.round(weights, 6)), new)
+        entry["names"].append(name)
+    source = data.get_source(dataset_cfg, split, seed=first.config.seed)
+    first.check_source(source, f"{dataset_cfg.name}/{split}")
+    indices = evaluation.check_points(None, source, config.robust.n_examples)
+    evaluator = evaluation.Evaluator(
+        first.apply_fn, attack, schedule="still_robust", batch_size=config.robust.batch_size,
+        mesh=run.mesh,
+    )  # fmt: skip
+    replicated = parallel.replicated(run.mesh)
+    prepare = run.prepare
+
+    def mix(stacked, weights):
+        variables = soup.combine_stacked(stacked, weights)
+        return variables if prepare is None else prepare(variables)
+
+    mix = jax.jit(mix, in_shardings=(replicated, replicated), out_shardings=replicated)
+    t0 = time.monotonic()
+    rows = list(distinct.values())
+    for i in range(len(robust["rows"]), len(rows)):
+        variables = mix(run.stacked, np.asarray(rows[i]["weights"], np.float32))
+        outcome = evaluator.run(variables, source, indices, key=jax.random.key(config.seed),
+                                label=f"soup {i + 1}/{len(rows)}")  # fmt: skip
+        run.arrays[f"robust/{i}"] = outcome.flags
+        robust["rows"].append({**rows[i], "accuracy": outcome.accuracies(),
+                               "seconds": round(outcome.seconds, 2)})  # fmt: skip
+        logging.info("robust %d/%d (%s): %s", i + 1, len(rows), "; ".join(rows[i]["names"]),
+                     {n: round(100 * a, 2) for n, a in outcome.accuracies().items()})  # fmt: skip
+        run.files.save()
+    run.seconds["robust"] = round(run.seconds.get("robust", 0.0) + time.monotonic() - t0, 2)

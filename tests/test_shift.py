@@ -3,7 +3,6 @@ driver end to end on the Fashion-MNIST family, and the ImageNet / CIFAR configs 
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +27,9 @@ def test_splits_are_disjoint_seeded_and_spread_over_members():
     again = splits.split_shift(members, 10, 0, seed=3)
     assert all(np.array_equal(a.adaptation, b.adaptation) for a, b in zip(out, again, strict=True))
     other = splits.split_shift(members, 10, 0, seed=4)
-    assert not all(np.array_equal(a.adaptation, b.adaptation) for a, b in zip(out, other, strict=True))
+    assert not all(
+        np.array_equal(a.adaptation, b.adaptation) for a, b in zip(out, other, strict=True)
+    )
     # A member's split depends on its name, not on the other members.
     alone = splits.split_shift(members[1:2], 3, 0, seed=3)
     assert np.array_equal(alone[0].adaptation, out[1].adaptation)
@@ -62,8 +63,7 @@ def _linear_setup(best: int, seed: int = 0, n: int = 400):
     rng = np.random.default_rng(seed)
     w_best = rng.normal(size=(DIM, CLASSES))
     ws = [
-        w_best if i == best else -w_best + 0.5 * rng.normal(size=(DIM, CLASSES))
-        for i in range(4)
+        w_best if i == best else -w_best + 0.5 * rng.normal(size=(DIM, CLASSES)) for i in range(4)
     ]
     images = rng.integers(0, 256, size=(n, 4, 4, 3), dtype=np.uint8)
     labels = np.argmax(data.to_float(images).reshape(n, -1) @ w_best, axis=1).astype(np.int32)
@@ -148,5 +148,3 @@ def test_shift_accuracy_is_the_mean_over_members():
     predicted = np.array([[0, 0, 0, 1, 1, 0]])
     # member 0: 3/4, member 1: 1/2 -> 0.625 (pooled would be 4/6).
     assert np.isclose(report.shift_accuracy(predicted, labels, member)[0], 0.625)
-
-

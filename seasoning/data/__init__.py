@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from seasoning import errors, threat
-from seasoning.data import corruptions, fashion_mnist, shifts, synthetic
+from seasoning.data import corruptions, fashion_mnist, radii, shifts, synthetic
 from seasoning.data.pipeline import (
     prefetch,
     steps_per_epoch,
@@ -63,26 +63,17 @@ def _load_synthetic(dataset: ml_collections.ConfigDict, split: str, seed: int) -
     )
 
 
-def _threats(*specs: str) -> tuple[threat.ThreatModel, ...]:
-    return tuple(threat.parse(spec) for spec in specs)
-
-
-# The radii each dataset is usually evaluated at (pixels in [0, 1]). CIFAR-10 and ImageNet:
-# those of the soups paper and of Croce & Hein 2022. Fashion-MNIST (28x28x1): Linf 0.1 as in
-# the literature; L2 and L1 are ours, CIFAR-10's radii carried over to 784 pixels so that each
-# covers the same fraction of the Linf ball's extent, eps_inf * d^(1/p), as on CIFAR-10
-# (L2: 0.5 / (8/255 * sqrt(3072)) * 0.1 * sqrt(784) = 0.8; L1: 12 / (8/255 * 3072) * 0.1 * 784
-# = 9.8, rounded to 10). Synthetic data and CIFAR-100 have no usual radii here.
+# The radii: `data/radii.py`.
 DATASETS: Mapping[str, DatasetEntry] = types.MappingProxyType(
     {
         "fashion_mnist": DatasetEntry(
-            load=_load_fashion_mnist, threats=_threats("linf:0.1", "l2:0.8", "l1:10")
+            load=_load_fashion_mnist, threats=radii.FASHION_MNIST
         ),
         "synthetic": DatasetEntry(load=_load_synthetic),
-        "cifar10": tfds_entry("cifar10", _threats("linf:8/255", "l2:0.5", "l1:12")),
+        "cifar10": tfds_entry("cifar10", radii.CIFAR10),
         "cifar100": tfds_entry("cifar100"),
         "imagenet2012": tfds_entry(
-            "imagenet2012", _threats("linf:4/255", "l2:2", "l1:255"), default_split="validation"
+            "imagenet2012", radii.IMAGENET, default_split="validation"
         ),
         **corruptions.ENTRIES,  # Fashion-MNIST's shifted test sets, generated offline
         **shifts.ENTRIES,  # the shifted test sets of CIFAR-10 and ImageNet (TFDS)

@@ -59,8 +59,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from seasoning import errors, threat
-from seasoning.data import fashion_mnist
+from seasoning import errors
+from seasoning.data import fashion_mnist, radii
 from seasoning.data.source import ArraySource, DatasetEntry
 
 # The 15 benchmark corruptions of ImageNet-C, spelt and ordered as
@@ -80,8 +80,8 @@ TRANSLATED = "fashion_mnist_translated"
 SPLITS = ("test",)
 ROTATION_DEGREES = (20.0, 45.0)  # |angle| is uniform in this range, its sign random
 SHIFT_PIXELS = (2, 3)  # |shift| along each axis is one of these, its sign random
-# Fashion-MNIST's radii ("fashion_mnist" in data/__init__.py); every shifted set keeps them.
-THREATS = tuple(threat.parse(spec) for spec in ("linf:0.1", "l2:0.8", "l1:10"))
+# Fashion-MNIST's radii: every shifted set keeps them.
+THREATS = radii.FASHION_MNIST
 
 CACHE_ENV = "SEASONING_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/seasoning"

@@ -22,16 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import errors, threat
+from seasoning import errors
+from seasoning.data import radii
 from seasoning.data.source import DatasetEntry, Head
 from seasoning.data.tfds_source import tfds_entry
 
 IMAGENET_CLASSES = 1000
 
-# The radii of the clean parents, "cifar10" and "imagenet2012" in `data.DATASETS` (a test
-# checks they agree): the shifted sets are evaluated at the same ones.
-CIFAR10_THREATS = tuple(threat.parse(s) for s in ("linf:8/255", "l2:0.5", "l1:12"))
-IMAGENET_THREATS = tuple(threat.parse(s) for s in ("linf:4/255", "l2:2", "l1:255"))
+# The radii of the clean parents: the shifted sets are evaluated at the same ones.
+CIFAR10_THREATS = radii.CIFAR10
+IMAGENET_THREATS = radii.IMAGENET
 
 # The 15 benchmark corruptions of ImageNet-C and CIFAR-10-C (Hendrycks & Dietterich 2019) in
 # the spelling of the TFDS configs `<corruption>_<severity>` (BENCHMARK_CORRUPTIONS in

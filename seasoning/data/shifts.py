@@ -291,12 +291,16 @@ def accuracy(predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return correct(predicted, labels)[..., keep].mean(axis=-1)
 
 
+NLL_CAP = 1e4
+
+
 def label_nll(log_probs: jax.Array, labels: jax.Array) -> jax.Array:
     """float [N]: -log of the probability of a correct label (any of a point's labels);
-    0 for points without a label."""
+    0 for points without a label. A label the head cannot predict (outside ImageNet-A's mask)
+    costs a constant NLL_CAP: finite, and without gradient."""
     labels = labels[:, None] if labels.ndim == 1 else labels
     valid = labels >= 0
     picked = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0), axis=-1)
-    picked = jnp.where(valid, picked, -jnp.inf)
+    picked = jnp.where(valid, jnp.maximum(picked, -NLL_CAP), -jnp.inf)
     nll = -jax.scipy.special.logsumexp(picked, axis=-1)
     return jnp.where(valid.any(axis=-1), nll, 0.0)

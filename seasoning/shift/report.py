@@ -81,7 +81,8 @@ def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
     out.append("| method | soup | " + " | ".join(f"w_{lab}" for lab in labels)
                + " | adaptation acc. |")  # fmt: skip
     out.append("|---|---|" + "---:|" * (len(labels) + 1))
-    for method, chosen in result["selection"].items():
+    for method in settings["methods"]:
+        chosen = result["selection"][method]
         entries = [("single", chosen["single"], chosen["single_adaptation"])]
         entries += [(f"for {c}", chosen["specific"][c], chosen["specific_adaptation"][c])
                     for c in columns]  # fmt: skip

@@ -1,0 +1,268 @@
+"""`seasoning.shift` end to end: on the Fashion-MNIST family with real Fashion-MNIST-C and the
+offline shifts, and the CIFAR-10 and ImageNet configs on TFDS mock data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from seasoning import config_lib, data, workdir
+from seasoning.data import tfds_source
+from seasoning.shift import report, splits
+from seasoning.shift import run as run_lib
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(family):
+    """Fashion-MNIST-C's cache, shared by the test run's workers."""
+    path = os.path.join(family.root, "corruption_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEASONING_CACHE_DIR", path)
+        yield path
+
+
+def _fmnist_config(family, *overrides: str):
+    for name in ("", "_to_l2", "_to_l1", "_to_nominal"):
+        family[f"fmnist_cnn_linf{name}"]
+    spec = os.path.join(CONFIGS, f"shift_fmnist.py:runlocal,runs={family.root}")
+    return config_lib.load_config(spec, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def fmnist_run(family, cache_dir, tmp_path_factory):
+    """The runlocal Fashion-MNIST shift run: every column, every method, AutoAttack."""
+    out = str(tmp_path_factory.mktemp("shift_fmnist"))
+    config = _fmnist_config(family)
+    result = run_lib.run_shift(config, out)
+    return out, config, result
+
+
+def _correct_by_hand(predicted, labels):
+    return np.asarray(predicted) == np.asarray(labels)
+
+
+def _mean_over_members(predicted, labels, member):
+    ok = _correct_by_hand(predicted, labels)
+    return float(np.mean([ok[member == m].mean() for m in np.unique(member)]))
+
+
+def test_report_numbers_are_recomputed_from_the_saved_predictions(fmnist_run):
+    out, config, result = fmnist_run
+    arrays = workdir.read_arrays(os.path.join(out, run_lib.ARRAYS_FILE))
+    on_disk = workdir.read_json(os.path.join(out, run_lib.SHIFT_FILE))
+    assert on_disk == json.loads(json.dumps(result)) and on_disk["complete"]
+    with open(os.path.join(out, run_lib.REPORT_FILE)) as f:
+        text = f.read()
+    assert os.path.getsize(os.path.join(out, run_lib.WEIGHTS_PLOT)) > 1000
+    columns = list(config.columns)
+    table = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == len(columns) + 3 and cells[1].startswith("x"):
+            table[cells[0]] = cells[2:]
+    assert len(table) == len(result["rows"]) == 4 + 2 + 2 * 3  # ingredients, ensembles, soups
+    for row in result["rows"]:
+        by_hand = []
+        for column in columns:
+            prefix = f"unseen/{column}/"
+            predicted = arrays[f"{prefix}row/{row['name']}"]
+            acc = _mean_over_members(
+                predicted, arrays[prefix + "labels"], arrays[prefix + "member"]
+            )
+            assert acc == pytest.approx(row["unseen"][column], abs=1e-12)
+            by_hand.append(acc)
+        mean = f"{100 * np.mean(by_hand):.2f}"
+        expected = [f"{100 * a:.2f}" for a in by_hand]
+        expected.append(f"({mean})" if row["kind"] == "specific" else mean)
+        assert table[row["name"]] == expected, row["name"]
+    # The second table: every robust accuracy from the saved flags.
+    robust = result["robust"]
+    assert robust["rows"] and robust["metrics"][0] == "clean"
+    for i in range(len(robust["rows"])):
+        flags = arrays[f"robust/{i}"]
+        cells = [f"{100 * v:.2f}" for v in flags.mean(axis=1)]
+        assert f"| {' | '.join(cells)} |" in text
+        assert flags.shape == (len(robust["metrics"]), config.robust.n_examples)
+        # union = robust under every threat model
+        assert np.array_equal(flags[-1], flags[1:-1].all(axis=0))
+
+
+def test_splits_are_disjoint_and_selection_follows_the_adaptation_accuracies(fmnist_run):
+    out, config, result = fmnist_run
+    arrays = workdir.read_arrays(os.path.join(out, run_lib.ARRAYS_FILE))
+    grid = np.array(result["grid"]["weights"])
+    assert len(grid) == 10 and np.allclose(grid.sum(axis=1), 1)  # 4 ingredients, step 0.5
+    adaptation_acc = []
+    for column in config.columns:
+        adapt, unseen = arrays[f"adaptation/{column}/indices"], arrays[f"unseen/{column}/indices"]
+        assert len(adapt) == config.n_adaptation and len(unseen) == config.n_unseen
+        assert not set(adapt.tolist()) & set(unseen.tolist())
+        acc = [_mean_over_members(p, arrays[f"adaptation/{column}/labels"],
+                                  arrays[f"adaptation/{column}/member"])
+               for p in arrays[f"adaptation/{column}/grid"]]  # fmt: skip
+        assert np.allclose(acc, result["grid"]["adaptation"][column])
+        adaptation_acc.append(acc)
+        chosen = result["selection"]["grid"]["specific"][column]
+        assert acc[int(np.flatnonzero((grid == chosen).all(axis=1))[0])] == max(acc)
+    # Fashion-MNIST-C is the mean over its 75 sets, each given adaptation images.
+    members = arrays["adaptation/FMNIST-C/member"]
+    assert len(np.unique(members)) == 75
+    single = result["selection"]["grid"]["single"]
+    means = np.mean(adaptation_acc, axis=0)
+    assert means[int(np.flatnonzero((grid == single).all(axis=1))[0])] == means.max()
+    for method in ("learned", "greedy"):
+        for w in [result["selection"][method]["single"],
+                  *result["selection"][method]["specific"].values()]:  # fmt: skip
+            assert min(w) >= 0 and sum(w) == pytest.approx(1, abs=1e-5)
+
+
+def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path):
+    """Same seed, same selected weights: the learned selection and the unseen stage, lost from
+    shift.json, come back the same under --resume; a complete result is reused."""
+    out, config, result = fmnist_run
+    copy = tmp_path / "resumed"
+    copy.mkdir()
+    for name in (run_lib.SHIFT_FILE, run_lib.ARRAYS_FILE):
+        (copy / name).write_bytes(open(os.path.join(out, name), "rb").read())
+    partial = json.loads((copy / run_lib.SHIFT_FILE).read_text())
+    del partial["selection"]["learned"], partial["robust"]
+    partial.update(unseen_done=[], complete=False)
+    (copy / run_lib.SHIFT_FILE).write_text(json.dumps(partial))
+    with pytest.raises(Exception, match="--resume"):
+        run_lib.run_shift(config, str(copy))
+    again = run_lib.run_shift(config, str(copy), resume=True)
+    assert again["selection"] == result["selection"]
+    assert [r["unseen"] for r in again["rows"]] == [r["unseen"] for r in result["rows"]]
+    assert (copy / run_lib.REPORT_FILE).read_text().split("## Time")[0] == open(
+        os.path.join(out, run_lib.REPORT_FILE)).read().split("## Time")[0]  # fmt: skip
+    assert run_lib.run_shift(config, str(copy)) == json.loads(
+        (copy / run_lib.SHIFT_FILE).read_text())  # fmt: skip
+
+
+class _UnseenLabelsShifted:
+    """A source whose labels at `unseen` indices are replaced by (label + 1) mod classes."""
+
+    def __init__(self, source, unseen):
+        self._source, self._unseen = source, np.asarray(unseen)
+        self.num_classes, self.image_shape = source.num_classes, source.image_shape
+
+    def __len__(self):
+        return len(self._source)
+
+    def get(self, indices):
+        images, labels = self._source.get(indices)
+        hit = np.isin(indices, self._unseen)
+        return images, np.where(hit, (labels + 1) % self.num_classes, labels).astype(np.int32)
+
+
+def test_selection_reads_only_the_adaptation_split(family, cache_dir, tmp_path, monkeypatch):
+    """Corrupting every unseen label changes every unseen accuracy and no selected weight."""
+    overrides = ["shifts=('fashion_mnist_rotated',)", "columns=('rotated',)",
+                 "robust.enabled=False", "methods=('grid','learned','greedy')"]  # fmt: skip
+    config = _fmnist_config(family, *overrides)
+    clean = run_lib.run_shift(config, str(tmp_path / "clean"))
+    (split,) = splits.split_shift([("fashion_mnist_rotated:test", 10000)], config.n_adaptation,
+                                  config.n_unseen, config.split_seed)  # fmt: skip
+    get_source = data.get_source
+
+    def patched(section, split_name, seed=0):
+        source = get_source(section, split_name, seed=seed)
+        return _UnseenLabelsShifted(source, split.unseen) if section.name.endswith(
+            "rotated") else source  # fmt: skip
+
+    monkeypatch.setattr(data, "get_source", patched)
+    shifted = run_lib.run_shift(config, str(tmp_path / "shifted"))
+    assert shifted["selection"] == clean["selection"]
+    assert shifted["grid"] == clean["grid"]
+    for a, b in zip(clean["rows"], shifted["rows"], strict=True):
+        assert a["unseen"]["rotated"] != b["unseen"]["rotated"], a["name"]
+
+
+def test_cli_bad_value_is_one_line(tmp_path):
+    spec = os.path.join(CONFIGS, "shift_fmnist.py:runlocal")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seasoning.shift", f"--config={spec}",
+         f"--workdir={tmp_path}", "--config.n_adaptation=-5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "n_adaptation=-5: expected an integer >= 1" in proc.stderr
+    assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# The CIFAR-10 and ImageNet configs on mock data: one tiny run stands for each ingredient.
+
+
+def _mock_run(tmp_path_factory, train_config: str, name: str, overrides: list[str]) -> str:
+    from seasoning import train
+
+    out = str(tmp_path_factory.mktemp(name))
+    nominal = ["threat.norm=none", "threat.eps=0.0", "attack.name=none", "max_steps=1"]
+    config = config_lib.load_config(os.path.join(CONFIGS, train_config), overrides + nominal)
+    train.train_and_evaluate(config, out)
+    return out
+
+
+def _wider_label_lists(monkeypatch):
+    """Mock ReaL label lists hold 5-49 labels (the real ones at most 9): let them through."""
+    width = tfds_source._label_width
+    monkeypatch.setattr(tfds_source, "_label_width",
+                        lambda tfds, feature, name, key, most: 64 if most else
+                        width(tfds, feature, name, key, most))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config_file, train_config, train_overrides",
+    # The CIFAR ingredients are small CNNs: the test is about the config's datasets.
+    [("shift_cifar10_wrn28_10.py", "fmnist_cnn_linf.py:runlocal",
+      ["dataset.name=cifar10", "dataset.image_size=0"]),
+     ("shift_imagenet_vitb16.py", "vitb_linf.py:runlocal",
+      ["dataset.name=imagenet2012", "dataset.image_size=32"])],
+)  # fmt: skip
+def test_cifar10_and_imagenet_configs_run_on_mock_data(
+    config_file, train_config, train_overrides, tmp_path_factory, monkeypatch
+):
+    _wider_label_lists(monkeypatch)
+    with tfds.testing.mock_data(num_examples=80):
+        ingredient = _mock_run(tmp_path_factory, train_config, "mock_run", train_overrides)
+        # Grid selection only: learned and greedy compile a program per head (the FMNIST
+        # tests run them); AutoAttack is tested there too.
+        config = config_lib.load_config(os.path.join(CONFIGS, f"{config_file}:runlocal"),
+                                        ["robust.enabled=False", "methods=('grid',)"])  # fmt: skip
+        config.ingredients = (ingredient,) * 4
+        out = str(tmp_path_factory.mktemp("mock_shift"))
+        result = run_lib.run_shift(config, out)
+    expected_columns = {"shift_cifar10_wrn28_10.py": ["CIFAR-10", "CIFAR-10.1", "CIFAR-10-C"],
+                        "shift_imagenet_vitb16.py": ["IN", "IN-ReaL", "V2", "A", "R", "Sketch",
+                                                     "Conflict", "IN-C"]}[config_file]  # fmt: skip
+    assert [c["name"] for c in result["columns"]] == expected_columns
+    text = open(os.path.join(out, run_lib.REPORT_FILE)).read()
+    assert re.search(r"\| setup \| #FP \| " + r" \| ".join(map(re.escape, expected_columns)), text)
+    arrays = workdir.read_arrays(os.path.join(out, run_lib.ARRAYS_FILE))
+    for column in result["columns"]:
+        name = column["name"]
+        predicted = arrays[f"unseen/{name}/row/linf"]
+        labels = arrays[f"unseen/{name}/labels"]
+        if name == "Conflict":  # 16 shape categories, from the 1000 logits
+            assert labels.max() < 16 and predicted.max() < 16
+        if name in ("A", "R"):  # predictions stay inside the 200-class mask
+            mask = np.exp(np.asarray(data.DATASETS["imagenet_a" if name == "A" else "imagenet_r"]
+                                     .head(np.zeros((1, 1000)))))[0] > 0  # fmt: skip
+            assert mask.sum() == 200 and mask[predicted].all()
+        if name == "IN-ReaL":
+            assert labels.ndim == 2
+        linf = next(r for r in result["rows"] if r["name"] == "linf")
+        acc = report.shift_accuracy(predicted[None], labels, arrays[f"unseen/{name}/member"])
+        assert 0 <= acc[0] <= 1 and acc[0] == linf["unseen"][name]
+    if "IN-C" in expected_columns:
+        assert len(result["columns"][-1]["members"]) == 75

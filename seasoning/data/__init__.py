@@ -66,15 +66,11 @@ def _load_synthetic(dataset: ml_collections.ConfigDict, split: str, seed: int) -
 # The radii: `data/radii.py`.
 DATASETS: Mapping[str, DatasetEntry] = types.MappingProxyType(
     {
-        "fashion_mnist": DatasetEntry(
-            load=_load_fashion_mnist, threats=radii.FASHION_MNIST
-        ),
+        "fashion_mnist": DatasetEntry(load=_load_fashion_mnist, threats=radii.FASHION_MNIST),
         "synthetic": DatasetEntry(load=_load_synthetic),
         "cifar10": tfds_entry("cifar10", radii.CIFAR10),
         "cifar100": tfds_entry("cifar100"),
-        "imagenet2012": tfds_entry(
-            "imagenet2012", radii.IMAGENET, default_split="validation"
-        ),
+        "imagenet2012": tfds_entry("imagenet2012", radii.IMAGENET, default_split="validation"),
         **corruptions.ENTRIES,  # Fashion-MNIST's shifted test sets, generated offline
         **shifts.ENTRIES,  # the shifted test sets of CIFAR-10 and ImageNet (TFDS)
     }

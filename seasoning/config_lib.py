@@ -444,7 +444,8 @@ def base_shift_config() -> ml_collections.ConfigDict:
     c.grid_step = 0.1  # the simplex grid of soups (286 for 4 ingredients at 0.1)
     c.methods = ("grid", "learned", "greedy")  # selection methods (`shift.select.METHODS`)
     # The learned soup: Adam on the soup weights (softmax over the simplex, or unconstrained
-    # with `extrapolate`), `batch_size` adaptation images per shift a step.
+    # with `extrapolate`), `batch_size` adaptation images a step (the single soup: an equal
+    # share from each shift).
     c.learned = dict(steps=200, batch_size=128, learning_rate=0.1, extrapolate=False)
     # Logit ensembles, each "a+b" of ingredient labels; () = first + last (Linf + nominal in
     # the paper's order) and all of them.

@@ -1,6 +1,6 @@
 """Two real processes (jax.distributed over localhost, CPU collectives, 2 CPU devices each)
 against one process with 4 devices (this one, on 4 of its 8 CPU devices), on the same global
-batches: `seasoning.evaluate` and `seasoning.soup` give the same counts.
+batches: `seasoning.evaluate`, `seasoning.soup` and `seasoning.shift` give the same counts.
 
 The tolerance is zero points: both layouts run the same SPMD programs on a 4-device mesh with the
 same global batches and keys, and every per-point decision (attack steps, predictions) is made
@@ -18,6 +18,7 @@ import jax
 import pytest
 
 from seasoning import config_lib, evaluate, parallel, threat
+from seasoning.shift import run as run_lib
 from seasoning.soup import sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,8 @@ def _run(module: str, args: list[str], processes: int = 2) -> list[subprocess.Co
 
 @pytest.fixture(scope="module")
 def runs(family):
-    family["fmnist_cnn_linf_to_l2"]  # and its parent
+    for child in ("l2", "l1", "nominal"):  # and their parent
+        family[f"fmnist_cnn_linf_to_{child}"]
     return family.root
 
 
@@ -119,3 +121,25 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
             if name != "weights":
                 assert 0.0 <= value <= 1.0, (name, value)
     assert two["rows"] == one["rows"]
+
+
+def test_shift_on_two_processes_equals_one_process(runs, tmp_path):
+    """Grid and learned selection, and every row's unseen accuracy, on two processes: the same
+    as one process with the same 4 devices (the learned soup's batches are sharded too)."""
+    spec = os.path.join(CONFIGS, f"shift_fmnist.py:runlocal,runs={runs}")
+    overrides = ["shifts=('fashion_mnist_rotated',)", "columns=('rotated',)",
+                 "methods=('grid','learned')", "robust.enabled=False"]  # fmt: skip
+    workdir = str(tmp_path / "shift_2")
+    logs = _run("seasoning.shift", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
+                                    f"--workdir={workdir}"])  # fmt: skip
+    assert "Wrote" in logs[0].stdout and "Wrote" not in logs[1].stdout
+    with open(os.path.join(workdir, run_lib.SHIFT_FILE)) as f:
+        two = json.load(f)
+    one = run_lib.run_shift(config_lib.load_config(spec, overrides), str(tmp_path / "shift_1"),
+                            mesh=_mesh4())  # fmt: skip
+    assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
+    assert two["grid"]["adaptation"] == one["grid"]["adaptation"]
+    assert two["selection"]["grid"] == one["selection"]["grid"]
+    learned_one, learned_two = one["selection"]["learned"], two["selection"]["learned"]
+    assert learned_two["single"] == pytest.approx(learned_one["single"], abs=1e-6)
+    assert [r["unseen"] for r in two["rows"]] == [r["unseen"] for r in one["rows"]]

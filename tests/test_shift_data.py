@@ -185,3 +185,13 @@ def test_multi_label_scoring_with_padding_and_an_unlabelled_row():
     np.testing.assert_allclose(shifts.accuracy(predicted, labels), [0.5, 1.0, 0.0])
     with pytest.raises(ValueError, match="No scored point"):
         shifts.accuracy(predicted[:, 1:2], labels[1:2])
+
+
+@pytest.mark.parametrize("name", ["imagenet_a", "imagenet_r", "geirhos_conflict_stimuli"])
+def test_evaluate_and_soup_refuse_datasets_scored_through_a_head(name):
+    train = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir="", image_size=224,
+                                           eval_split="validation"))  # fmt: skip
+    with pytest.raises(errors.UserError, match=f"{name}.*seasoning.shift"):
+        data.eval_dataset(train, name)
+    section, split = data.eval_dataset(train, name, allow_heads=True)
+    assert section.name == name and split == "test" and section.image_size == 224

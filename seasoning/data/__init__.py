@@ -169,7 +169,11 @@ def parse_dataset(spec: str) -> tuple[str, str]:
 
 
 def eval_dataset(
-    train_dataset: ml_collections.ConfigDict, spec: str = "", split: str = ""
+    train_dataset: ml_collections.ConfigDict,
+    spec: str = "",
+    split: str = "",
+    *,
+    allow_heads: bool = False,
 ) -> tuple[ml_collections.ConfigDict, str]:
     """(dataset config section, split) to evaluate a run on, for every driver.
 
@@ -178,14 +182,23 @@ def eval_dataset(
       spec: "" (the run's own dataset) or "NAME[:split]" of the registry.
       split: a split overriding the one `spec` names (default: the run's eval split for its
         own dataset, the registry's `default_split` for another).
+      allow_heads: accept datasets whose labels are scored through a head (ImageNet-A's mask,
+        Conflict Stimuli's categories); only `seasoning.shift` scores them so.
 
     Raises:
-      UserError: an unknown dataset name.
+      UserError: an unknown dataset name, or one scored through a head when not allowed.
     """
     section = ml_collections.ConfigDict(train_dataset.to_dict())
     if not spec:
         return section, split or train_dataset.eval_split
     name, named_split = parse_dataset(spec)
+    entry = DATASETS[name]
+    if not allow_heads and (entry.head is not None or entry.model_classes):
+        raise errors.UserError(
+            f"Dataset {name!r} scores a model's logits through its own head (a class mask or "
+            "category mapping), which the attacks here do not use: measure its clean accuracy "
+            "with `python -m seasoning.shift` (configs/shift_*.py)."
+        )
     if name != section.name:
         section.name, section.data_dir = name, ""
     return section, split or named_split or DATASETS[name].default_split

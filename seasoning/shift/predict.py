@@ -141,9 +141,10 @@ def learned_loss_fn(
 ) -> Callable[[jax.Array, Any, jax.Array], jax.Array]:
     """The loss of `soup.learned`: data (stacked, ((images, labels), ...) one pair a shift);
     the mean over shifts of the label cross-entropy (`shifts.label_nll`) of the soup on
-    `batch_size` images drawn from each shift's pair (without replacement), sharded over
-    the mesh's devices."""
+    images drawn from each shift's pair (without replacement), `batch_size` in all (an equal
+    share a shift), sharded over the mesh's devices."""
     sharding = parallel.data_sharding(mesh)
+    share = max(1, batch_size // len(heads))
 
     def loss(weights, data_arg, key):
         stacked, sets = data_arg
@@ -152,7 +153,7 @@ def learned_loss_fn(
         total = 0.0
         for i, ((images, labels), head) in enumerate(zip(sets, heads, strict=True)):
             n = images.shape[0]
-            size = _sharded_size(min(batch_size, n), mesh.size)
+            size = _sharded_size(min(share, n), mesh.size)
             pick = jax.random.choice(jax.random.fold_in(key, i), n, (size,), replace=size > n)
             x = jax.lax.with_sharding_constraint(images[pick], sharding)
             logits = apply_fn(variables, x).astype(jnp.float32)

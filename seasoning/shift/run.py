@@ -91,7 +91,7 @@ def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Col
         sources, sized = [], []
         for m in member_names:
             section, member_split = data.eval_dataset(
-                first.config.dataset, f"{m}:{split}" if split else m
+                first.config.dataset, f"{m}:{split}" if split else m, allow_heads=True
             )
             source = data.get_source(section, member_split, seed=config.seed)
             first.check_source(source, f"{m}/{member_split}", data.DATASETS[m].model_classes)

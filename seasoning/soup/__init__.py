@@ -34,6 +34,7 @@ import functools
 import itertools
 import math
 import operator
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
 from seasoning import errors
 from seasoning.soup import bn
@@ -557,24 +559,19 @@ def learned_weights(alpha: jax.Array, extrapolate: bool) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=16)
-def _learn_program(loss_fn: Callable, steps: int, learning_rate: float, extrapolate: bool):
+def _learn_step(loss_fn: Callable, learning_rate: float, extrapolate: bool):
+    """One compiled Adam step on `learned`'s parameters (a Python loop drives the steps:
+    XLA:CPU ran the model's gradient inside a `lax.scan` many times slower)."""
     optimizer = optax.adam(learning_rate)
 
-    def run(alpha, data, key):
-        def step(carry, step_key):
-            alpha, opt_state = carry
-            loss, grad = jax.value_and_grad(
-                lambda a: loss_fn(learned_weights(a, extrapolate), data, step_key)
-            )(alpha)
-            updates, opt_state = optimizer.update(grad, opt_state, alpha)
-            return (optax.apply_updates(alpha, updates), opt_state), loss
+    def step(alpha, opt_state, data, key):
+        loss, grad = jax.value_and_grad(
+            lambda a: loss_fn(learned_weights(a, extrapolate), data, key)
+        )(alpha)
+        updates, opt_state = optimizer.update(grad, opt_state, alpha)
+        return optax.apply_updates(alpha, updates), opt_state, loss
 
-        (alpha, _), losses = jax.lax.scan(
-            step, (alpha, optimizer.init(alpha)), jax.random.split(key, steps)
-        )
-        return learned_weights(alpha, extrapolate), losses
-
-    return jax.jit(run)
+    return optimizer, jax.jit(step, donate_argnums=(0, 1))
 
 
 def learned(
@@ -586,13 +583,15 @@ def learned(
     steps: int = 200,
     learning_rate: float = 0.1,
     extrapolate: bool = False,
+    log_every: int = 50,
 ) -> LearnedResult:
     """Learned soup (Wortsman et al. 2022): the weights by gradient descent on held-out data.
 
     Parametrised on the simplex as w = softmax(alpha), alpha starting at 0 (the uniform soup);
     with `extrapolate`, w = alpha unconstrained (any real weights, not summing to 1 either),
-    starting at 1/K. Adam, `steps` steps, all in one compiled program (cached per `loss_fn`
-    object, so pass the same one for many datasets of one shape).
+    starting at 1/K. Adam, `steps` steps of one compiled program (cached per `loss_fn` object,
+    so pass the same one for many datasets of one shape); a progress line every `log_every`
+    steps.
 
     Args:
       loss_fn: (weights [K], data, key) -> scalar loss, pure (e.g. the cross-entropy of
@@ -612,6 +611,16 @@ def learned(
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise errors.UserError(f"learning_rate={learning_rate!r}: expected a number > 0.")
     alpha = jnp.full((k,), 1.0 / k) if extrapolate else jnp.zeros((k,))
-    program = _learn_program(loss_fn, steps, float(learning_rate), bool(extrapolate))
-    weights, losses = program(alpha, data, key)
-    return LearnedResult(np.asarray(weights, np.float64), np.asarray(losses, np.float64))
+    optimizer, step = _learn_step(loss_fn, float(learning_rate), bool(extrapolate))
+    opt_state = optimizer.init(alpha)
+    losses = []
+    start = time.monotonic()
+    for i, step_key in enumerate(jax.random.split(key, steps)):
+        alpha, opt_state, loss = step(alpha, opt_state, data, step_key)
+        losses.append(loss)
+        if (i + 1) % log_every == 0 or i + 1 == steps:
+            rate = (i + 1) / max(time.monotonic() - start, 1e-9)
+            logging.info("learned soup: step %d/%d | loss %.4f | %.1f steps/s | ETA %.0f s",
+                         i + 1, steps, float(loss), rate, (steps - i - 1) / rate)  # fmt: skip
+    weights = learned_weights(alpha, extrapolate)
+    return LearnedResult(np.asarray(weights, np.float64), np.asarray(jnp.stack(losses), np.float64))

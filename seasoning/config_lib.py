@@ -378,13 +378,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
     from seasoning.soup import grid as soup_grid
 
     _check_against_schema(config, base_soup_config(), prefix="")
-    k = len(config.ingredients)
-    if k < 2 or not all(isinstance(d, str) and d for d in config.ingredients):
-        raise errors.UserError(
-            f"Config ingredients={config.ingredients!r}: give two or more run dirs."
-        )
-    if config.labels and len(config.labels) != k:
-        raise errors.UserError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
+    k = _check_ingredients(config)
     check_choice("grid.kind", config.grid.kind, soup.GRID_KINDS)
     if config.grid.kind == "line" and k != 2:
         raise errors.UserError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
@@ -482,13 +476,7 @@ def validate_shift_config(config: ml_collections.ConfigDict) -> None:
     from seasoning.shift import select
 
     _check_against_schema(config, base_shift_config(), prefix="")
-    k = len(config.ingredients)
-    if k < 2 or not all(isinstance(d, str) and d for d in config.ingredients):
-        raise errors.UserError(
-            f"Config ingredients={config.ingredients!r}: give two or more run dirs."
-        )
-    if config.labels and len(config.labels) != k:
-        raise errors.UserError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
+    k = _check_ingredients(config)
     if not config.shifts:
         raise errors.UserError("Config shifts=(): name at least one dataset (NAME[:split]).")
     for spec in config.shifts:
@@ -541,6 +529,18 @@ def validate_shift_config(config: ml_collections.ConfigDict) -> None:
         _check_int(config, f"robust.{key}", 0)
     _check_int(config, "robust.batch_size", 1)
     _check_int(config, "seed", 0)
+
+
+def _check_ingredients(config: ml_collections.ConfigDict) -> int:
+    """The number of ingredients of a soup or shift config, checked with their labels."""
+    k = len(config.ingredients)
+    if k < 2 or not all(isinstance(d, str) and d for d in config.ingredients):
+        raise errors.UserError(
+            f"Config ingredients={config.ingredients!r}: give two or more run dirs."
+        )
+    if config.labels and len(config.labels) != k:
+        raise errors.UserError(f"Config labels has {len(config.labels)} names for {k} ingredients.")
+    return k
 
 
 def _check_against_schema(config: Any, schema: Any, prefix: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -134,3 +134,8 @@ def load_ingredients(run_dirs: list[str], compute_dtype: str = "float32") -> lis
                     f"Ingredient {run.workdir} has another {key} than {first.workdir}: {diffs}"
                 )
     return loaded
+
+
+def ingredient_labels(run_dirs: list[str], labels: Sequence[str] = ()) -> list[str]:
+    """Short names of ingredients for tables and plots: `labels`, else the run dirs' names."""
+    return list(labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,14 +20,14 @@ from seasoning import errors
 CONFIG_FILE = "config.json"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
+def _replace_atomically(path: str, write: Callable[[Any], None], mode: str) -> None:
+    """Writes `path` through `write(file)` on a temporary file in its folder, then a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -34,6 +35,11 @@ def write_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename."""
+    _replace_atomically(path, lambda f: f.write(text), "w")
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -43,19 +49,7 @@ def write_json(path: str, obj: Any) -> None:
 
 def write_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Writes named arrays as an .npz file, atomically (read back with `read_arrays`)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _replace_atomically(path, lambda f: np.savez(f, **arrays), "wb")
 
 
 def read_arrays(path: str) -> dict[str, np.ndarray]:

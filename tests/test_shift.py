@@ -86,10 +86,8 @@ def test_grid_learned_and_greedy_put_their_weight_on_the_best_ingredient(best):
     specific, single = select.grid_choice(accuracy[None])
     assert grid[specific[0], best] == 1.0 and single == specific[0]
 
-    images, labels = source.get(indices)
-    out = select.learn(_linear, [None], stacked, [(data.to_float(images), labels)], mesh=mesh,
-                       key=jax.random.key(0), steps=60, batch_size=64, learning_rate=0.2,
-                       extrapolate=False)  # fmt: skip
+    out = select.learn(_linear, [None], stacked, [(source, indices)], mesh=mesh, seed=(0,),
+                       steps=60, batch_size=64, learning_rate=0.2, extrapolate=False)  # fmt: skip
     assert np.argmax(out.weights) == best and out.weights[best] > 0.7
     assert out.losses[-1] < out.losses[0]
     assert np.isclose(out.weights.sum(), 1.0, atol=1e-5)
@@ -107,9 +105,8 @@ def test_learned_extrapolation_may_leave_the_simplex():
     trees, source = _linear_setup(2)
     mesh = parallel.make_mesh()
     stacked = jax.device_put(soup.stack(trees), parallel.replicated(mesh))
-    images, labels = source.get(np.arange(len(source)))
-    out = select.learn(_linear, [None], stacked, [(data.to_float(images), labels)], mesh=mesh,
-                       key=jax.random.key(1), steps=60, batch_size=64, learning_rate=0.2,
+    out = select.learn(_linear, [None], stacked, [(source, np.arange(len(source)))], mesh=mesh,
+                       seed=(1,), steps=60, batch_size=64, learning_rate=0.2,
                        extrapolate=True)  # fmt: skip
     # From the uniform soup, the descent pushes the others' weights below zero.
     assert np.argmax(out.weights) == 2 and out.weights.min() < 0

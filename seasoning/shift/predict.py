@@ -135,35 +135,20 @@ def predict_model(
 def learned_loss_fn(
     apply_fn: evaluation.ApplyFn,
     heads: tuple[data.source.Head | None, ...],
-    batch_size: int,
-    mesh: Mesh,
     prepare: Prepare = None,
-) -> Callable[[jax.Array, Any, jax.Array], jax.Array]:
-    """The loss of `soup.learned`: data (stacked, ((images, labels), ...) one pair a shift);
-    the mean over shifts of the label cross-entropy (`shifts.label_nll`) of the soup on
-    images drawn from each shift's pair (without replacement), `batch_size` in all (an equal
-    share a shift), sharded over the mesh's devices."""
-    sharding = parallel.data_sharding(mesh)
-    share = max(1, batch_size // len(heads))
+) -> Callable[[jax.Array, Any], jax.Array]:
+    """The loss of `soup.learned` for shifts with `heads`: batch (stacked ingredients,
+    ((images, labels), ...) one pair a shift) -> the mean over shifts of the soup's label
+    cross-entropy (`shifts.label_nll`) on that shift's images."""
 
-    def loss(weights, data_arg, key):
-        stacked, sets = data_arg
+    def loss(weights, batch):
+        stacked, sets = batch
         variables = soup.combine_stacked(stacked, weights)
         variables = variables if prepare is None else prepare(variables)
         total = 0.0
-        for i, ((images, labels), head) in enumerate(zip(sets, heads, strict=True)):
-            n = images.shape[0]
-            size = _sharded_size(min(share, n), mesh.size)
-            pick = jax.random.choice(jax.random.fold_in(key, i), n, (size,), replace=size > n)
-            x = jax.lax.with_sharding_constraint(images[pick], sharding)
-            logits = apply_fn(variables, x).astype(jnp.float32)
-            log_probs = shifts.label_log_probs(head, logits)
-            total = total + jnp.mean(shifts.label_nll(log_probs, labels[pick]))
+        for (images, labels), head in zip(sets, heads, strict=True):
+            log_probs = shifts.label_log_probs(head, apply_fn(variables, images))
+            total = total + jnp.mean(shifts.label_nll(log_probs, labels))
         return total / len(sets)
 
     return loss
-
-
-def _sharded_size(size: int, devices: int) -> int:
-    """`size` rounded to a multiple of the device count (down, but at least one each)."""
-    return max(devices, size // devices * devices)

@@ -150,11 +150,6 @@ class _Files:
             workdir_lib.write_json(self.json_path, self.result)
 
 
-def _adaptation_sets(column: Column) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = column.source.get(column.adaptation)
-    return data.to_float(images), np.asarray(labels, np.int32)
-
-
 @dataclasses.dataclass
 class _Run:
     """What every stage reads: the loaded inputs and the result being filled."""
@@ -239,7 +234,7 @@ def run_shift(
     returns the content of shift.json."""
     config_lib.validate_shift_config(config)
     run_dirs = list(config.ingredients)
-    labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    labels = runs.ingredient_labels(run_dirs, config.labels)
     ingredients = runs.load_ingredients(run_dirs, config.compute_dtype)
     first = ingredients[0]
     ensembles = ensembles_of(config, labels)
@@ -346,17 +341,16 @@ def _choose(run: _Run, method: str) -> dict:
         specific = {c.name: run.grid[b].tolist() for c, b in zip(columns, best, strict=True)}
         return {"single": run.grid[single].tolist(), "specific": specific}
     if method == "learned":
-        sets = [_adaptation_sets(c) for c in columns]
+        sets = [(c.source, c.adaptation) for c in columns]
         options = dict(mesh=run.mesh, prepare=run.prepare, **run.config.learned.to_dict())
-        key = jax.random.key(run.config.seed)
         specific, final_loss = {}, {}
         for i, column in enumerate(columns):
             out = select.learn(run.apply_fn, [column.head], run.stacked, [sets[i]],
-                               key=jax.random.fold_in(key, i), **options)  # fmt: skip
+                               seed=(run.config.seed, i), **options)  # fmt: skip
             specific[column.name] = out.weights.tolist()
             final_loss[column.name] = float(out.losses[-1])
         out = select.learn(run.apply_fn, [c.head for c in columns], run.stacked, sets,
-                           key=jax.random.fold_in(key, len(columns)), **options)  # fmt: skip
+                           seed=(run.config.seed, len(columns)), **options)  # fmt: skip
         final_loss["single"] = float(out.losses[-1])
         return {"single": out.weights.tolist(), "specific": specific, "final_loss": final_loss}
     trees = [r.variables for r in run.ingredients]  # greedy

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from seasoning import parallel, soup
+from seasoning import data, evaluation, soup
 from seasoning.shift import predict
 
 METHODS = ("grid", "learned", "greedy")
@@ -34,23 +34,38 @@ def learn(
     apply_fn: Callable,
     heads: Sequence[Any],
     stacked: Any,
-    sets: Sequence[tuple[np.ndarray, np.ndarray]],
+    sets: Sequence[tuple[data.Source, np.ndarray]],
     *,
     mesh: Mesh,
-    key: jax.Array,
+    seed: Sequence[int],
     steps: int,
     batch_size: int,
     learning_rate: float,
     extrapolate: bool,
     prepare: predict.Prepare = None,
 ) -> soup.LearnedResult:
-    """The learned soup of the adaptation sets `sets` ((float images, labels) per shift, with
-    the shifts' `heads`): the mean loss over the shifts (one shift: its own soup)."""
-    loss_fn = predict.learned_loss_fn(apply_fn, tuple(heads), batch_size, mesh, prepare)
-    on_devices = jax.device_put((stacked, tuple(sets)), parallel.replicated(mesh))
+    """The learned soup of the adaptation images `sets` ((source, adaptation indices) per
+    shift, with the shifts' `heads`): the mean loss over the shifts (one shift: its own soup).
+
+    Each step draws `batch_size` images in all, an equal share from each shift (without
+    replacement within a step, from a generator seeded by `seed`), fed as global batches
+    sharded over the mesh, each process loading its rows (as training does).
+    """
+    share = max(mesh.size, batch_size // len(sets) // mesh.size * mesh.size)
+    rng = np.random.default_rng(list(seed))
+    loss_fn = predict.learned_loss_fn(apply_fn, tuple(heads), prepare)
+
+    def batch_fn(step: int):
+        del step  # the generator advances
+        pairs = []
+        for source, indices in sets:
+            pick = rng.choice(indices, size=share, replace=share > len(indices))
+            pairs.append(evaluation.load_batch(source, pick, mesh))
+        return stacked, tuple(pairs)
+
     k = len(jax.tree.leaves(stacked)[0])
-    return soup.learned(loss_fn, on_devices, k, key=key, steps=steps,
-                        learning_rate=learning_rate, extrapolate=extrapolate)  # fmt: skip
+    return soup.learned(loss_fn, batch_fn, k, steps=steps, learning_rate=learning_rate,
+                        extrapolate=extrapolate)  # fmt: skip
 
 
 def greedy_weights(trees: Sequence[Any], score_fn: Callable[[Any], float]) -> np.ndarray:

@@ -7,7 +7,7 @@ A soup of K ingredients theta_1..theta_K (variable pytrees of one architecture, 
     soup_vars = soup.mix(v_a, v_b, 0.25)                  # 0.75 a + 0.25 b
     grid = soup.simplex_grid(3, 0.1)                      # [66, 3], rows sum to 1
     best = soup.greedy(trees, score_fn)                   # Wortsman et al.'s greedy soup
-    w = soup.learned(loss_fn, data, k=4, key=key).weights # learned soup (gradient descent)
+    w = soup.learned(loss_fn, batch_fn, k=4).weights      # learned soup (gradient descent)
     stacked = soup.stack([v_linf, v_l2, v_l1])            # leaves [3, ...]
     soup.check_weights(grid, 3)                           # all rows, eagerly
     many = jax.jit(jax.vmap(soup.combine_stacked, in_axes=(None, 0)))(stacked, grid)
@@ -564,10 +564,10 @@ def _learn_step(loss_fn: Callable, learning_rate: float, extrapolate: bool):
     XLA:CPU ran the model's gradient inside a `lax.scan` many times slower)."""
     optimizer = optax.adam(learning_rate)
 
-    def step(alpha, opt_state, data, key):
-        loss, grad = jax.value_and_grad(
-            lambda a: loss_fn(learned_weights(a, extrapolate), data, key)
-        )(alpha)
+    def step(alpha, opt_state, batch):
+        loss, grad = jax.value_and_grad(lambda a: loss_fn(learned_weights(a, extrapolate), batch))(
+            alpha
+        )
         updates, opt_state = optimizer.update(grad, opt_state, alpha)
         return optax.apply_updates(alpha, updates), opt_state, loss
 
@@ -575,11 +575,10 @@ def _learn_step(loss_fn: Callable, learning_rate: float, extrapolate: bool):
 
 
 def learned(
-    loss_fn: Callable[[jax.Array, Any, jax.Array], jax.Array],
-    data: Any,
+    loss_fn: Callable[[jax.Array, Any], jax.Array],
+    batch_fn: Callable[[int], Any],
     k: int,
     *,
-    key: jax.Array,
     steps: int = 200,
     learning_rate: float = 0.1,
     extrapolate: bool = False,
@@ -594,11 +593,11 @@ def learned(
     steps.
 
     Args:
-      loss_fn: (weights [K], data, key) -> scalar loss, pure (e.g. the cross-entropy of
-        `combine_stacked(stacked, weights)` on a batch of `data` drawn with `key`).
-      data: its second argument (ingredients, images, labels), any pytree of arrays.
+      loss_fn: (weights [K], batch) -> scalar loss, pure (e.g. the cross-entropy of
+        `combine_stacked(stacked, weights)` on the batch's images).
+      batch_fn: step -> its batch (ingredients, images, labels: any pytree of arrays, e.g.
+        sharded over a device mesh).
       k: the number of ingredients.
-      key: split into one key per step.
       steps: optimisation steps (an integer >= 1).
       learning_rate: Adam's step size (> 0).
       extrapolate: unconstrained weights instead of the simplex.
@@ -615,12 +614,12 @@ def learned(
     opt_state = optimizer.init(alpha)
     losses = []
     start = time.monotonic()
-    for i, step_key in enumerate(jax.random.split(key, steps)):
-        alpha, opt_state, loss = step(alpha, opt_state, data, step_key)
+    for i in range(steps):
+        alpha, opt_state, loss = step(alpha, opt_state, batch_fn(i))
         losses.append(loss)
         if (i + 1) % log_every == 0 or i + 1 == steps:
             rate = (i + 1) / max(time.monotonic() - start, 1e-9)
             logging.info("learned soup: step %d/%d | loss %.4f | %.1f steps/s | ETA %.0f s",
                          i + 1, steps, float(loss), rate, (steps - i - 1) / rate)  # fmt: skip
-    weights = learned_weights(alpha, extrapolate)
-    return LearnedResult(np.asarray(weights, np.float64), np.asarray(jnp.stack(losses), np.float64))
+    weights = np.asarray(learned_weights(alpha, extrapolate), np.float64)
+    return LearnedResult(weights, np.asarray(jnp.stack(losses), np.float64))

@@ -56,7 +56,7 @@ def run_sweep(
     returns the content of grid.json."""
     config_lib.validate_soup_config(config)
     run_dirs = list(config.ingredients)
-    labels = list(config.labels) or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
+    labels = runs.ingredient_labels(run_dirs, config.labels)
     ingredients = runs.load_ingredients(run_dirs, config.eval.compute_dtype)
     first = ingredients[0]
     stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path

@@ -440,7 +440,7 @@ def base_shift_config() -> ml_collections.ConfigDict:
     # The learned soup: Adam on the soup weights (softmax over the simplex, or unconstrained
     # with `extrapolate`), `batch_size` adaptation images a step (the single soup: an equal
     # share from each shift).
-    c.learned = dict(steps=200, batch_size=128, learning_rate=0.1, extrapolate=False)
+    c.learned = dict(steps=200, batch_size=64, learning_rate=0.1, extrapolate=False)
     # Logit ensembles, each "a+b" of ingredient labels; () = first + last (Linf + nominal in
     # the paper's order) and all of them.
     c.ensembles = ()

@@ -145,21 +145,27 @@ def comparison_lines(result: dict, values: dict[str, list[float]], columns: list
 
 
 def timing_lines(result: dict) -> list[str]:
-    """How long each stage took (seconds, from shift.json)."""
+    """How long each stage took (wall-clock seconds from shift.json, summed over the sessions
+    of a resumed run)."""
     seconds = result.get("stage_seconds", {})
     lines = []
     grid = seconds.get("grid", {})
     if grid:
         n = len(result["grid"]["weights"])
-        lines.append(f"grid: {n} soups on every shift's adaptation images, "
-                     f"{sum(grid.values()):.1f} s in all")  # fmt: skip
+        per = ", ".join(f"{c} {t:.1f} s" for c, t in grid.items())
+        lines.append(f"grid: {n} soups on each shift's adaptation images: {per}")
     for method, took in seconds.get("select", {}).items():
-        lines.append(f"{method} selection: {took:.1f} s for every shift and the single soup "
-                     "(grid: given the grid's predictions)")  # fmt: skip
-    if "unseen" in seconds:
+        what = (
+            "given the grid's predictions"
+            if method == "grid"
+            else "every shift and the single soup"
+        )
+        lines.append(f"{method} selection: {took:.1f} s ({what})")
+    if seconds.get("unseen"):
         lines.append(f"unseen images, every row: {sum(seconds['unseen'].values()):.1f} s")
     if "robust" in seconds:
-        lines.append(f"AutoAttack of the selected soups: {seconds['robust']:.1f} s")
-    if "total" in result.get("stage_seconds", {}):
-        lines.append(f"whole run (this process's sessions): {seconds['total']:.1f} s")
+        lines.append(f"AutoAttack of the ingredients and selected soups: {seconds['robust']:.1f} s")
+    total = sum(grid.values()) + sum(seconds.get("select", {}).values())
+    total += sum(seconds.get("unseen", {}).values()) + seconds.get("robust", 0.0)
+    lines.append(f"all stages: {total:.1f} s")
     return lines

@@ -259,7 +259,6 @@ def run_shift(
     resumed = previous and os.path.exists(arrays_path)
     arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
     mesh = parallel.make_mesh() if mesh is None else mesh
-    start = time.monotonic()
     columns = load_columns(config, first)
     grid = soup.simplex_grid(len(ingredients), config.grid_step)
     result = previous or {
@@ -290,7 +289,6 @@ def run_shift(
     _unseen_stage(run)
     if config.robust.enabled:
         _robust_stage(run, robust_dataset, robust_split, attack)
-    run.seconds["total"] = round(run.seconds.get("total", 0.0) + time.monotonic() - start, 2)
     result.update(complete=True, processes=jax.process_count(),
                   jax=parallel.runtime_info(mesh))  # fmt: skip
     run.files.save()

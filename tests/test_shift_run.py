@@ -84,6 +84,21 @@ def test_report_numbers_are_recomputed_from_the_saved_predictions(fmnist_run):
         expected = [f"{100 * a:.2f}" for a in by_hand]
         expected.append(f"({mean})" if row["kind"] == "specific" else mean)
         assert table[row["name"]] == expected, row["name"]
+    # The chosen weights and their adaptation accuracies, from the chosen soups' predictions.
+    for method in config.methods:
+        chosen = result["selection"][method]
+        singles = []
+        for column in columns:
+            prefix = f"adaptation/{column}/"
+            single, specific = (
+                _mean_over_members(p, arrays[prefix + "labels"], arrays[prefix + "member"])
+                for p in arrays[f"{prefix}chosen/{method}"]
+            )
+            singles.append(single)
+            w = " | ".join(f"{v:.2f}" for v in chosen["specific"][column])
+            assert f"| {method} | for {column} | {w} | {100 * specific:.2f} |" in text
+        w = " | ".join(f"{v:.2f}" for v in chosen["single"])
+        assert f"| {method} | single | {w} | {100 * np.mean(singles):.2f} |" in text
     # The second table: every robust accuracy from the saved flags.
     robust = result["robust"]
     assert robust["rows"] and robust["metrics"][0] == "clean"

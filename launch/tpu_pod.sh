@@ -5,6 +5,7 @@
 # process 0 writes results.
 #   TPU_NAME=my-pod ZONE=us-central2-b launch/tpu_pod.sh configs/vitb_linf.py /mnt/runs/vitb_linf
 #   MODULE=seasoning.soup ... launch/tpu_pod.sh configs/soup_vitb.py:soup=l2 /mnt/runs/soup
+#   MODULE=seasoning.shift ... launch/tpu_pod.sh configs/shift_imagenet_vitb16.py:runs=/mnt/runs /mnt/runs/shift
 #   MODULE=seasoning.evaluate ... launch/tpu_pod.sh "" /mnt/runs/vitb_linf --n_examples=5000
 # (MODULE defaults to seasoning.train; an empty CONFIG passes no --config, as evaluate wants.)
 # WORKDIR must be a filesystem path every worker sees (NFS, or a bucket mounted with gcsfuse);

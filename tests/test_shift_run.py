@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, workdir
+from seasoning import config_lib, data, errors, workdir
 from seasoning.shift import run as run_lib
 from seasoning.shift import splits
 
@@ -158,6 +158,12 @@ def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path):
         os.path.join(out, run_lib.REPORT_FILE)).read().split("## Time")[0]  # fmt: skip
     assert run_lib.run_shift(config, str(copy)) == json.loads(
         (copy / run_lib.SHIFT_FILE).read_text())  # fmt: skip
+    other = config_lib.load_config(
+        os.path.join(CONFIGS, "shift_fmnist.py:runlocal"), ["split_seed=1"]
+    )
+    other.ingredients = config.ingredients
+    with pytest.raises(errors.UserError, match="(?s)split_seed: 0 -> 1.*--overwrite"):
+        run_lib.run_shift(other, str(copy))
 
 
 class _UnseenLabelsShifted:

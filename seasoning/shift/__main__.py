@@ -3,7 +3,8 @@
     python -m seasoning.shift --config=configs/shift_fmnist.py --workdir=runs/shift_fmnist
 
 Flags -> config -> `shift.run.run_shift` (see there for what is written); prints the table.
-`--resume` continues an interrupted run in the same workdir.
+`--resume` continues an interrupted run in the same workdir; `--overwrite` replaces a run of
+other settings.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from seasoning import cli, config_lib
 from seasoning.shift import run as run_lib
 
 _RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted run in --workdir.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace a shift.json of other settings (or an unfinished run)."
+)
 
 
 def main(argv, config: ml_collections.ConfigDict) -> None:
@@ -28,7 +32,8 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
 
     def go():
         cli.start(max(config.batch_size, 1))
-        run_lib.run_shift(config, cli.WORKDIR.value, resume=_RESUME.value)
+        run_lib.run_shift(config, cli.WORKDIR.value, resume=_RESUME.value,
+                          overwrite=_OVERWRITE.value)  # fmt: skip
         if jax.process_index() == 0:
             path = os.path.join(cli.WORKDIR.value, run_lib.REPORT_FILE)
             with open(path, encoding="utf-8") as f:

@@ -229,9 +229,11 @@ def run_shift(
     workdir: str,
     resume: bool = False,
     mesh: Mesh | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The whole run (see module doc) on `mesh` (default: every device of every process);
-    returns the content of shift.json."""
+    returns the content of shift.json. `resume` continues an unfinished run of the same
+    settings, `overwrite` replaces a run of other settings (`workdir.check_result_file`)."""
     config_lib.validate_shift_config(config)
     run_dirs = list(config.ingredients)
     labels = runs.ingredient_labels(run_dirs, config.labels)
@@ -251,7 +253,8 @@ def run_shift(
     record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
                        attack)  # fmt: skip
     json_path = os.path.join(workdir, SHIFT_FILE)
-    previous = workdir_lib.check_result_file(json_path, record, resume=resume)
+    previous = workdir_lib.check_result_file(json_path, record, resume=resume,
+                                             overwrite=overwrite)  # fmt: skip
     if previous and previous.get("complete"):
         logging.info("%s is complete with these settings; nothing to do.", json_path)
         return previous

@@ -373,7 +373,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
         of range, with what is expected.
     """
     # Late: these import JAX, which config loading does not need.
-    from seasoning import data, models, soup, threat
+    from seasoning import data, models, soup
     from seasoning.attacks import autoattack
     from seasoning.soup import grid as soup_grid
 
@@ -394,11 +394,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
     check_choice("eval.version", config.eval.version, autoattack.VERSIONS)
     check_choice("eval.compute_dtype", config.eval.compute_dtype, models.COMPUTE_DTYPES)
     check_choice("evaluation", config.evaluation, soup_grid.MODES)
-    for spec in config.eval.threats:
-        try:
-            threat.parse(spec)
-        except errors.UserError as e:
-            raise errors.UserError(f"Config eval.threats: {e}") from None
+    _check_threats("eval.threats", config.eval.threats)
     if config.eval.dataset:
         try:
             name, split = data.parse_dataset(config.eval.dataset)
@@ -471,7 +467,7 @@ def validate_shift_config(config: ml_collections.ConfigDict) -> None:
       UserError: naming the first unknown key, wrongly typed value, unknown name or value out
         of range, with what is expected.
     """
-    from seasoning import data, models, soup, threat
+    from seasoning import data, models, soup
     from seasoning.attacks import autoattack
     from seasoning.shift import select
 
@@ -515,11 +511,7 @@ def validate_shift_config(config: ml_collections.ConfigDict) -> None:
     _check_int(config, "calibration_examples", 1)
     check_choice("compute_dtype", config.compute_dtype, models.COMPUTE_DTYPES)
     check_choice("robust.version", config.robust.version, autoattack.VERSIONS)
-    for spec in config.robust.threats:
-        try:
-            threat.parse(spec)
-        except errors.UserError as e:
-            raise errors.UserError(f"Config robust.threats: {e}") from None
+    _check_threats("robust.threats", config.robust.threats)
     if config.robust.dataset:
         try:
             data.parse_dataset(config.robust.dataset)
@@ -529,6 +521,17 @@ def validate_shift_config(config: ml_collections.ConfigDict) -> None:
         _check_int(config, f"robust.{key}", 0)
     _check_int(config, "robust.batch_size", 1)
     _check_int(config, "seed", 0)
+
+
+def _check_threats(key: str, specs: Sequence[str]) -> None:
+    """Raises UserError unless every "norm:eps" of config value `key` parses."""
+    from seasoning import threat
+
+    for spec in specs:
+        try:
+            threat.parse(spec)
+        except errors.UserError as e:
+            raise errors.UserError(f"Config {key}: {e}") from None
 
 
 def _check_ingredients(config: ml_collections.ConfigDict) -> int:

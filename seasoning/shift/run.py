@@ -275,12 +275,7 @@ def run_shift(
         "complete": False,
     }
     stacked_host = soup.stack([r.variables for r in ingredients])
-    prepare = None
-    if config.bn_policy == "recalibrate":
-        train_source = data.get_source(first.config.dataset, first.config.dataset.train_split)
-        count = min(config.calibration_examples, len(train_source))
-        images, _ = train_source.get(np.arange(count))
-        prepare = bn.make_prepare(config.bn_policy, first.model, data.to_float(images))
+    prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
     run = _Run(config, ingredients, labels, columns, grid,
                jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
                _Files(workdir, result, arrays))  # fmt: skip

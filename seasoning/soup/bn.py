@@ -292,3 +292,23 @@ def make_prepare(
         return recalibrate_in_program(model, variables, images)
 
     return prepare
+
+
+def prepare_for_run(
+    policy: str, run: Any, calibration_examples: int
+) -> Callable[[PyTree], PyTree] | None:
+    """`make_prepare` for soups of `run`'s architecture: "recalibrate" measures the statistics
+    on the first `calibration_examples` images of the run's own training split.
+
+    Args:
+      policy: one of `BN_POLICIES`.
+      run: a `runs.Run` (its model and training dataset are used).
+      calibration_examples: how many training images (at most the split's size).
+    """
+    if policy != "recalibrate":
+        return make_prepare(policy, run.model)
+    from seasoning import data  # late: data imports TFDS lazily, soup users may not need it
+
+    train_source = data.get_source(run.config.dataset, run.config.dataset.train_split)
+    images, _ = train_source.get(np.arange(min(calibration_examples, len(train_source))))
+    return make_prepare(policy, run.model, data.to_float(images))

@@ -100,12 +100,7 @@ def run_sweep(
     source = data.get_source(dataset_cfg, split, seed=first.config.seed)
     first.check_source(source, f"{dataset_cfg.name}/{split}")
     indices = evaluation.check_points(None, source, config.eval.n_examples)
-    prepare = None
-    if config.bn_policy == "recalibrate":
-        train_source = data.get_source(first.config.dataset, first.config.dataset.train_split)
-        count = min(config.calibration_examples, len(train_source))
-        images, _ = train_source.get(np.arange(count))
-        prepare = bn.make_prepare(config.bn_policy, first.model, data.to_float(images))
+    prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
     start = time.monotonic()
 
     def save(first_row: int, acc: np.ndarray) -> None:

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from seasoning import data, evaluation, parallel, soup
+from seasoning import data, evaluation, parallel
 from seasoning.data import shifts
+from seasoning.soup import grid as soup_grid
 
-Prepare = Callable[[Any], Any] | None  # a soup's variables -> variables to run (BN policy)
+Prepare = soup_grid.Prepare | None  # a soup's variables -> variables to run (BN policy)
 
 
 def _no_key() -> jax.Array:
@@ -53,9 +54,7 @@ def rows_fn(
         stacked, weights = model_arg
 
         def logits_of(w):
-            variables = soup.combine_stacked(stacked, w)
-            variables = variables if prepare is None else prepare(variables)
-            return apply_fn(variables, x).astype(jnp.float32)
+            return apply_fn(soup_grid.mix(stacked, w, prepare), x).astype(jnp.float32)
 
         logits = jax.lax.map(logits_of, weights)  # [R, B, C]
         rows = [shifts.predictions(head, logits)]
@@ -143,8 +142,7 @@ def learned_loss_fn(
 
     def loss(weights, batch):
         stacked, sets = batch
-        variables = soup.combine_stacked(stacked, weights)
-        variables = variables if prepare is None else prepare(variables)
+        variables = soup_grid.mix(stacked, weights, prepare)
         total = 0.0
         for (images, labels), head in zip(sets, heads, strict=True):
             log_probs = shifts.label_log_probs(head, apply_fn(variables, images))

@@ -37,6 +37,7 @@ from seasoning import workdir as workdir_lib
 from seasoning.data.source import ConcatSource
 from seasoning.shift import predict, report, select, splits
 from seasoning.soup import bn
+from seasoning.soup import grid as soup_grid
 
 SHIFT_FILE, ARRAYS_FILE, REPORT_FILE, WEIGHTS_PLOT = (
     "shift.json", "predictions.npz", "report.md", "weights.png"
@@ -100,13 +101,11 @@ def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Col
         member_splits = splits.split_shift(sized, config.n_adaptation, config.n_unseen,
                                            config.split_seed)  # fmt: skip
         concat = ConcatSource(sources)
-        offsets = concat.offsets
+        starts = concat.offsets[:-1]
         adaptation = np.concatenate(
-            [o + m.adaptation for o, m in zip(offsets, member_splits, strict=False)]
+            [o + m.adaptation for o, m in zip(starts, member_splits, strict=True)]
         )
-        unseen = np.concatenate(
-            [o + m.unseen for o, m in zip(offsets, member_splits, strict=False)]
-        )
+        unseen = np.concatenate([o + m.unseen for o, m in zip(starts, member_splits, strict=True)])
         columns.append(Column(name, spec, heads.pop(), concat, member_splits, adaptation, unseen))
     return columns
 
@@ -449,14 +448,7 @@ def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
         first.apply_fn, attack, schedule="still_robust", batch_size=config.robust.batch_size,
         mesh=run.mesh,
     )  # fmt: skip
-    replicated = parallel.replicated(run.mesh)
-    prepare = run.prepare
-
-    def mix(stacked, weights):
-        variables = soup.combine_stacked(stacked, weights)
-        return variables if prepare is None else prepare(variables)
-
-    mix = jax.jit(mix, in_shardings=(replicated, replicated), out_shardings=replicated)
+    mix = soup_grid.compiled_mix(run.prepare, run.mesh)
     t0 = time.monotonic()
     rows = list(distinct.values())
     for i in range(len(robust["rows"]), len(rows)):

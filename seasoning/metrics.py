@@ -1,17 +1,27 @@
-"""Metrics out of a run: JSON lines, TensorBoard events, and a progress line with ETA."""
+"""Metrics out of a run: JSON lines, TensorBoard events, and a progress line with ETA.
+
+Both go to local workdirs and to object stores (`gs://bucket/run`). An object cannot be
+appended to, so there metrics.jsonl and the event file are kept in memory and uploaded whole
+(`workdir.open_append`): metrics.jsonl at most every `FLUSH_SECONDS` and at `close`, events at
+TensorBoard's own flushes (every `FLUSH_SECONDS`) and at `close`. A job killed in between
+loses at most that many seconds of records from the bucket; a resumed run appends to the
+metrics.jsonl already there.
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
 import math
-import os
 import time
 from typing import Any
 
 from absl import logging
 
+from seasoning import workdir as workdir_lib
+
 METRICS_FILE = "metrics.jsonl"
+FLUSH_SECONDS = 10.0
 
 
 class MetricWriter:
@@ -26,21 +36,21 @@ class MetricWriter:
         self._tb = None
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+        folder = workdir_lib.path(workdir)
+        self._jsonl = workdir_lib.open_append(folder / METRICS_FILE, every_s=FLUSH_SECONDS)
         if tensorboard:
             from tensorboardX import SummaryWriter  # late: pulls in protobuf
 
-            self._tb = SummaryWriter(logdir=workdir, flush_secs=10)
+            if workdir_lib.is_object_store(folder):
+                _events_through_epath(str(folder).split("://", 1)[0])
+            self._tb = SummaryWriter(logdir=str(folder), flush_secs=FLUSH_SECONDS)
 
     def write(self, step: int, scalars: dict[str, Any], *, prefix: str = "") -> None:
         """Writes scalar metrics for `step`, keys prefixed by `prefix` (e.g. "train/")."""
         if not self._enabled:
             return
         values = {f"{prefix}{k}": _to_python(v) for k, v in scalars.items()}
-        line = {"step": int(step), "time": round(time.time(), 3), **values}
-        self._jsonl.write(json.dumps(line) + "\n")
-        self._jsonl.flush()
+        self._write_line({"step": int(step), "time": round(time.time(), 3), **values})
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, int | float):
@@ -49,15 +59,39 @@ class MetricWriter:
     def write_event(self, step: int, **fields: Any) -> None:
         """A non-scalar record (e.g. "resumed", "init_from") in metrics.jsonl only."""
         if self._enabled:
-            line = {"step": int(step), "time": round(time.time(), 3), **fields}
-            self._jsonl.write(json.dumps(line) + "\n")
-            self._jsonl.flush()
+            self._write_line({"step": int(step), "time": round(time.time(), 3), **fields})
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        self._jsonl.write((json.dumps(record) + "\n").encode("utf-8"))
+        self._jsonl.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class _EpathEventFiles:
+    """tensorboardX's writer factory for one URI scheme: event files through etils.epath.
+
+    tensorboardX's own gs:// writer needs google-cloud-storage and s3:// needs boto3; this one
+    writes wherever the workdir's other files go (`workdir.open_append`, uploaded whole at
+    each flush), with the same backend.
+    """
+
+    def open(self, path: str):
+        return workdir_lib.open_append(path)
+
+    def directory_check(self, path: str) -> None:
+        """Nothing to do: an object store has no folders."""
+
+
+def _events_through_epath(scheme: str) -> None:
+    """Makes tensorboardX write `scheme://` event files through `_EpathEventFiles`."""
+    from tensorboardX import record_writer
+
+    record_writer.register_writer_factory(scheme, _EpathEventFiles())
 
 
 def _to_python(value: Any) -> Any:

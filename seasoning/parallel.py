@@ -23,17 +23,30 @@ DATA_AXIS = "data"
 
 # Environment variables that mean "this process is one of several" to jax.distributed.
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")
+# jax.distributed's own default.
+DEFAULT_HEARTBEAT_TIMEOUT = 100
 
 
-def initialize_distributed(mode: str = "auto") -> None:
+def initialize_distributed(
+    mode: str = "auto", heartbeat_timeout: int = DEFAULT_HEARTBEAT_TIMEOUT
+) -> None:
     """Starts `jax.distributed` on a multi-host job; a no-op on a single host.
+
+    When one process dies (killed, preempted, crashed), the others are blocked in the next
+    collective; the coordination service notices the missing heartbeats after
+    `heartbeat_timeout` seconds and stops every other process with an error that names the
+    dead one ("tasks are unhealthy (stopped sending heartbeats)"). Starting all processes again
+    with the same command resumes from the last checkpoint.
 
     Args:
       mode: "auto" (start when the environment names several processes: a TPU pod slice,
         SLURM with several tasks, or JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and
         JAX_PROCESS_ID), "on" (always start; jax.distributed auto-detects the cluster) or
         "off".
+      heartbeat_timeout: seconds without a heartbeat after which a process counts as dead.
     """
+    if heartbeat_timeout < 1:
+        raise errors.UserError(f"heartbeat_timeout={heartbeat_timeout} must be >= 1 second.")
     if mode not in ("auto", "on", "off"):
         raise errors.UserError(f"Unknown distributed mode {mode!r}; expected auto, on or off.")
     if mode == "off" or (mode == "auto" and not _looks_multi_process()):
@@ -47,13 +60,16 @@ def initialize_distributed(mode: str = "auto") -> None:
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
         )
-    jax.distributed.initialize(**kwargs)
+    jax.distributed.initialize(**kwargs, heartbeat_timeout_seconds=heartbeat_timeout)
     logging.info(
-        "jax.distributed: process %d of %d, %d local / %d global devices",
+        "jax.distributed: process %d of %d, %d local / %d global devices. Should a process "
+        "die, the others stop within %d s (--heartbeat_timeout); start them all again with the "
+        "same command to resume from the last checkpoint.",
         jax.process_index(),
         jax.process_count(),
         jax.local_device_count(),
         jax.device_count(),
+        heartbeat_timeout,
     )
 
 

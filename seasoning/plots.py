@@ -2,13 +2,13 @@
 simplex heat maps for three, the trade-off front between two metrics for any number, and the
 weights that shift selection chose.
 
-Every function writes one PNG atomically (temporary file, then rename) and returns its path.
+Every function writes one PNG atomically (`workdir.write_bytes`: locally a temporary file and a
+rename, in an object store one upload) and returns its path.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 
 import matplotlib
 
@@ -17,21 +17,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.tri as mtri  # noqa: E402
 import numpy as np  # noqa: E402
 
+from seasoning import workdir as workdir_lib  # noqa: E402
+
 _TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 
 
 def _save(fig, path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".plot.", suffix=".png")
-    os.close(fd)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    workdir_lib.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seasoning import cli, errors
+from seasoning import cli, errors, metrics
 from seasoning import workdir as workdir_lib
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Evaluated runs, comma-separated.")
@@ -27,15 +27,15 @@ def training_seconds(workdir: str) -> float:
     """Wall-clock seconds of training, from metrics.jsonl; time between a kill and the resume
     is not counted (each session runs from its start/resumed event to its last record)."""
     total, session_start, last = 0.0, None, None
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("event") in ("start", "resumed"):
-                if session_start is not None and last is not None:
-                    total += last - session_start
-                session_start = last = record["time"]
-            else:
-                last = record["time"]
+    text = workdir_lib.read_text(workdir_lib.path(workdir, metrics.METRICS_FILE))
+    for line in text.splitlines():
+        record = json.loads(line)
+        if record.get("event") in ("start", "resumed"):
+            if session_start is not None and last is not None:
+                total += last - session_start
+            session_start = last = record["time"]
+        else:
+            last = record["time"]
     if session_start is not None and last is not None:
         total += last - session_start
     return total
@@ -61,14 +61,15 @@ def table(workdirs: list[str], eval_file: str = "eval.json") -> str:
     """
     rows, threats = [], []
     for workdir in workdirs:
-        config = workdir_lib.read_json(os.path.join(workdir, workdir_lib.CONFIG_FILE))
-        path = os.path.join(workdir, eval_file)
-        if not os.path.exists(path):
+        config = workdir_lib.read_json(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE))
+        path = workdir_lib.path(workdir, eval_file)
+        try:
+            result = workdir_lib.read_json(path)
+        except FileNotFoundError:
             raise errors.MissingInputError(
                 f"{path} not found; evaluate the run first: "
                 f"python -m seasoning.evaluate --workdir={workdir}"
-            )
-        result = workdir_lib.read_json(path)
+            ) from None
         order = result.get("settings", {}).get("threats") or sorted(result["threat_models"])
         threats += [t for t in order if t not in threats]
         rows.append((workdir, config, result))

@@ -94,7 +94,7 @@ def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") 
       MissingInputError: no config.json or no checkpoint in `workdir`.
       UserError: an unknown compute dtype.
     """
-    path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+    path = workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
     try:
         config = ml_collections.ConfigDict(workdir_lib.read_json(path))
     except FileNotFoundError:

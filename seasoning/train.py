@@ -7,9 +7,11 @@ checkpoint and ends with the same parameters as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, logging
+from jax.sharding import Mesh
 
 from seasoning import (
     adversarial,
@@ -48,64 +51,109 @@ def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict()))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs (or resumes) training in `workdir`; returns the final evaluation metrics.
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """A run's pieces, built from its config before anything is written (see `build`).
 
-    Everything that can be checked (config, data, model) is checked before anything is written.
+    The driver runs them; tests replay single steps of a finished run with them (a step of a
+    2-process run from its checkpoint, on one process).
+
+    Attributes:
+      config: the validated training config.
+      mesh: the data mesh the step and the evaluation run on.
+      train_source, eval_source: the data.
+      model: the Flax module.
+      attack: the training attack (None for nominal training).
+      schedule: the learning rate as a function of the step.
+      num_steps, steps_per_epoch: the run's length.
+      init_key, train_key: the initialisation key and the key every step's key folds from.
+      make_state: init key -> a fresh TrainState.
+      abstract_state: its shapes and dtypes (nothing allocated).
+      train_step: the jitted step, (state, global batch, key) -> (state, metrics).
+      evaluate: variables -> {"accuracy", "loss"}, clean, on the eval split's first
+        `dataset.num_eval_examples` points (the one evaluator, `seasoning.evaluation`).
+      meta: what checkpoints record about the model (a resume into another model is refused).
+    """
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    train_source: data.Source
+    eval_source: data.Source
+    model: Any
+    attack: Any
+    schedule: Callable[[int], Any]
+    num_steps: int
+    steps_per_epoch: int
+    init_key: jax.Array
+    train_key: jax.Array
+    make_state: Callable[[jax.Array], training.TrainState]
+    abstract_state: training.TrainState
+    train_step: Callable[..., tuple[training.TrainState, dict[str, jax.Array]]]
+    evaluate: Callable[[Any], dict[str, float]]
+    meta: dict[str, Any]
+
+    def initial_state(self) -> training.TrainState:
+        """The fresh state, replicated over the mesh."""
+        return jax.jit(self.make_state, out_shardings=parallel.replicated(self.mesh))(self.init_key)
+
+    def restore(
+        self, ckpt: checkpoints.Checkpointer, step: int | None = None
+    ) -> tuple[training.TrainState, int]:
+        """The state saved at `step` (default: the latest checkpoint), replicated over the mesh."""
+        abstract = checkpoints.abstract_with_sharding(
+            self.abstract_state.checkpoint_items(), parallel.replicated(self.mesh)
+        )
+        items, step = ckpt.restore(abstract, self.meta, step=step)
+        return self.abstract_state.replace_items(items), step
+
+    def step_key(self, step: int) -> jax.Array:
+        """The key of global step `step` (the same on every process and device layout)."""
+        return jax.random.fold_in(self.train_key, step)
+
+    def batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+        """Global batches from global step `start_step` on; this process reads only its rows."""
+        rows = data.prefetch(
+            data.train_batches(
+                self.train_source,
+                self.config.batch_size,
+                seed=self.config.seed,
+                start_step=start_step,
+                crop_padding=self.config.dataset.crop_padding,
+                flip=self.config.dataset.flip,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+            )
+        )
+        return (parallel.host_to_global(batch, self.mesh) for batch in rows)
+
+
+def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
+    """Checks `config` and builds the run's pieces; reads data, writes nothing.
+
+    Args:
+      config: a training config (see `config_lib.base_train_config`).
+      mesh: the data mesh (default: every device of every process).
+
+    Raises:
+      UserError: a bad config value, a batch that does not split over the devices, missing
+        data; each names the value and what was expected.
     """
     config_lib.validate_train_config(config)
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(config.batch_size, mesh)
     train_source = data.get_source(config.dataset, config.dataset.train_split, seed=config.seed)
     eval_source = data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
     model = models.from_config(config, train_source.num_classes)
     attack = adversarial.make_training_attack(config.threat, config.attack)
-    logging.info("%s", adversarial.describe(config.threat, config.attack))
     per_epoch = data.steps_per_epoch(train_source, config.batch_size)
     num_steps = total_steps(config, per_epoch)
     schedule = optim.make_schedule(config.schedule, config.optimizer.lr, num_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
-
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     make_state = functools.partial(
         training.create_train_state, model, tx, image_shape=train_source.image_shape,
         attack=attack,
     )  # fmt: skip
-    abstract_state = jax.eval_shape(make_state, init_key)  # checks the model, allocates nothing
-    logging.info(
-        "model %s: %s parameters",
-        config.model.name,
-        f"{models.param_count(abstract_state.params):,}",
-    )
-    parent = load_parent(config.init_from, abstract_state, config) if config.init_from else None
-    meta = {"model": config_as_json(config)["model"], "image_shape": list(train_source.image_shape),
-            "num_classes": train_source.num_classes}  # fmt: skip
-
-    is_writer = jax.process_index() == 0
-    if is_writer:
-        workdir_lib.claim(
-            workdir, config_as_json(config), config_as_json(config_lib.base_train_config())
-        )
-    ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
-    writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
-    replicated = parallel.replicated(mesh)
-    if ckpt.latest_step() is not None:
-        items, start_step = ckpt.restore(
-            checkpoints.abstract_with_sharding(abstract_state.checkpoint_items(), replicated), meta
-        )
-        state = abstract_state.replace_items(items)
-        logging.info("Resumed from the checkpoint at step %d.", start_step)
-        writer.write_event(start_step, event="resumed")
-    else:
-        state = jax.jit(make_state, out_shardings=replicated)(init_key)
-        start_step = 0
-        writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
-        if parent is not None:
-            state = start_from_parent(state, parent, replicated)
-            writer.write_event(0, event="init_from", parent=config.init_from,
-                               parent_step=parent["step"])  # fmt: skip
-            logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
-
     train_step = training.make_train_step(
         mesh, model=model, attack=attack, label_smoothing=config.label_smoothing
     )
@@ -118,18 +166,77 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         eval_source,
         evaluation.check_points(None, eval_source, config.dataset.num_eval_examples),
     )  # fmt: skip
-    batches = data.prefetch(
-        data.train_batches(
-            train_source,
-            config.batch_size,
-            seed=config.seed,
-            start_step=start_step,
-            crop_padding=config.dataset.crop_padding,
-            flip=config.dataset.flip,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
+    meta = {"model": config_as_json(config)["model"], "image_shape": list(train_source.image_shape),
+            "num_classes": train_source.num_classes}  # fmt: skip
+    return Setup(
+        config=config,
+        mesh=mesh,
+        train_source=train_source,
+        eval_source=eval_source,
+        model=model,
+        attack=attack,
+        schedule=schedule,
+        num_steps=num_steps,
+        steps_per_epoch=per_epoch,
+        init_key=init_key,
+        train_key=train_key,
+        make_state=make_state,
+        abstract_state=jax.eval_shape(make_state, init_key),  # checks the model, allocates nothing
+        train_step=train_step,
+        evaluate=evaluate,
+        meta=meta,
     )
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None
+) -> dict[str, float]:
+    """Runs (or resumes) training in `workdir`; returns the final evaluation metrics.
+
+    Everything that can be checked (config, data, model) is checked before anything is written.
+    On several processes every process runs this with the same arguments: each reads only its
+    rows of every batch, checkpoints are written collectively, and only process 0 writes
+    config.json and metrics.
+
+    Args:
+      config: a training config.
+      workdir: the run's directory; a run there is resumed from its last checkpoint.
+      mesh: the data mesh (default: every device of every process).
+    """
+    setup = build(config, mesh)
+    mesh, num_steps, per_epoch = setup.mesh, setup.num_steps, setup.steps_per_epoch
+    logging.info("%s", adversarial.describe(config.threat, config.attack))
+    logging.info(
+        "model %s: %s parameters",
+        config.model.name,
+        f"{models.param_count(setup.abstract_state.params):,}",
+    )
+    parent = (
+        load_parent(config.init_from, setup.abstract_state, config) if config.init_from else None
+    )
+
+    is_writer = jax.process_index() == 0
+    if is_writer:
+        workdir_lib.claim(
+            workdir, config_as_json(config), config_as_json(config_lib.base_train_config())
+        )
+    ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
+    if ckpt.latest_step() is not None:
+        state, start_step = setup.restore(ckpt)
+        logging.info("Resumed from the checkpoint at step %d.", start_step)
+        writer.write_event(start_step, event="resumed")
+    else:
+        state = setup.initial_state()
+        start_step = 0
+        writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
+        if parent is not None:
+            state = start_from_parent(state, parent, parallel.replicated(mesh))
+            writer.write_event(0, event="init_from", parent=config.init_from,
+                               parent_step=parent["step"])  # fmt: skip
+            logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
+
+    batches = setup.batches(start_step)
     eval_every = config.eval_every_steps or per_epoch
     checkpoint_every = config.checkpoint_every_steps or per_epoch
     progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)
@@ -137,27 +244,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window_start = time.monotonic()
     final: dict[str, float] = {}
     for step in range(start_step, num_steps):
-        batch = parallel.host_to_global(next(batches), mesh)
-        state, step_metrics = train_step(state, batch, jax.random.fold_in(train_key, step))
+        state, step_metrics = setup.train_step(state, next(batches), setup.step_key(step))
         pending.append(step_metrics)
         done = step + 1
         if done % config.log_every_steps == 0 or done == num_steps:
             summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
             elapsed = time.monotonic() - window_start
-            summary["lr"] = float(schedule(step))
+            summary["lr"] = float(setup.schedule(step))
             summary["steps_per_s"] = len(pending) / elapsed
             summary["images_per_s"] = len(pending) * config.batch_size / elapsed
             writer.write(done, summary, prefix="train/")
             pending, window_start = [], time.monotonic()
         if done % checkpoint_every == 0 or done == num_steps:
-            ckpt.save(done, state.checkpoint_items(), meta)
+            ckpt.save(done, state.checkpoint_items(), setup.meta)
         if done % eval_every == 0 or done == num_steps:
-            final = evaluate(state.variables())
+            final = setup.evaluate(state.variables())
             writer.write(done, final, prefix="eval/")
             logging.info("step %d: eval %s", done, _fmt(final))
         progress.update(done, force=done == num_steps)
     if start_step >= num_steps:
-        final = evaluate(state.variables())
+        final = setup.evaluate(state.variables())
         logging.info("Already trained for %d steps; eval %s", num_steps, _fmt(final))
     ckpt.close()
     writer.close()

@@ -1,73 +1,236 @@
 """A run's directory: its files, atomic writes, and the guard against mixing two runs.
 
 A workdir holds `config.json`, `checkpoints/`, `metrics.jsonl`, TensorBoard events and
-results. Files are written atomically (temporary file, then rename), and a workdir that
-belongs to a different config is never written into silently.
+results, and a workdir that belongs to a different config is never written into silently. It
+is a local folder or a folder in an object store (`gs://bucket/run`, `s3://bucket/run`): every
+read and write of its files goes through `etils.epath` (what orbax uses), from `path`.
+
+Writes are atomic: a reader sees the previous file or the new one, never part of one.
+
+- Local file system: the bytes go to a temporary file in the target's folder, are fsynced,
+  and the temporary file is renamed over the target (a rename is atomic within a file
+  system).
+- Object store: a single object upload is already atomic (the object appears whole, or not
+  at all, and replaces the previous version whole), while a "rename" is a copy and a delete,
+  neither atomic nor cheap. So the object is written directly, in one upload of bytes that
+  were rendered in memory first (a failure while rendering uploads nothing).
+
+On both, the guard (`claim`, `check_result_file`) reads the existing file before anything is
+written, so another run's config or result is never silently replaced. Check and write are
+not one transaction: two jobs writing the same workdir at once are not told apart on either
+(one job, and one writing process, per workdir).
+
+Objects cannot be appended to: `open_append` on an object store keeps the file's bytes in
+memory and uploads the whole object again at each flush (metrics.jsonl, TensorBoard events).
+
+`gs://` needs a backend: etils uses TensorFlow's `tf.io.gfile` when TensorFlow is installed,
+else fsspec's `gcsfs` (`pip install 'seasoning[gcs]'`); `s3://` needs `s3fs`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+import time
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from seasoning import errors
 
 CONFIG_FILE = "config.json"
 
+PathLike = str | os.PathLike
+# For each URI scheme etils supports: the fsspec file system etils asks for, and what
+# installs it (etils uses TensorFlow's gfile instead when TensorFlow is installed).
+_BACKENDS = {
+    "gs": ("gcs", "gcsfs", "pip install 'seasoning[gcs]'"),
+    "s3": ("s3", "s3fs", "pip install s3fs"),
+    "az": ("az", "adlfs", "pip install adlfs"),
+    "hf": ("hf", "huggingface_hub", "pip install huggingface_hub"),
+}
 
-def _replace_atomically(path: str, write: Callable[[Any], None], mode: str) -> None:
-    """Writes `path` through `write(file)` on a temporary file in its folder, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+
+def is_object_store(p: PathLike) -> bool:
+    """Whether `p` is a URI (`gs://bucket/...`, `s3://...`) rather than a local path."""
+    return "://" in os.fspath(p)
+
+
+def path(*parts: PathLike) -> epath.Path:
+    """The path of `parts` joined, for reading and writing a workdir's files.
+
+    As with `os.path.join`, an absolute part starts the path afresh, and so does a URI
+    (`path("runs/x", "gs://b/eval.json")` is the URI).
+
+    Raises:
+      UserError: a URI of a scheme etils does not support, or whose file system has no
+        backend installed (the message says what to install).
+    """
+    start = max((i for i, p in enumerate(parts) if is_object_store(p)), default=0)
+    if is_object_store(parts[start]):
+        _check_backend(os.fspath(parts[start]))
+    out = epath.Path(parts[start])
+    for part in parts[start + 1 :]:
+        out = out / part
+    return out
+
+
+def _check_backend(uri: str) -> None:
+    """Raises UserError unless etils can reach `uri`'s file system (see module doc)."""
+    scheme = uri.split("://", 1)[0]
+    if scheme not in _BACKENDS:
+        raise errors.UserError(
+            f"{uri}: unsupported scheme {scheme}://; a workdir is a local path or a URI of "
+            + ", ".join(f"{s}://" for s in _BACKENDS)
+            + "."
+        )
+    use_tf = os.environ.get("EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0")
+    if use_tf and importlib.util.find_spec("tensorflow") is not None:
+        return  # etils then reads and writes every URI through tf.io.gfile
+    import fsspec  # late: only object stores need it
+
+    protocol, package, install = _BACKENDS[scheme]
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as f:
-            write(f)
+        fsspec.get_filesystem_class(protocol)
+    except ImportError:
+        raise errors.UserError(
+            f"{uri}: {scheme}:// paths need {package} (the file system etils.epath uses "
+            f"for them), which is not installed: {install}"
+        ) from None
+
+
+def _ensure_folder(folder: epath.Path) -> None:
+    """Creates a local folder; an object store has no folders to create."""
+    if not is_object_store(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def write_bytes(file: PathLike, data: bytes) -> None:
+    """Writes `data` to `file` atomically: locally a rename, in an object store one upload."""
+    target = path(file)
+    if is_object_store(target):
+        target.write_bytes(data)
+        return
+    local = os.path.abspath(target)
+    folder = os.path.dirname(local)
+    _ensure_folder(epath.Path(folder))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(local)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, local)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename."""
-    _replace_atomically(path, lambda f: f.write(text), "w")
+def write_atomic(file: PathLike, text: str) -> None:
+    """Writes `text` (UTF-8) to `file` atomically."""
+    write_bytes(file, text.encode("utf-8"))
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_json(file: PathLike, obj: Any) -> None:
     """Writes `obj` as indented JSON, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_atomic(file, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_arrays(path: str, arrays: dict[str, np.ndarray]) -> None:
+def write_arrays(file: PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Writes named arrays as an .npz file, atomically (read back with `read_arrays`)."""
-    _replace_atomically(path, lambda f: np.savez(f, **arrays), "wb")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(file, buffer.getvalue())
 
 
-def read_arrays(path: str) -> dict[str, np.ndarray]:
+def read_arrays(file: PathLike) -> dict[str, np.ndarray]:
     """The arrays of an .npz file; never unpickles (a file read never runs code)."""
-    with np.load(path, allow_pickle=False) as f:
+    with np.load(io.BytesIO(path(file).read_bytes()), allow_pickle=False) as f:
         return {key: f[key] for key in f.files}
 
 
-def read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_text(file: PathLike) -> str:
+    """The UTF-8 text of `file` (FileNotFoundError when there is none)."""
+    return path(file).read_text(encoding="utf-8")
+
+
+def read_json(file: PathLike) -> Any:
+    """The JSON content of `file` (FileNotFoundError when there is none)."""
+    return json.loads(read_text(file))
+
+
+def open_append(file: PathLike, *, every_s: float = 0.0) -> io.BufferedWriter | _AppendedObject:
+    """`file` opened to append bytes: locally a file in mode "ab", in an object store an
+    `_AppendedObject` (the whole object is uploaded again at each flush, at most every
+    `every_s` seconds, and at close)."""
+    target = path(file)
+    if not is_object_store(target):
+        _ensure_folder(target.parent)
+        return open(target, "ab")  # the caller closes it
+    try:
+        existing = target.read_bytes()
+    except FileNotFoundError:
+        existing = b""
+    return _AppendedObject(target, existing, every_s)
+
+
+class _AppendedObject:
+    """A file appended to in an object store: its bytes are kept here, and each upload
+    replaces the object whole (objects cannot be appended to). Thread-safe (TensorBoard's
+    writer flushes from its own thread)."""
+
+    def __init__(self, target: epath.Path, existing: bytes, every_s: float):
+        self._target, self._every_s = target, every_s
+        self._data = bytearray(existing)
+        self._uploaded = len(existing)  # how many bytes the object holds
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            self._data += data
+        return len(data)
+
+    def flush(self) -> None:
+        """Uploads the object if it changed and `every_s` passed since the last upload."""
+        if time.monotonic() - self._last >= self._every_s:
+            self._upload()
+
+    def close(self) -> None:
+        """Uploads what is not uploaded yet."""
+        if not self.closed:
+            self._upload()
+            self.closed = True
+
+    def __enter__(self) -> _AppendedObject:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def _upload(self) -> None:
+        with self._lock:
+            if len(self._data) != self._uploaded:
+                data = bytes(self._data)
+                self._target.write_bytes(data)
+                self._uploaded = len(data)
+            self._last = time.monotonic()
 
 
 class WorkdirConflictError(errors.UserError):
     """The workdir already belongs to a run with a different config."""
 
 
-def claim(workdir: str, config: dict[str, Any], defaults: dict[str, Any] | None = None) -> bool:
+def claim(
+    workdir: PathLike, config: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> bool:
     """Makes `workdir` this run's: writes config.json, or checks the one there.
 
     Args:
@@ -83,19 +246,21 @@ def claim(workdir: str, config: dict[str, Any], defaults: dict[str, Any] | None 
     Raises:
       WorkdirConflictError: config.json holds a different config; lists the differences.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.exists(path):
-        existing = with_defaults(read_json(path), defaults or {})
-        if existing == config:
-            return True
-        diffs = "\n  ".join(diff_dicts(existing, config))
-        raise WorkdirConflictError(
-            f"{workdir} holds a run with a different config; not overwriting it.\n  {diffs}\n"
-            "Use a new --workdir, or delete that one if it is no longer wanted."
-        )
-    os.makedirs(workdir, exist_ok=True)
-    write_json(path, config)
-    return False
+    config_path = path(workdir, CONFIG_FILE)
+    try:
+        existing = with_defaults(read_json(config_path), defaults or {})
+    except FileNotFoundError:
+        existing = None
+    if existing is None:
+        write_json(config_path, config)
+        return False
+    if existing == config:
+        return True
+    diffs = "\n  ".join(diff_dicts(existing, config))
+    raise WorkdirConflictError(
+        f"{workdir} holds a run with a different config; not overwriting it.\n  {diffs}\n"
+        "Use a new --workdir, or delete that one if it is no longer wanted."
+    )
 
 
 def with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +285,7 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def check_result_file(
-    path: str, settings: dict[str, Any], *, overwrite: bool = False, resume: bool = False
+    file: PathLike, settings: dict[str, Any], *, overwrite: bool = False, resume: bool = False
 ) -> dict[str, Any] | None:
     """The one guard for result files (eval.json, grid.json, shift.json).
 
@@ -130,7 +295,7 @@ def check_result_file(
     `overwrite`, naming each difference.
 
     Args:
-      path: the result file.
+      file: the result file.
       settings: everything that determines the result (JSON-like).
       overwrite: replace a file holding other settings (or an unfinished job).
       resume: continue an unfinished job with the same settings.
@@ -143,7 +308,7 @@ def check_result_file(
         what to do with it.
     """
     try:
-        existing = read_json(path)
+        existing = read_json(file)
     except FileNotFoundError:
         return None
     if overwrite:
@@ -152,12 +317,12 @@ def check_result_file(
     if old != settings:
         diffs = "\n  ".join(diff_dicts(old, settings))
         raise errors.UserError(
-            f"{path} holds a result of other settings; not overwriting it.\n  {diffs}\n"
+            f"{file} holds a result of other settings; not overwriting it.\n  {diffs}\n"
             "Write elsewhere (--output / another --workdir), or pass --overwrite to replace it."
         )
     if existing.get("complete", True) or resume:
         return existing
     raise errors.UserError(
-        f"{path} holds an unfinished job with these settings: pass --resume to continue it "
+        f"{file} holds an unfinished job with these settings: pass --resume to continue it "
         "(or --overwrite to start again)."
     )

@@ -10,60 +10,21 @@ CLI with --cpu_devices=4). Only process 0 writes.
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
+import jobs
 import pytest
 
 from seasoning import config_lib, evaluate, parallel, threat
 from seasoning.shift import run as run_lib
 from seasoning.soup import sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs")
-TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+CONFIGS = os.path.join(jobs.ROOT, "configs")
 
 
 def _mesh4():
     """One process's 4-device mesh, the device count of the 2 x 2 job."""
     return parallel.make_mesh(jax.devices()[:4])
-
-
-def _run(module: str, args: list[str], processes: int = 2) -> list[subprocess.CompletedProcess]:
-    """Runs `python -m module args` as `processes` processes of one job (4 CPU devices in all);
-    waits for all."""
-    base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    base.pop("JAX_NUM_CPU_DEVICES", None)
-    cpu = 4 // processes
-    port = _free_port()
-    procs = []
-    for i in range(processes):
-        env = dict(base)
-        if processes > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))  # fmt: skip
-        argv = [sys.executable, "-m", module, *args, f"--cpu_devices={cpu}"]
-        procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))  # fmt: skip
-    out = []
-    try:
-        for p in procs:
-            stdout, _ = p.communicate(timeout=TIMEOUT)
-            out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout))
-    finally:
-        for p in procs:
-            p.kill()
-    for i, done in enumerate(out):
-        assert done.returncode == 0, f"process {i}:\n{done.stdout[-4000:]}"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +42,9 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
     settings = dict(version="fast", n_iter=10, n_target_classes=1, n_examples=42, batch_size=4)
     output = str(tmp_path / "eval_2.json")
     flags = [f"--{k}={v}" for k, v in settings.items()]
-    logs = _run("seasoning.evaluate", [f"--workdir={run}", "--threat=l2:2", *flags,
-                                       f"--output={output}"])  # fmt: skip
-    assert "Wrote" in logs[0].stdout and "Wrote" not in logs[1].stdout  # only process 0 writes
+    logs = jobs.run("seasoning.evaluate", [f"--workdir={run}", "--threat=l2:2", *flags,
+                                           f"--output={output}"], str(tmp_path))  # fmt: skip
+    assert "Wrote" in logs[0] and "Wrote" not in logs[1]  # only process 0 writes
     with open(output) as f:
         two = json.load(f)
     one = evaluate.evaluate_run(run, [threat.parse("l2:2")], output=str(tmp_path / "eval_1.json"),
@@ -106,8 +67,8 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     overrides = ["evaluation=grid", "eval.n_examples=44", "eval.batch_size=24", "chunk=3",
                  "eval.threats=('linf:0.1',)", "front=()"]  # fmt: skip
     workdir = str(tmp_path / "soup_2")
-    _run("seasoning.soup", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
-                            f"--workdir={workdir}"])  # fmt: skip
+    jobs.run("seasoning.soup", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
+                                f"--workdir={workdir}"], str(tmp_path))  # fmt: skip
     with open(os.path.join(workdir, "grid.json")) as f:
         two = json.load(f)
     one = sweep.run_sweep(config_lib.load_config(spec, overrides), str(tmp_path / "soup_1"),
@@ -130,9 +91,9 @@ def test_shift_on_two_processes_equals_one_process(runs, tmp_path):
     overrides = ["shifts=('fashion_mnist_rotated',)", "columns=('rotated',)",
                  "methods=('grid','learned')", "robust.enabled=False"]  # fmt: skip
     workdir = str(tmp_path / "shift_2")
-    logs = _run("seasoning.shift", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
-                                    f"--workdir={workdir}"])  # fmt: skip
-    assert "Wrote" in logs[0].stdout and "Wrote" not in logs[1].stdout
+    logs = jobs.run("seasoning.shift", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
+                                        f"--workdir={workdir}"], str(tmp_path))  # fmt: skip
+    assert "Wrote" in logs[0] and "Wrote" not in logs[1]
     with open(os.path.join(workdir, run_lib.SHIFT_FILE)) as f:
         two = json.load(f)
     one = run_lib.run_shift(config_lib.load_config(spec, overrides), str(tmp_path / "shift_1"),

@@ -1,6 +1,7 @@
 """The workdir guard: config.json is claimed once, a different config is refused."""
 
 import json
+import os
 
 import pytest
 
@@ -30,3 +31,24 @@ def test_a_new_workdir_is_claimed(tmp_path):
     config = {"seed": 1}
     assert workdir_lib.claim(str(tmp_path / "run"), config) is False
     assert workdir_lib.claim(str(tmp_path / "run"), config) is True
+
+
+def test_a_local_write_is_a_temporary_file_renamed_over_the_target(tmp_path, monkeypatch):
+    """Locally the bytes go to a temporary file in the target's folder, then a rename (atomic
+    within a file system); an object store gets one upload instead (test_workdir_epath.py)."""
+    renames = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renames.append((src, dst))
+        with open(src) as f:
+            assert json.load(f) == {"acc": 1}  # whole before it is renamed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "run" / "eval.json"
+    workdir_lib.write_json(str(target), {"acc": 1})
+    [(src, dst)] = renames
+    assert dst == str(target) and os.path.dirname(src) == str(target.parent)
+    assert os.path.basename(src).startswith(".eval.json.")
+    assert sorted(os.listdir(target.parent)) == ["eval.json"]

@@ -9,13 +9,12 @@ other settings.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 from absl import app, flags
 
 from seasoning import cli, config_lib
+from seasoning import workdir as workdir_lib
 from seasoning.shift import run as run_lib
 
 _RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted run in --workdir.")
@@ -35,9 +34,7 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
         run_lib.run_shift(config, cli.WORKDIR.value, resume=_RESUME.value,
                           overwrite=_OVERWRITE.value)  # fmt: skip
         if jax.process_index() == 0:
-            path = os.path.join(cli.WORKDIR.value, run_lib.REPORT_FILE)
-            with open(path, encoding="utf-8") as f:
-                print(f.read())
+            print(workdir_lib.read_text(workdir_lib.path(cli.WORKDIR.value, run_lib.REPORT_FILE)))
             print(f"Wrote {cli.WORKDIR.value}/{{{run_lib.SHIFT_FILE},{run_lib.ARRAYS_FILE},"
                   f"{run_lib.REPORT_FILE},{run_lib.WEIGHTS_PLOT}}}.")  # fmt: skip
 

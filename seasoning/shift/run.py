@@ -22,7 +22,6 @@ interrupted run stopped. Only process 0 writes; every process computes the same.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -138,8 +137,8 @@ class _Files:
     """shift.json and predictions.npz of a run, saved together (process 0 only)."""
 
     def __init__(self, workdir: str, result: dict, arrays: dict[str, np.ndarray]):
-        self.json_path = os.path.join(workdir, SHIFT_FILE)
-        self.arrays_path = os.path.join(workdir, ARRAYS_FILE)
+        self.json_path = workdir_lib.path(workdir, SHIFT_FILE)
+        self.arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
         self.result, self.arrays = result, arrays
         self.is_writer = jax.process_index() == 0
 
@@ -251,14 +250,14 @@ def run_shift(
     )  # fmt: skip
     record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
                        attack)  # fmt: skip
-    json_path = os.path.join(workdir, SHIFT_FILE)
+    json_path = workdir_lib.path(workdir, SHIFT_FILE)
     previous = workdir_lib.check_result_file(json_path, record, resume=resume,
                                              overwrite=overwrite)  # fmt: skip
     if previous and previous.get("complete"):
         logging.info("%s is complete with these settings; nothing to do.", json_path)
         return previous
-    arrays_path = os.path.join(workdir, ARRAYS_FILE)
-    resumed = previous and os.path.exists(arrays_path)
+    arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
+    resumed = previous and arrays_path.exists()
     arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
     mesh = parallel.make_mesh() if mesh is None else mesh
     columns = load_columns(config, first)
@@ -290,12 +289,12 @@ def run_shift(
                   jax=parallel.runtime_info(mesh))  # fmt: skip
     run.files.save()
     if run.files.is_writer:
-        workdir_lib.write_atomic(os.path.join(workdir, REPORT_FILE),
+        workdir_lib.write_atomic(workdir_lib.path(workdir, REPORT_FILE),
                                  report.markdown(result, arrays))  # fmt: skip
         chosen = {m: {"single": result["selection"][m]["single"],
                       **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()}}
                   for m in config.methods}  # fmt: skip
-        plots.weight_bars(chosen, labels, os.path.join(workdir, WEIGHTS_PLOT))
+        plots.weight_bars(chosen, labels, str(workdir_lib.path(workdir, WEIGHTS_PLOT)))
     return result
 
 

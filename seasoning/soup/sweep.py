@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
 from typing import Any
 
@@ -91,7 +90,7 @@ def run_sweep(
         "calibration_examples": config.calibration_examples,
         "seed": config.seed,
     }
-    out_path = os.path.join(workdir, GRID_FILE)
+    out_path = workdir_lib.path(workdir, GRID_FILE)
     previous = workdir_lib.check_result_file(out_path, record, resume=resume)
     rows = list(previous["rows"]) if previous else []
     is_writer = jax.process_index() == 0
@@ -140,7 +139,7 @@ def run_sweep(
     }
     if is_writer:
         workdir_lib.write_json(out_path, result)
-        workdir_lib.write_atomic(os.path.join(workdir, CSV_FILE), to_csv(rows, labels, names))
+        workdir_lib.write_atomic(workdir_lib.path(workdir, CSV_FILE), to_csv(rows, labels, names))
         make_plots(result, labels, names, list(config.front), workdir)
     return result
 
@@ -161,13 +160,14 @@ def make_plots(
     """The figures of module doc; returns their paths."""
     weights = np.array([r["weights"] for r in result["rows"]])
     values = {n: np.array([r[n] for r in result["rows"]]) for n in names}
+    out = lambda file: str(workdir_lib.path(workdir, file))
     paths = []
     if weights.shape[1] == 2:
-        paths.append(plots.line(weights[:, 1], values, labels, os.path.join(workdir, "line.png")))
+        paths.append(plots.line(weights[:, 1], values, labels, out("line.png")))
     if weights.shape[1] == 3 and len(weights) >= 3:
         for n in names:
             file = f"simplex_{n.replace(':', '_')}.png"
-            paths.append(plots.simplex(weights, values[n], labels, n, os.path.join(workdir, file)))
+            paths.append(plots.simplex(weights, values[n], labels, n, out(file)))
     x_name, y_name = front or (names[1:3] if len(names) >= 3 else names[:2])
     corners = {
         labels[i]: int(np.flatnonzero(np.isclose(weights[:, i], 1.0))[0])
@@ -181,7 +181,7 @@ def make_plots(
             corners,
             x_name,
             y_name,
-            os.path.join(workdir, "front.png"),
+            out("front.png"),
         )  # fmt: skip
     )
     return paths

@@ -1,0 +1,75 @@
+"""Multi-process jobs for the tests: local processes of one jax.distributed job.
+
+Each process gets `devices // processes` CPU devices (4 in all, the device count the tests'
+1-process comparisons use), CPU collectives over localhost and its output in a log file (a
+pipe would block a chatty process that nobody reads while it runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 600
+
+
+@dataclasses.dataclass
+class Process:
+    """One process of a job: the running process and the file its output goes to."""
+
+    popen: subprocess.Popen
+    log: str
+
+    def output(self) -> str:
+        with open(self.log) as f:
+            return f.read()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(
+    module: str, args: list[str], log_dir: str, processes: int = 2, devices: int = 4
+) -> list[Process]:
+    """Starts `python -m module args --cpu_devices=...` as `processes` processes of one job."""
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    base.pop("JAX_NUM_CPU_DEVICES", None)
+    port = free_port()
+    os.makedirs(log_dir, exist_ok=True)
+    started = []
+    for i in range(processes):
+        env = dict(base)
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))  # fmt: skip
+        argv = [sys.executable, "-m", module, *args, f"--cpu_devices={devices // processes}"]
+        log = os.path.join(log_dir, f"{module}.{port}.{i}.log")
+        with open(log, "w") as out:
+            popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        started.append(Process(popen, log))
+    return started
+
+
+def wait(job: list[Process], timeout: float = TIMEOUT) -> list[int]:
+    """Waits for every process of `job` (killing all of them after `timeout` s); return codes."""
+    try:
+        return [p.popen.wait(timeout=timeout) for p in job]
+    finally:
+        for p in job:
+            p.popen.kill()
+
+
+def run(module: str, args: list[str], log_dir: str, processes: int = 2) -> list[str]:
+    """Runs a job to the end; asserts every process succeeded; returns their outputs."""
+    job = start(module, args, log_dir, processes)
+    codes = wait(job)
+    for i, (p, code) in enumerate(zip(job, codes, strict=True)):
+        assert code == 0, f"process {i} exited with {code}:\n{p.output()[-4000:]}"
+    return [p.output() for p in job]

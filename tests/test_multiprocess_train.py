@@ -1,0 +1,159 @@
+"""Training on two real processes (jax.distributed over localhost, 2 CPU devices each) against
+one process with the same 4 devices, step by step, and a job that loses a process.
+
+Why step by step. Both layouts run the same SPMD program on the same global batches with the
+same keys; they differ in how the cross-device sums (the gradient, BatchNorm's batch
+statistics) are carried out (gloo between processes vs in-process), which changes float32
+rounding. Over a free run that difference does not stay small: the attack's discrete decisions
+(APGD's step-size halvings and best-point choices, per example) amplify it, so after 20 steps
+of Linf training the parameters of two layouts differ by 0.1% to 22% of a leaf's largest value
+and the eval accuracy by up to 4 points, whichever layouts are compared: one process with 1,
+2, 4 or 8 devices among themselves as much as 1 vs 2 processes (measured, runlocal config:
+64.0/63.9/63.9/59.6% for 1/2/4/8 devices in one process, 66.0% on 2 processes). A free run
+cannot tell a bug from rounding. Replaying every step of the 2-process run on one process, from
+the 2-process run's own checkpoint of the step before, can.
+
+Tolerance: after each replayed step, every checkpointed leaf (params, BatchNorm statistics,
+optimiser state) within 1e-3 of its largest absolute value. Measured on correct replays:
+1e-7 to 4e-7 at most steps, 5.1e-5 at one step of 12 (a BatchNorm bias gradient; the same
+with single-threaded XLA, so it is the cross-process sum, not thread scheduling). Measured on
+the bugs this test exists for, replaying one step: the next step's key 0.1-0.42, the two hosts'
+rows swapped 0.09-0.41, one host's rows fed twice (each host reading the whole batch's first
+half) 0.34-1.4. The test replays one such bug too and requires it to fail the tolerance. Eval
+accuracy of the same parameters: exactly equal (per-example predictions, integer counts).
+"""
+
+import json
+import os
+import time
+
+import jax
+import jobs
+import numpy as np
+
+from seasoning import checkpoints, config_lib, parallel, train
+
+SPEC = os.path.join(jobs.ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
+NOMINAL = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
+# Every step checkpointed, so that every step can be replayed.
+EVERY_STEP = ["checkpoint_every_steps=1", "keep_checkpoints=1000", "log_every_steps=1"]
+TOLERANCE = 1e-3
+
+
+def _mesh4():
+    return parallel.make_mesh(jax.devices()[:4])
+
+
+def _flags(overrides: list[str], workdir: str) -> list[str]:
+    return [f"--config={SPEC}", *(f"--config.{o}" for o in overrides), f"--workdir={workdir}"]
+
+
+def _relative_difference(a, b) -> float:
+    worst = 0.0
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert x.shape == y.shape
+        worst = max(worst, float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-12)))
+    return worst
+
+
+def _replay(overrides: list[str], workdir: str) -> tuple[train.Setup, float]:
+    """Replays every step of the run in `workdir` on one process, 4 devices: from the run's own
+    state at step k, one step on global batch k must give its state at step k + 1.
+
+    Returns the setup and the largest relative difference over all steps and leaves.
+    """
+    setup = train.build(config_lib.load_config(SPEC, overrides), mesh=_mesh4())
+    ckpt = checkpoints.Checkpointer(workdir, use_async=False)
+    assert ckpt.latest_step() == setup.num_steps
+    state, worst = setup.initial_state(), 0.0
+    for step, batch in zip(range(setup.num_steps), setup.batches(0), strict=False):
+        if step == 0:  # the control: both hosts feeding the first half's rows must fail
+            doubled = jax.tree.map(lambda x: np.concatenate([x[: len(x) // 2]] * 2), batch)
+            wrong, _ = setup.train_step(setup.initial_state(), doubled, setup.step_key(0))
+        replayed, _ = setup.train_step(state, batch, setup.step_key(step))
+        state, _ = setup.restore(ckpt, step + 1)
+        if step == 0:
+            control = _relative_difference(wrong.checkpoint_items(), state.checkpoint_items())
+            assert control > TOLERANCE, control
+        difference = _relative_difference(replayed.checkpoint_items(), state.checkpoint_items())
+        assert difference <= TOLERANCE, f"step {step + 1}: {difference}"
+        worst = max(worst, difference)
+    ckpt.close()
+    return setup, worst
+
+
+def _metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_linf_training_on_two_processes_equals_one_process(tmp_path):
+    """Linf APGD-CE training with a random start (so every step's key matters)."""
+    overrides = ["max_steps=12", "attack.random_start=True", *EVERY_STEP]
+    workdir = str(tmp_path / "two")
+    logs = jobs.run("seasoning.train", _flags(overrides, workdir), str(tmp_path))
+    assert "jax.distributed: process 1 of 2" in logs[1]
+    setup, worst = _replay(overrides, workdir)
+    print(f"largest one-step difference: {worst:.2g}")
+    # Only process 0 wrote metrics: each step once; one TensorBoard file.
+    records = _metrics(workdir)
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert steps == list(range(1, setup.num_steps + 1))
+    assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 1
+    # The eval accuracy the 2-process run logged is the 1-process evaluation of its parameters.
+    final, _ = setup.restore(checkpoints.Checkpointer(workdir, use_async=False))
+    one = setup.evaluate(final.variables())
+    two = [r for r in records if "eval/accuracy" in r][-1]
+    assert two["step"] == setup.num_steps
+    assert two["eval/accuracy"] == one["accuracy"]
+    assert 0.0 < one["accuracy"] <= 1.0
+
+
+def test_nominal_training_survives_a_dead_process(tmp_path):
+    """Nominal training on two processes; process 1 is killed mid-run: process 0 stops with
+    JAX's error naming the dead task within the heartbeat timeout; both restarted with the same
+    command resume from the last checkpoint, and every step of the whole run (before and after
+    the restart) equals the 1-process step."""
+    heartbeat = 10
+    # An evaluation every step slows the run enough to kill it mid-way.
+    overrides = ["max_steps=24", "eval_every_steps=1", "dataset.num_eval_examples=200",
+                 *NOMINAL, *EVERY_STEP]  # fmt: skip
+    workdir = str(tmp_path / "two")
+    args = [*_flags(overrides, workdir), f"--heartbeat_timeout={heartbeat}"]
+    job = jobs.start("seasoning.train", args, str(tmp_path))
+    ckpt_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+    deadline = time.monotonic() + jobs.TIMEOUT
+    while not (os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 4
+                                               for d in os.listdir(ckpt_dir))):  # fmt: skip
+        assert job[0].popen.poll() is None, job[0].output()[-4000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    job[1].popen.kill()
+    killed = time.monotonic()
+    code = jobs.wait(job[:1], timeout=heartbeat + 120)[0]
+    waited = time.monotonic() - killed
+    output = job[0].output()
+    assert code != 0, output[-4000:]
+    assert "stopped sending heartbeats" in output, output[-4000:]
+    print(f"process 0 stopped {waited:.0f} s after process 1 was killed")
+    saved = checkpoints.Checkpointer(workdir, use_async=False).latest_step()
+    assert 4 <= saved < 24, saved
+
+    logs = jobs.run("seasoning.train", args, str(tmp_path))
+    resumed = [int(line.rsplit(" ", 1)[1].rstrip(".")) for line in logs[0].splitlines()
+               if "Resumed from the checkpoint at step" in line]  # fmt: skip
+    assert resumed and resumed[0] >= saved, logs[0][-4000:]
+    assert "Resumed from the checkpoint" in logs[1]
+    setup, worst = _replay(overrides, workdir)
+    print(f"resumed at step {resumed[0]}; largest one-step difference: {worst:.2g}")
+    events = [r.get("event") for r in _metrics(workdir)]
+    assert events.count("start") == 1 and events.count("resumed") == 1
+
+
+def test_heartbeat_timeout_is_range_checked(tmp_path):
+    args = [*_flags(NOMINAL, str(tmp_path / "w")), "--heartbeat_timeout=0"]
+    job = jobs.start("seasoning.train", args, str(tmp_path), processes=1)
+    assert jobs.wait(job, timeout=120) != [0]
+    assert "--heartbeat_timeout=0" in job[0].output() or "heartbeat_timeout" in job[0].output()
+    assert not os.path.exists(tmp_path / "w")

@@ -38,6 +38,7 @@ test: install data
 lint: install
 	$(VENV)/bin/ruff check seasoning configs tests benchmarks
 	$(VENV)/bin/ruff format --check seasoning configs tests benchmarks
+	$(VENV)/bin/shellcheck launch/*.sh launch/*.sbatch benchmarks/*.sh .ci/run
 
 bench: install data
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

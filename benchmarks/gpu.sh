@@ -5,6 +5,8 @@
 #   2. benchmarks/grid.py: clean and robust soup grids, vmapped side by side or not;
 #   3. benchmarks/autoattack.py: the whole standard AutoAttack beside the reference's, both on
 #      the GPU; benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
+#      benchmarks/scale.py: images/s and MFU of WRN-28-10 and ViT-B/16 clean and adversarial
+#      (APGD-CE 10) training steps in bf16 (peak from the device kind's table);
 #   4. the attack and soup tests on the GPU (correctness of the GPU path: exact robust
 #      accuracies, every adversarial example in its ball and the [0,1] box).
 #
@@ -27,6 +29,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep the J
   shift 2
   echo "== $name ($(date +%T), limit ${limit}s): $*" | tee -a "$LOG"
   local t0=$SECONDS
+  # Both the tee and stderr append to the log (never read from it).
+  # shellcheck disable=SC2094
   timeout "$limit" "$@" > >(tee -a "$LOG" | grep '^{' >> "$OUT/results.jsonl") 2>>"$LOG"
   echo "== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$LOG"
 }
@@ -47,9 +51,12 @@ step autoattack "${AA_LIMIT:-240}" "$PY" benchmarks/autoattack.py --models=mlp,c
   --n_points=1000 --batch_size=1000
 step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wrn-16-4 \
   --modes=nominal,linf --batch_size=128 --steps=20
+step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
+  --modes=clean,adversarial --compute_dtype=bfloat16 --steps=5
 # Several test processes share the GPU: no up-front 75% allocation each. XLA:GPU of jax 0.11.2
 # aborts compiling one small L1 test program ("select_n... is live and cannot be removed");
 # disabling the multi-output fusion pass avoids it (see README, "GPUs").
+read -r -a tests <<<"${TESTS:-tests/test_attacks.py tests/test_soup.py}"
 step tests "${TEST_LIMIT:-150}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_disable_hlo_passes=multi_output_fusion" "$PY" -m pytest -q -n 8 -p no:cacheprovider ${TESTS:-tests/test_attacks.py tests/test_soup.py}
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_disable_hlo_passes=multi_output_fusion" "$PY" -m pytest -q -n 8 -p no:cacheprovider "${tests[@]}"
 echo "== done ($(date +%T))" | tee -a "$LOG"

@@ -11,6 +11,13 @@ Sources of the numbers: PGD adversarial training (Madry et al. 2018) as tuned by
 2020 ("Overfitting in adversarially robust deep learning"): PGD-10 with step 2/255 and a
 random start, SGD momentum 0.9, weight decay 5e-4, lr 0.1 divided by 10 at epochs 100 and
 150 of 200, batch 128, random crop (padding 4) and flip. Nesterov momentum is our choice.
+
+Memory: a batch of 128 is the reference's on one GPU, so no switch is on. Where it does not
+fit, `--config.model.remat=True` recomputes each block's activations in the backward pass
+(same parameters, same function) and `--config.attack.chunks=c` attacks the batch in c parts
+(same x_adv up to the random start's draws). `--config.accumulate_steps=k` also works but is
+not the reference's training: BatchNorm then normalises each micro-batch of 128 / k by its own
+statistics.
 """
 
 from seasoning import config_lib

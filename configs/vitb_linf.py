@@ -16,6 +16,13 @@ Sources of the numbers:
   scale (each step is one more forward+backward per image); the fine-tuned children use the
   reference's 10 steps.
 - Label smoothing 0.1 and bf16 compute: our choices (usual for ViT on TPU).
+- Memory: the encoder blocks are rematerialised (`model.remat`: the backward pass keeps each
+  block's input and recomputes the rest). Each device attacks and differentiates 4096 /
+  devices images at once; on fewer devices, where that does not fit, set
+  `--config.accumulate_steps=k` (k micro-batches of 4096 / k, each attacked and differentiated
+  in turn, one update with their mean gradient; ViT has no BatchNorm, so this is the same
+  update up to float rounding) and, if the attack alone still does not fit,
+  `--config.attack.chunks=c` (it runs on c parts of each micro-batch in turn; same x_adv).
 """
 
 from seasoning import config_lib
@@ -33,7 +40,7 @@ def get_config(arg=None):
     c.dataset.eval_split = "validation"
     c.dataset.image_size = 224
     c.dataset.flip = True
-    c.model = dict(name=_VARIANTS[arg.variant], mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    c.model = dict(name=_VARIANTS[arg.variant], mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)
     c.threat.update(norm="linf", eps=arg.eps)
     c.attack.update(name="apgd", loss="ce", steps=2, random_start=False)
     c.optimizer.update(name="adamw", lr=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4,
@@ -42,6 +49,9 @@ def get_config(arg=None):
     c.label_smoothing = 0.1
     c.compute_dtype = "bfloat16"
     c.batch_size = 4096
+    # > 1 on few devices, e.g. 8 on one host of 8 accelerators: micro-batches of 512, 64 rows
+    # a device (see the module doc).
+    c.accumulate_steps = 1
     c.eval_batch_size = 1024
     c.num_epochs = 300
     c.log_every_steps = 50
@@ -50,7 +60,7 @@ def get_config(arg=None):
     if arg.runlocal:
         c.dataset.update(name="synthetic", image_size=32, num_train_examples=256)
         c.model = dict(name="vit-ti16", image_size=32, patch_size=8, depth=2,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD)  # fmt: skip
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)  # fmt: skip
         c.compute_dtype = "float32"
         c.batch_size, c.eval_batch_size = 32, 64
         c.num_epochs, c.max_steps = 1, 4

@@ -12,15 +12,15 @@
 #   gcloud compute tpus tpu-vm ssh my-v4-32 --zone us-central2-b --worker=all --command "
 #     [ -d seasoning ] || git clone https://github.com/YOU/seasoning.git seasoning
 #     cd seasoning && python3 -m venv .venv
-#     .venv/bin/pip install -q -c constraints.txt -e . 'jax[tpu]==0.10.2'
+#     .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
 #     .venv/bin/python -m seasoning.train --config=configs/vitb_linf.py \
 #       --workdir=/mnt/runs/vitb_linf --distributed=on"
 # Other drivers (MODULE defaults to seasoning.train; an empty CONFIG passes no --config):
 #   MODULE=seasoning.soup ... launch/tpu_pod.sh configs/soup_vitb.py:soup=l2 /mnt/runs/soup
 #   MODULE=seasoning.shift ... launch/tpu_pod.sh configs/shift_imagenet_vitb16.py:runs=/mnt/runs /mnt/runs/shift
 #   MODULE=seasoning.evaluate ... launch/tpu_pod.sh "" /mnt/runs/vitb_linf --n_examples=5000
-# WORKDIR must be a filesystem path every worker sees (NFS, or a bucket mounted with gcsfuse);
-# gs:// URLs are not supported yet (workdir files are written with os-level atomic renames).
+# WORKDIR must be a path every worker sees: a gs:// bucket (the gcs extra is installed below)
+# or a shared file system (NFS, a gcsfuse mount).
 set -euo pipefail
 usage="usage: TPU_NAME=... ZONE=... REPO=... launch/tpu_pod.sh CONFIG[:arg] WORKDIR [overrides]"
 config=${1?$usage}
@@ -35,6 +35,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command
   set -e
   [ -d seasoning ] || git clone $(printf %q "$REPO") seasoning
   cd seasoning && python3 -m venv .venv
-  .venv/bin/pip install -q -c constraints.txt -e . 'jax[tpu]==0.10.2'
+  .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
   $(printf '%q ' "${driver[@]}")
 "

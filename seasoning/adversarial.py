@@ -144,16 +144,20 @@ def _multi_norm_attack(
         )
     adaptive = threat_cfg.sampling == "adaptive"
 
-    def run(logits_fn: Any, x: jax.Array, y: jax.Array, key: jax.Array, counts: jax.Array):
-        draw_key, attack_key = jax.random.split(key)
-        index = jax.random.categorical(draw_key, jnp.log(draw_weights(counts, adaptive)))
+    def plan(key: jax.Array, counts: jax.Array) -> jax.Array:
+        """The index of the batch's threat model."""
+        return jax.random.categorical(key, jnp.log(draw_weights(counts, adaptive)))
+
+    def perturb(logits_fn: Any, x: jax.Array, y: jax.Array, key: jax.Array, index: jax.Array):
         branches = [functools.partial(r, logits_fn) for r in runs]
-        x_adv, robust = jax.lax.switch(index, branches, x, y, attack_key)
+        x_adv, robust = jax.lax.switch(index, branches, x, y, key)
         seen = jnp.stack([jnp.sum(robust, dtype=jnp.float32), jnp.float32(robust.shape[0])])
-        return x_adv, counts.at[index].add(seen)
+        return x_adv, jnp.zeros((len(runs), 2), jnp.float32).at[index].add(seen)
 
     # Per threat model: examples the training attack left robust, examples attacked.
-    return AttackWithStats(run=run, initial_stats=np.zeros((len(runs), 2), np.float32))
+    return AttackWithStats(
+        plan=plan, perturb=perturb, initial_stats=np.zeros((len(runs), 2), np.float32)
+    )
 
 
 def draw_weights(counts: jax.Array, adaptive: bool = True) -> jax.Array:

@@ -215,7 +215,9 @@ def base_train_config() -> ml_collections.ConfigDict:
     # 2022), each batch attacked under one of `multi` ("norm:eps" strings), drawn by `sampling`:
     # "adaptive" (the reference: probability 1 - running robust accuracy) or "uniform".
     c.threat = dict(norm="none", eps=0.0, multi=(), sampling="adaptive")
-    c.attack = dict(name="none", loss="ce", steps=10, step_size=0.0, random_start=False)
+    # chunks: the attack runs on this many parts of each (micro-)batch one after another, to
+    # bound its memory; x_adv is the same (training.perturb_batch).
+    c.attack = dict(name="none", loss="ce", steps=10, step_size=0.0, random_start=False, chunks=1)
     c.optimizer = dict(
         name="sgd",
         lr=0.1,
@@ -236,6 +238,9 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.compute_dtype = "float32"
     c.batch_size = 128  # global, over all devices and hosts
+    # Gradient accumulation: the batch is split into this many micro-batches, each attacked and
+    # differentiated in turn, for one update with their mean gradient (training.train_step).
+    c.accumulate_steps = 1
     c.eval_batch_size = 500
     c.num_epochs = 10
     c.max_steps = 0  # 0 = num_epochs decides; else at most this many steps
@@ -302,12 +307,20 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
         check_choice("attack.loss", config.attack.loss, losses.LOSSES)
         _check_int(config, "attack.steps", 1)
         _check_number(config, "attack.step_size", 0)
+    _check_int(config, "attack.chunks", 1)
     _check_int(config, "seed", 0)
     for key in ("image_size", "crop_padding", "num_eval_examples", "num_train_examples"):
         _check_int(config, f"dataset.{key}", 0)
     _check_int(config, "dataset.num_classes", 2)
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         _check_int(config, key, 1)
+    _check_int(config, "accumulate_steps", 1)
+    if config.batch_size % config.accumulate_steps:
+        raise errors.UserError(
+            f"Config batch_size={config.batch_size} is not divisible by "
+            f"accumulate_steps={config.accumulate_steps}: micro-batches are equal slices of the "
+            "batch (and each must also split evenly over the devices)."
+        )
     for key in ("num_epochs", "max_steps", "eval_every_steps", "checkpoint_every_steps"):
         _check_int(config, key, 0)
     if config.num_epochs == 0 and config.max_steps == 0:

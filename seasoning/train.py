@@ -141,6 +141,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     config_lib.validate_train_config(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(config.batch_size, mesh)
+    training.check_batch_split(
+        config.batch_size, mesh.size, config.accumulate_steps, config.attack.chunks
+    )
     train_source = data.get_source(config.dataset, config.dataset.train_split, seed=config.seed)
     eval_source = data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
     model = models.from_config(config, train_source.num_classes)
@@ -155,8 +158,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         attack=attack,
     )  # fmt: skip
     train_step = training.make_train_step(
-        mesh, model=model, attack=attack, label_smoothing=config.label_smoothing
-    )
+        mesh, model=model, attack=attack, label_smoothing=config.label_smoothing,
+        accumulate_steps=config.accumulate_steps, attack_chunks=config.attack.chunks,
+    )  # fmt: skip
     evaluate = functools.partial(
         evaluate_accuracy,
         evaluation.Evaluator(

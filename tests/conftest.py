@@ -25,9 +25,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # short ones fill the gaps at the end (longest-first balancing). test_ingredients trains the
 # family's parent while test_reference, which needs none of it, runs on the other worker.
 _LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_soup_sweep.py",
-                  "test_shift_run.py", "test_train.py", "test_attacks.py",
-                  "test_multiprocess.py", "test_evaluate.py", "test_evaluation.py",
-                  "test_adversarial.py", "test_models.py")  # fmt: skip
+                  "test_shift_run.py", "test_multiprocess_train.py", "test_train.py",
+                  "test_attacks.py", "test_multiprocess.py", "test_evaluate.py",
+                  "test_evaluation.py", "test_adversarial.py", "test_models.py",
+                  "test_scale_switches.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):

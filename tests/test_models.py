@@ -247,7 +247,7 @@ def test_loop_friendly_conv_has_the_same_values_and_gradients(
     strides, padding, lhs_dilation, rhs_dilation
 ):
     """The models' convolution (models/conv.py) is lax's, value and both gradients, also
-    inside a loop (where it takes its own input-gradient path)."""
+    inside a loop (where it takes its own input- and kernel-gradient paths)."""
     from jax import lax
 
     from seasoning.models import conv
@@ -269,7 +269,11 @@ def test_loop_friendly_conv_has_the_same_values_and_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
     def looped(fn):
-        step = lambda i, z: z - 1e-2 * jax.grad(fn, 0)(z, k)  # noqa: E731
-        return jax.jit(lambda z: jax.lax.fori_loop(0, 3, step, z))(x)
+        def step(i, zk):
+            gz, gk = jax.grad(fn, (0, 1))(*zk)
+            return zk[0] - 1e-2 * gz, zk[1] - 1e-2 * gk
 
-    np.testing.assert_allclose(looped(ours), looped(plain), rtol=1e-5, atol=1e-5)
+        return jax.jit(lambda z: jax.lax.fori_loop(0, 3, step, (z, k)))(x)
+
+    for a, b in zip(looped(ours), looped(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -16,13 +16,19 @@ Names (`MODEL_NAMES`), with the keyword arguments each accepts besides `mean`, `
 - "cnn-small": `SmallCNN`, 459k parameters on 28x28x1, for 28x28 / 32x32; `features`,
   `hidden`, `norm` ("batch" or "none").
 - "wrn-D-W", e.g. "wrn-28-10", "wrn-34-10", "wrn-16-4" (any D = 6n + 4, W >= 1):
-  `WideResNet` for CIFAR-sized images; no other arguments.
-- "preact-resnet-18": `PreActResNet18` for CIFAR-sized images; `final_norm`.
-- "resnet-50": `ResNet` (v1.5) for ImageNet-sized images; no other arguments.
+  `WideResNet` for CIFAR-sized images; `remat`.
+- "preact-resnet-18": `PreActResNet18` for CIFAR-sized images; `final_norm`, `remat`.
+- "resnet-50": `ResNet` (v1.5) for ImageNet-sized images; `remat`.
 - "vit-ti16", "vit-s16", "vit-b16": `VisionTransformer`; `image_size` (default 224),
   `patch_size`, `hidden_size`, `depth`, `num_heads`, `mlp_ratio`, `head_zero_init` override
-  the named size. A tiny ViT for tests:
+  the named size; `remat`. A tiny ViT for tests:
   `get_model("vit-ti16", num_classes=10, image_size=32, patch_size=8, depth=2)`.
+
+`remat=True` (a config's `model.remat`) rematerialises every residual block (`nn.remat`):
+the backward pass recomputes a block's activations instead of keeping them, which trades about
+one more forward pass for activation memory (in training and in the attacks' input
+gradients alike). The variables are the same, name for name, so checkpoints of a run with and
+without it interchange.
 
 Default statistics: 0.5 / 0.5 for cnn-small and the ViTs (any channel count), CIFAR-10's
 for the WideResNets and PreActResNet-18, ImageNet's for ResNet-50. A single value serves
@@ -39,6 +45,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seasoning import errors
 from seasoning.models import normalization
@@ -139,6 +146,13 @@ def _floats(key: str, value: Any) -> tuple[float, ...]:
         ) from None
 
 
+def _bool(key: str, value: Any) -> bool:
+    """A switch given as a bool (not 0/1 or a string, which a config typo would give)."""
+    if not isinstance(value, bool | np.bool_):
+        raise errors.UserError(f"Model {key}={value!r} must be True or False.")
+    return bool(value)
+
+
 def _dtype(value: Any) -> Any:
     """A compute dtype from a dtype object or its name; only float32 and bfloat16."""
     try:
@@ -156,6 +170,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "dtype": lambda _, value: _dtype(value),
     "features": lambda _, value: tuple(int(v) for v in value),
     "stage_sizes": lambda _, value: tuple(int(v) for v in value),
+    "remat": _bool,
 }
 
 

@@ -8,7 +8,10 @@ to a path several times slower (README, "Attack speed"; jax-ml/jax#12868 is the 
 `conv_general_dilated` here computes the same function and the same gradients, bit for bit,
 but builds the input gradient from a kernel whose feature axes are swapped explicitly (behind an
 `optimization_barrier`, so that XLA cannot fold the swap back into the convolution), which the
-transposed convolution then reads in the fast layout.
+transposed convolution then reads in the fast layout. The kernel gradient has the same problem
+inside loops (gradient accumulation differentiates the parameters in a `lax.scan` over
+micro-batches); for the models' NHWC / HWIO layout it is computed as a forward convolution of
+the explicitly transposed input by the transposed output gradient (`_kernel_gradient`).
 
 Used by every convolution of `seasoning.models` (`nn.Conv(conv_general_dilated=...)`); on other
 backends, and for grouped convolutions, it is plain `lax.conv_general_dilated`.
@@ -55,11 +58,50 @@ def _backward(strides, padding, lhs_dilation, rhs_dilation, numbers, precision, 
         ),
         lhs,
     )
-    _, kernel_vjp = jax.vjp(
-        lambda k: _plain(lhs, k, strides, padding, lhs_dilation, rhs_dilation, numbers, precision),
-        rhs,
-    )
-    return input_vjp(g)[0], kernel_vjp(g)[0]
+    if numbers == _NHWC and all(d == 1 for d in lhs_dilation or ()):
+        kernel_grad = _kernel_gradient(lhs, rhs, g, strides, padding, rhs_dilation, precision)
+    else:
+        _, kernel_vjp = jax.vjp(
+            lambda k: _plain(
+                lhs, k, strides, padding, lhs_dilation, rhs_dilation, numbers, precision
+            ),
+            rhs,
+        )
+        kernel_grad = kernel_vjp(g)[0]
+    return input_vjp(g)[0], kernel_grad
+
+
+# flax's (and the models') layout: images NHWC, kernels HWIO.
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+
+
+def _kernel_gradient(lhs, rhs, g, strides, padding, rhs_dilation, precision):
+    """The kernel gradient of an NHWC / HWIO convolution, as a forward NHWC / HWIO convolution.
+
+    dk[a, b, i, o] = sum over n, y, x of lhs_padded[n, s*y + d*a, s*x + d*b, i] * g[n, y, x, o]
+    (s the strides, d the kernel dilation): a convolution of the padded input, with its batch
+    and feature axes swapped, by g as the kernel (dilated by s, stepping by d). The same sums
+    as lax's kernel transpose, with both operands transposed explicitly behind an
+    `optimization_barrier`, which XLA:CPU then convolves in its fast layout inside loops too.
+    """
+    dilation = tuple(rhs_dilation or (1, 1))
+    window = [(k - 1) * d + 1 for k, d in zip(rhs.shape[:2], dilation, strict=True)]
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], window, strides, padding)
+    zero = jnp.zeros((), lhs.dtype)
+    x = lax.pad(lhs, zero, [(0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)])
+    # Only the rows and columns that some output reads.
+    extent = [w + (n - 1) * s for w, n, s in zip(window, g.shape[1:3], strides, strict=True)]
+    x = x[:, : extent[0], : extent[1]]
+    x = lax.optimization_barrier(jnp.transpose(x, (3, 1, 2, 0)))  # [I, H, W, N]
+    kernel = lax.optimization_barrier(jnp.transpose(g, (1, 2, 0, 3)))  # [H', W', N, O]
+    out = lax.conv_general_dilated(
+        x, kernel, dilation, "VALID", rhs_dilation=tuple(strides),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
+    )  # fmt: skip
+    return jnp.transpose(out, (1, 2, 0, 3)).astype(rhs.dtype)  # [kh, kw, I, O]
 
 
 _loop_friendly.defvjp(_forward, _backward)

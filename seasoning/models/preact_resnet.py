@@ -42,6 +42,16 @@ def conv(
     )
 
 
+def remat_block(cls: type[nn.Module]) -> type[nn.Module]:
+    """`cls`, a block called as `block(x, train)`, rematerialised (`nn.remat`).
+
+    The rematerialised block recomputes its activations in the backward pass instead of
+    storing them; it has the same parameters (and names) and computes the same function.
+    `train` is static (argument 2, counting the module).
+    """
+    return nn.remat(cls, static_argnums=(2,))
+
+
 class PreActBlock(nn.Module):
     """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the input or its projection.
 
@@ -83,6 +93,8 @@ class PreActResNet18(nn.Module):
         [0, 1] input. Defaults to CIFAR-10's; set mean and std for other data (e.g. gray).
       std: per-channel pixel standard deviation, likewise.
       dtype: compute dtype; parameters stay float32 and logits are float32.
+      remat: rematerialise each block (`nn.remat`, see `remat_block`). Same parameters and
+        outputs.
     """
 
     num_classes: int
@@ -90,20 +102,22 @@ class PreActResNet18(nn.Module):
     mean: Sequence[float] = normalization.CIFAR10_MEAN
     std: Sequence[float] = normalization.CIFAR10_STD
     dtype: DTypeLike = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits [B, num_classes] (float32) for images `x` [B, H, W, C] in [0, 1]."""
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
         x = conv(64, 3, 1, self.dtype, "stem")(x)
+        block = remat_block(PreActBlock) if self.remat else PreActBlock
         for stage, features in enumerate((64, 128, 256, 512)):
             for i in range(2):
-                x = PreActBlock(
+                x = block(
                     features,
                     strides=2 if stage > 0 and i == 0 else 1,
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train=train)
+                )(x, train)
         if self.final_norm:
             x = nn.relu(normalization.batch_norm(train, self.dtype, name="bn")(x))
         x = jnp.mean(x, axis=(1, 2))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from seasoning.models import normalization
-from seasoning.models.preact_resnet import conv
+from seasoning.models.preact_resnet import conv, remat_block
 
 
 class Bottleneck(nn.Module):
@@ -61,6 +61,8 @@ class ResNet(nn.Module):
         [0, 1] input. Defaults to ImageNet's.
       std: per-channel pixel standard deviation, likewise.
       dtype: compute dtype; parameters stay float32 and logits are float32.
+      remat: rematerialise each bottleneck (`nn.remat`, see `preact_resnet.remat_block`).
+        Same parameters and outputs.
     """
 
     num_classes: int
@@ -68,6 +70,7 @@ class ResNet(nn.Module):
     mean: Sequence[float] = normalization.IMAGENET_MEAN
     std: Sequence[float] = normalization.IMAGENET_STD
     dtype: DTypeLike = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -76,14 +79,15 @@ class ResNet(nn.Module):
         x = conv(64, 7, 2, self.dtype, "stem_conv")(x)
         x = nn.relu(normalization.batch_norm(train, self.dtype, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block = remat_block(Bottleneck) if self.remat else Bottleneck
         for stage, num_blocks in enumerate(self.stage_sizes):
             for i in range(num_blocks):
-                x = Bottleneck(
+                x = block(
                     64 * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
                     dtype=self.dtype,
                     name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train=train)
+                )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)

@@ -86,6 +86,9 @@ class VisionTransformer(nn.Module):
         [0, 1] input. Defaults to 0.5, which maps pixels to [-1, 1] (the ViT convention).
       std: per-channel pixel standard deviation, likewise.
       dtype: compute dtype; parameters stay float32 and logits are float32.
+      remat: rematerialise each encoder block (`nn.remat`): its activations are recomputed
+        in the backward pass instead of stored, so only the blocks' inputs stay in memory,
+        for about one more forward pass of compute. Same parameters and outputs.
     """
 
     num_classes: int
@@ -99,6 +102,7 @@ class VisionTransformer(nn.Module):
     mean: Sequence[float] = normalization.HALF
     std: Sequence[float] = normalization.HALF
     dtype: DTypeLike = jnp.float32
+    remat: bool = False
 
     def check_shape(self, image_shape: Sequence[int] | None = None) -> None:
         """Raises ValueError if the sizes are inconsistent, or if [H, W, C] does not fit them."""
@@ -144,8 +148,9 @@ class VisionTransformer(nn.Module):
             "pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], hidden), jnp.float32
         )
         x = x + pos.astype(self.dtype)
+        block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
-            x = EncoderBlock(
+            x = block(
                 self.num_heads, self.mlp_ratio * hidden, dtype=self.dtype, name=f"block{i + 1}"
             )(x)
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="encoder_norm")(x)

@@ -18,7 +18,7 @@ from jax.typing import DTypeLike
 
 from seasoning import errors
 from seasoning.models import normalization
-from seasoning.models.preact_resnet import PreActBlock, conv
+from seasoning.models.preact_resnet import PreActBlock, conv, remat_block
 
 
 def check_shape(depth: int, widen_factor: int) -> None:
@@ -43,6 +43,9 @@ class WideResNet(nn.Module):
         [0, 1] input. Defaults to CIFAR-10's; set mean and std for other data (e.g. gray).
       std: per-channel pixel standard deviation, likewise.
       dtype: compute dtype; parameters stay float32 and logits are float32.
+      remat: rematerialise each block (`nn.remat`): its activations are recomputed in the
+        backward pass instead of stored, for about one more forward pass of compute. Same
+        parameters and outputs.
     """
 
     depth: int
@@ -51,6 +54,7 @@ class WideResNet(nn.Module):
     mean: Sequence[float] = normalization.CIFAR10_MEAN
     std: Sequence[float] = normalization.CIFAR10_STD
     dtype: DTypeLike = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -59,14 +63,15 @@ class WideResNet(nn.Module):
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
         x = conv(16, 3, 1, self.dtype, "stem")(x)
         blocks_per_group = (self.depth - 4) // 6
+        block = remat_block(PreActBlock) if self.remat else PreActBlock
         for group, (width, strides) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
             for i in range(blocks_per_group):
-                x = PreActBlock(
+                x = block(
                     width * self.widen_factor,
                     strides=strides if i == 0 else 1,
                     dtype=self.dtype,
                     name=f"group{group + 1}_block{i + 1}",
-                )(x, train=train)
+                )(x, train)
         x = nn.relu(normalization.batch_norm(train, self.dtype, name="bn")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)

@@ -40,6 +40,10 @@ import jax, jaxlib, flax, optax, orbax.checkpoint, chex, ml_collections, torch
 print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__,
       \"torch\", torch.__version__, \"backend\", jax.default_backend(), jax.devices())"'
 
+# First the figures issue 13 asks for (MFU of bf16 adversarial training), while time is left.
+step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
+  --modes=clean,adversarial --compute_dtype=bfloat16 --steps=5
+
 step grid_cnn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=cnn-small \
   --soups=66 --chunk=66 --vectorize=1 --points=5000 --robust_points=1000
 step grid_cnn_v11 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=cnn-small \
@@ -51,8 +55,6 @@ step autoattack "${AA_LIMIT:-240}" "$PY" benchmarks/autoattack.py --models=mlp,c
   --n_points=1000 --batch_size=1000
 step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wrn-16-4 \
   --modes=nominal,linf --batch_size=128 --steps=20
-step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
-  --modes=clean,adversarial --compute_dtype=bfloat16 --steps=5
 # Several test processes share the GPU: no up-front 75% allocation each. XLA:GPU of jax 0.11.2
 # aborts compiling one small L1 test program ("select_n... is live and cannot be removed");
 # disabling the multi-output fusion pass avoids it (see README, "GPUs").

@@ -56,6 +56,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -405,21 +406,25 @@ def _child_argv(cpu_devices: int, peak: float, peak_source: str) -> list[str]:
 
 def run_layout(processes: int, cpu_devices: int, peak: float, peak_source: str) -> list[dict]:
     """Runs one layout (`processes` local processes, `cpu_devices` each); process 0's rows."""
+    from seasoning import parallel
+
     layout = f"{processes}x{cpu_devices}"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    env.pop("JAX_NUM_CPU_DEVICES", None)
     port = _free_port()
     procs = []
-    for i in range(processes):
-        child_env = dict(env)
-        if processes > 1:
-            child_env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                             JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))  # fmt: skip
-        procs.append(subprocess.Popen(
-            _child_argv(cpu_devices, peak, peak_source), env=child_env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
-    outputs = [p.communicate()[0] for p in procs]
+    with tempfile.TemporaryDirectory() as logs:  # files, not pipes: nobody reads while they run
+        for i in range(processes):
+            with open(os.path.join(logs, f"{i}.log"), "w") as log:
+                procs.append(subprocess.Popen(
+                    _child_argv(cpu_devices, peak, peak_source),
+                    env=parallel.local_process_env(i, processes, port),
+                    stdout=log, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+        for p in procs:
+            p.wait()
+        outputs = []
+        for i in range(processes):
+            with open(os.path.join(logs, f"{i}.log")) as log:
+                outputs.append(log.read())
     for i, (p, out) in enumerate(zip(procs, outputs, strict=True)):
         if p.returncode:
             raise RuntimeError(f"layout {layout}, process {i} failed:\n{out[-4000:]}")

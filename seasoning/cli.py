@@ -9,6 +9,7 @@ import logging as std_logging
 import sys
 from collections.abc import Callable
 
+import jax
 from absl import flags, logging
 
 from seasoning import errors, parallel
@@ -54,7 +55,9 @@ def start(batch_size: int) -> None:
 def exit_on_user_error(fn: Callable[[], object]) -> None:
     """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2.
 
-    Every other exception, a ValueError from a bug included, keeps its traceback.
+    Every other exception, a ValueError from a bug included, keeps its traceback; a failed
+    computation of a multi-process job is preceded by a line saying what most likely happened
+    (another process died) and how to resume.
     """
     try:
         fn()
@@ -62,3 +65,14 @@ def exit_on_user_error(fn: Callable[[], object]) -> None:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except jax.errors.JaxRuntimeError:
+        if jax.process_count() > 1:  # the likely cause first; the traceback follows
+            message = (
+                f"A computation failed on process {jax.process_index()} of "
+                f"{jax.process_count()}: when a collective fails, another process of the job "
+                "has most likely died (see its log). Start all processes again with the same "
+                "command to resume from the last checkpoint."
+            )
+            logging.error("%s", message)
+            print(f"error: {message}", file=sys.stderr)
+        raise

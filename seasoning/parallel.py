@@ -73,6 +73,19 @@ def initialize_distributed(
     )
 
 
+def local_process_env(process_id: int, num_processes: int, port: int) -> dict[str, str]:
+    """The environment of process `process_id` of a job of local CPU processes (tests, benchmarks,
+    trying on one machine what a pod does): this environment plus the variables that make
+    `initialize_distributed` start jax.distributed with a coordinator on 127.0.0.1:`port`."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    env.pop("JAX_NUM_CPU_DEVICES", None)  # each process takes its count from --cpu_devices
+    if num_processes > 1:
+        env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{port}"
+        env["JAX_NUM_PROCESSES"] = str(num_processes)
+        env["JAX_PROCESS_ID"] = str(process_id)
+    return env
+
+
 def _looks_multi_process() -> bool:
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
         return True

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 
+from seasoning import parallel
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600
 
@@ -39,16 +41,11 @@ def start(
     module: str, args: list[str], log_dir: str, processes: int = 2, devices: int = 4
 ) -> list[Process]:
     """Starts `python -m module args --cpu_devices=...` as `processes` processes of one job."""
-    base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    base.pop("JAX_NUM_CPU_DEVICES", None)
     port = free_port()
     os.makedirs(log_dir, exist_ok=True)
     started = []
     for i in range(processes):
-        env = dict(base)
-        if processes > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                       JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))  # fmt: skip
+        env = parallel.local_process_env(i, processes, port)
         argv = [sys.executable, "-m", module, *args, f"--cpu_devices={devices // processes}"]
         log = os.path.join(log_dir, f"{module}.{port}.{i}.log")
         with open(log, "w") as out:

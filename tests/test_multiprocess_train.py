@@ -90,7 +90,7 @@ def _metrics(workdir: str) -> list[dict]:
 
 def test_linf_training_on_two_processes_equals_one_process(tmp_path):
     """Linf APGD-CE training with a random start (so every step's key matters)."""
-    overrides = ["max_steps=12", "attack.random_start=True", *EVERY_STEP]
+    overrides = ["max_steps=8", "attack.random_start=True", *EVERY_STEP]
     workdir = str(tmp_path / "two")
     logs = jobs.run("seasoning.train", _flags(overrides, workdir), str(tmp_path))
     assert "jax.distributed: process 1 of 2" in logs[1]
@@ -111,20 +111,21 @@ def test_linf_training_on_two_processes_equals_one_process(tmp_path):
 
 
 def test_nominal_training_survives_a_dead_process(tmp_path):
-    """Nominal training on two processes; process 1 is killed mid-run: process 0 stops with
-    JAX's error naming the dead task within the heartbeat timeout; both restarted with the same
-    command resume from the last checkpoint, and every step of the whole run (before and after
-    the restart) equals the 1-process step."""
+    """Nominal training on two processes; process 1 is killed mid-run: process 0 stops within
+    the heartbeat timeout with JAX's error naming the dead task, or, when the kill lands inside
+    a collective, with our line saying another process most likely died; both restarted with
+    the same command resume from the last checkpoint, and every step of the whole run (before
+    and after the restart) equals the 1-process step."""
     heartbeat = 10
     # An evaluation every step slows the run enough to kill it mid-way.
-    overrides = ["max_steps=24", "eval_every_steps=1", "dataset.num_eval_examples=200",
+    overrides = ["max_steps=16", "eval_every_steps=1", "dataset.num_eval_examples=200",
                  *NOMINAL, *EVERY_STEP]  # fmt: skip
     workdir = str(tmp_path / "two")
     args = [*_flags(overrides, workdir), f"--heartbeat_timeout={heartbeat}"]
     job = jobs.start("seasoning.train", args, str(tmp_path))
     ckpt_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
     deadline = time.monotonic() + jobs.TIMEOUT
-    while not (os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 4
+    while not (os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 3
                                                for d in os.listdir(ckpt_dir))):  # fmt: skip
         assert job[0].popen.poll() is None, job[0].output()[-4000:]
         assert time.monotonic() < deadline
@@ -135,10 +136,13 @@ def test_nominal_training_survives_a_dead_process(tmp_path):
     waited = time.monotonic() - killed
     output = job[0].output()
     assert code != 0, output[-4000:]
-    assert "stopped sending heartbeats" in output, output[-4000:]
+    # Which error comes first depends on where process 0 was: blocked in a collective it
+    # learns from the heartbeats; inside one it sees the dead peer's socket close.
+    expected = ("stopped sending heartbeats", "heartbeat timeout", "most likely died")
+    assert any(message in output for message in expected), output[-4000:]
     print(f"process 0 stopped {waited:.0f} s after process 1 was killed")
     saved = checkpoints.Checkpointer(workdir, use_async=False).latest_step()
-    assert 4 <= saved < 24, saved
+    assert 3 <= saved < 16, saved
 
     logs = jobs.run("seasoning.train", args, str(tmp_path))
     resumed = [int(line.rsplit(" ", 1)[1].rstrip(".")) for line in logs[0].splitlines()

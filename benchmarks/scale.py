@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -387,12 +386,6 @@ def run_modes() -> list[dict]:
 # Scaling: one subprocess (or one jax.distributed job) per layout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child_argv(cpu_devices: int, peak: float, peak_source: str) -> list[str]:
     return [
         sys.executable, os.path.abspath(__file__), "--child",
@@ -409,7 +402,7 @@ def run_layout(processes: int, cpu_devices: int, peak: float, peak_source: str) 
     from seasoning import parallel
 
     layout = f"{processes}x{cpu_devices}"
-    port = _free_port()
+    port = parallel.free_local_port()
     procs = []
     with tempfile.TemporaryDirectory() as logs:  # files, not pipes: nobody reads while they run
         for i in range(processes):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import Any
 
 import jax
@@ -71,6 +72,13 @@ def initialize_distributed(
         jax.device_count(),
         heartbeat_timeout,
     )
+
+
+def free_local_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for the coordinator of a job of local processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def local_process_env(process_id: int, num_processes: int, port: int) -> dict[str, str]:

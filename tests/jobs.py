@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
+
+import jax
 
 from seasoning import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600
+DEVICES = 4  # in all, over a job's processes
 
 
 @dataclasses.dataclass
@@ -31,17 +33,17 @@ class Process:
             return f.read()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def one_process_mesh():
+    """This process's mesh of a job's device count, to compare a job with (the tests' process
+    has 8 CPU devices)."""
+    return parallel.make_mesh(jax.devices()[:DEVICES])
 
 
 def start(
-    module: str, args: list[str], log_dir: str, processes: int = 2, devices: int = 4
+    module: str, args: list[str], log_dir: str, processes: int = 2, devices: int = DEVICES
 ) -> list[Process]:
     """Starts `python -m module args --cpu_devices=...` as `processes` processes of one job."""
-    port = free_port()
+    port = parallel.free_local_port()
     os.makedirs(log_dir, exist_ok=True)
     started = []
     for i in range(processes):

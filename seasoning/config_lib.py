@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import json
 import math
 import os
 import sys
@@ -249,7 +250,15 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0 = once per epoch and at the end
     c.keep_checkpoints = 2
     c.init_from = ""  # a finished run's workdir: fine-tune from its weights
+    # A run written by `seasoning.import_weights`: the source file, its format and SHA-256,
+    # and where the model's input statistics came from ("checkpoint", "flags", "default").
+    c.imported_from = dict(format="", file="", sha256="", normalization="")
     return c
+
+
+def as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as it reads back from config.json (tuples become lists)."""
+    return json.loads(json.dumps(config.to_dict()))
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:

@@ -52,10 +52,6 @@ _N_ITER = flags.DEFINE_integer("n_iter", 0, "APGD iterations (0: the version's).
 _N_TARGETS = flags.DEFINE_integer(
     "n_target_classes", 0, "APGD-T target classes (0: the version's)."
 )
-_DATASET = flags.DEFINE_string(
-    "dataset", "", "NAME[:split] of the dataset registry to evaluate on (default: the run's own "
-    "dataset and eval split). Its class count must be the model's."
-)  # fmt: skip
 _SPLIT = flags.DEFINE_string("split", "", "Split to evaluate (default: the config's eval_split).")
 _OUTPUT = flags.DEFINE_string(
     "output", "eval.json", "Result file: a name inside the workdir, or a path."
@@ -224,7 +220,7 @@ def main(argv) -> None:
         cli.start(max(_BATCH.value, 1))
         result = evaluate_run(
             cli.WORKDIR.value, threats, version=_VERSION.value, n_examples=_N_EXAMPLES.value,
-            batch_size=_BATCH.value, seed=_SEED.value, dataset=_DATASET.value,
+            batch_size=_BATCH.value, seed=_SEED.value, dataset=cli.DATASET.value,
             split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
             overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value, n_iter=_N_ITER.value,
             n_target_classes=_N_TARGETS.value,

@@ -60,6 +60,7 @@ def finetune_config(
     c.num_epochs = num_epochs
     c.max_steps = 0
     c.init_from = init_from
+    c.imported_from = config_lib.base_train_config().imported_from  # the child is trained
     return c
 
 
@@ -95,6 +96,51 @@ def child_config(
                         init_from=arg.parent, num_epochs=arg.epochs, multi=multi)  # fmt: skip
     if arg.runlocal:
         c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
+    return c
+
+
+def run_child_config(arg: str | None) -> ml_collections.ConfigDict:
+    """The `get_config` of `configs/finetune.py`: a child of any run, trained or imported.
+
+    The parent's config comes from its workdir's config.json, so a run imported with
+    `seasoning.import_weights` (no config file of ours) fine-tunes like a trained one.
+
+    Args:
+      arg: `parent=RUN_DIR` (required), `norm` (linf, l2, l1 or none; default l1), `eps`
+        (default: the dataset's usual radius for `norm`), `epochs` (default 1: the reference's
+        ImageNet recipe, the shortest), `runlocal` (4 steps of batch 32 on the run's data).
+
+    Raises:
+      UserError: no parent given, a parent that is not a run, a bad norm, or no usual radius
+        for the parent's dataset (pass `eps`).
+    """
+    from seasoning import data, errors, threat  # imports JAX, which config loading defers
+    from seasoning import workdir as workdir_lib
+
+    arg = config_lib.parse_arg(arg, runlocal=False, parent="", norm="l1", eps=0.0, epochs=1)
+    if not arg.parent:
+        raise errors.UserError("configs/finetune.py needs the parent run: ...:parent=RUN_DIR.")
+    config_lib.check_choice("norm", arg.norm, ("linf", "l2", "l1", "none"))
+    path = workdir_lib.path(arg.parent, workdir_lib.CONFIG_FILE)
+    try:
+        parent = ml_collections.ConfigDict(
+            workdir_lib.with_defaults(workdir_lib.read_json(path),
+                                      config_lib.as_json(config_lib.base_train_config()))
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise errors.MissingInputError(
+            f"parent={arg.parent!r} is not a run: {path} not found."
+        ) from None
+    eps = arg.eps
+    if arg.norm != "none" and not eps:
+        usual = {tm.norm: tm.eps for tm in data.default_threats(parent.dataset.name)}
+        eps = usual[arg.norm]
+    if arg.norm != "none":
+        threat.ThreatModel(arg.norm, eps)  # checks the radius
+    c = finetune_config(parent, norm=arg.norm, eps=eps if arg.norm != "none" else 0.0,
+                        init_from=arg.parent, num_epochs=arg.epochs)  # fmt: skip
+    if arg.runlocal:
+        c.batch_size, c.eval_batch_size, c.max_steps, c.log_every_steps = 32, 64, 4, 2
     return c
 
 

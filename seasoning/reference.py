@@ -274,6 +274,14 @@ def torch_model(
         raise ValueError(f"Twins compute in float32; got dtype={module.dtype!r} for {name!r}.")
     if not isinstance(module, models.SmallCNN | models.WideResNet | models.PreActResNet18):
         raise ValueError(f"No PyTorch twin of model {name!r}; supported: {', '.join(SUPPORTED)}.")
+    if isinstance(module, models.WideResNet) and (module.activation, module.padding) != (
+        "relu",
+        "symmetric",
+    ):
+        raise ValueError(
+            f"No PyTorch twin of a WideResNet with activation={module.activation!r}, "
+            f"padding={module.padding!r} ({name!r}); only ReLU with symmetric padding."
+        )
     classes = _classes()
     try:
         if isinstance(module, models.SmallCNN):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -44,11 +43,6 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """num_epochs passes over the training set, capped by max_steps when it is set."""
     steps = config.num_epochs * steps_per_epoch if config.num_epochs else config.max_steps
     return min(steps, config.max_steps) if config.max_steps else steps
-
-
-def config_as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as it reads back from config.json (tuples become lists)."""
-    return json.loads(json.dumps(config.to_dict()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +164,8 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         eval_source,
         evaluation.check_points(None, eval_source, config.dataset.num_eval_examples),
     )  # fmt: skip
-    meta = {"model": config_as_json(config)["model"], "image_shape": list(train_source.image_shape),
+    meta = {"model": config_lib.as_json(config)["model"],
+            "image_shape": list(train_source.image_shape),
             "num_classes": train_source.num_classes}  # fmt: skip
     return Setup(
         config=config,
@@ -222,7 +217,7 @@ def train_and_evaluate(
     is_writer = jax.process_index() == 0
     if is_writer:
         workdir_lib.claim(
-            workdir, config_as_json(config), config_as_json(config_lib.base_train_config())
+            workdir, config_lib.as_json(config), config_lib.as_json(config_lib.base_train_config())
         )
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)

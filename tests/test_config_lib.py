@@ -1,5 +1,6 @@
 """Config loading, overrides and validation; the paper's recipes."""
 
+import json
 import os
 import re
 
@@ -64,8 +65,26 @@ def test_split_config_flags():
 TRAIN_CONFIGS = sorted(
     os.path.join("configs", f)
     for f in os.listdir(os.path.join(ROOT, "configs"))
-    if f.endswith(".py") and not f.startswith(("soup_", "shift_"))
+    # finetune.py reads its parent run's config.json: test_finetune_config_reads_its_parent.
+    if f.endswith(".py") and not f.startswith(("soup_", "shift_")) and f != "finetune.py"
 )
+
+
+def test_finetune_config_reads_its_parent(tmp_path):
+    spec = os.path.join(ROOT, "configs", "finetune.py")
+    with pytest.raises(errors.UserError, match="needs the parent run"):
+        config_lib.load_config(spec)
+    with pytest.raises(errors.MissingInputError, match="is not a run"):
+        config_lib.load_config(f"{spec}:parent={tmp_path}")
+    parent = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_cnn_linf.py"))
+    (tmp_path / "config.json").write_text(json.dumps(config_lib.as_json(parent)))
+    child = config_lib.load_config(f"{spec}:parent={tmp_path},norm=l2")
+    config_lib.validate_train_config(child)
+    assert child.init_from == str(tmp_path)
+    assert config_lib.as_json(child)["model"] == config_lib.as_json(parent)["model"]
+    assert (child.threat.norm, child.threat.eps) == ("l2", 0.8)  # Fashion-MNIST's usual L2
+    with pytest.raises(errors.UserError, match="norm"):
+        config_lib.load_config(f"{spec}:parent={tmp_path},norm=l3")
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS)

@@ -28,6 +28,11 @@ def _abstract_variables(model, shape):
 PUBLISHED = [
     ("wrn-28-10", {}, 10, (32, 32, 3), 36_479_194),
     ("wrn-70-16", {}, 10, (32, 32, 3), 266_796_506),
+    # DeepMind's WRN-70-16 (Gowal et al. 2020: "267M"): the same layers, swish, SAME padding.
+    ("dm-wrn-70-16", {}, 10, (32, 32, 3), 266_796_506),
+    # kuangliu/pytorch-cifar's ResNet18 and ResNet34 (AutoAttack's and RobustBench's).
+    ("resnet-18", {}, 10, (32, 32, 3), 11_173_962),
+    ("resnet-34", {}, 10, (32, 32, 3), 21_282_122),
     # Rice et al. / He et al. (final BN-ReLU); kuangliu/pytorch-cifar's has none.
     ("preact-resnet-18", {}, 10, (32, 32, 3), 11_172_170),
     ("preact-resnet-18", {"final_norm": False}, 10, (32, 32, 3), 11_171_146),
@@ -201,6 +206,14 @@ def test_unknown_name_lists_the_valid_ones():
         ("cnn-small", {"mean": "gray"}, "mean='gray'"),
         ("vit-ti16", {"image_size": 30, "patch_size": 8}, "must divide image_size=30"),
         ("vit-ti16", {"num_heads": 5}, "must divide hidden_size=192"),
+        (
+            "wrn-16-4",
+            {"activation": "gelu"},
+            r"activation='gelu' is not one of \('relu', 'swish'\)",
+        ),
+        ("wrn-16-4", {"padding": "valid"}, r"padding='valid' is not one of"),
+        ("dm-wrn-28-10", {"activation": "relu"}, "activation set by the name"),
+        ("vit-ti16", {"gelu_approximate": 1}, "must be True or False"),
     ],
 )
 def test_bad_arguments_raise_value_errors(name, kwargs, match):

@@ -16,12 +16,17 @@ Names (`MODEL_NAMES`), with the keyword arguments each accepts besides `mean`, `
 - "cnn-small": `SmallCNN`, 459k parameters on 28x28x1, for 28x28 / 32x32; `features`,
   `hidden`, `norm` ("batch" or "none").
 - "wrn-D-W", e.g. "wrn-28-10", "wrn-34-10", "wrn-16-4" (any D = 6n + 4, W >= 1):
-  `WideResNet` for CIFAR-sized images; `remat`.
+  `WideResNet` for CIFAR-sized images (RobustBench's WideResNet); `remat`, `activation`
+  ("relu", "swish"), `padding` ("symmetric", "same").
+- "dm-wrn-D-W", e.g. "dm-wrn-28-10", "dm-wrn-70-16": DeepMind's robust WideResNet, a
+  `WideResNet` with swish and SAME padding; `remat`.
+- "resnet-18", "resnet-34": `CifarResNet` (post-activation basic blocks, no max-pool) for
+  CIFAR-sized images; `remat`.
 - "preact-resnet-18": `PreActResNet18` for CIFAR-sized images; `final_norm`, `remat`.
-- "resnet-50": `ResNet` (v1.5) for ImageNet-sized images; `remat`.
+- "resnet-50": `ResNet` (v1.5, torchvision's) for ImageNet-sized images; `remat`.
 - "vit-ti16", "vit-s16", "vit-b16": `VisionTransformer`; `image_size` (default 224),
   `patch_size`, `hidden_size`, `depth`, `num_heads`, `mlp_ratio`, `head_zero_init` override
-  the named size; `remat`. A tiny ViT for tests:
+  the named size; `gelu_approximate` (False: exact GELU, as timm's); `remat`. A tiny ViT for tests:
   `get_model("vit-ti16", num_classes=10, image_size=32, patch_size=8, depth=2)`.
 
 `remat=True` (a config's `model.remat`) rematerialises every residual block (`nn.remat`):
@@ -31,15 +36,15 @@ gradients alike). The variables are the same, name for name, so checkpoints of a
 without it interchange.
 
 Default statistics: 0.5 / 0.5 for cnn-small and the ViTs (any channel count), CIFAR-10's
-for the WideResNets and PreActResNet-18, ImageNet's for ResNet-50. A single value serves
-every channel; three values need RGB input (set `mean=(m,), std=(s,)` for gray images).
+for the WideResNets, ResNet-18/34 and PreActResNet-18, ImageNet's for ResNet-50. A single
+value serves every channel; three values need RGB input (set `mean=(m,), std=(s,)` for gray images).
 """
 
 import dataclasses
 import difflib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -50,14 +55,15 @@ import numpy as np
 from seasoning import errors
 from seasoning.models import normalization
 from seasoning.models.cnn import SmallCNN
-from seasoning.models.preact_resnet import PreActResNet18
-from seasoning.models.resnet import ResNet
+from seasoning.models.preact_resnet import ACTIVATIONS, PADDINGS, PreActResNet18
+from seasoning.models.resnet import CifarResNet, ResNet
 from seasoning.models.vit import SIZES, VisionTransformer
 from seasoning.models.wide_resnet import WideResNet, check_shape
 
 __all__ = [
     "MODEL_NAMES",
     "check_name",
+    "CifarResNet",
     "PreActResNet18",
     "ResNet",
     "SmallCNN",
@@ -87,8 +93,11 @@ def _vit(size: str, patch_size: int) -> _Entry:
     return _Entry(VisionTransformer, preset, preset_overridable=True)
 
 
-def _wrn(depth: int, widen_factor: int) -> _Entry:
-    return _Entry(WideResNet, dict(depth=depth, widen_factor=widen_factor))
+def _wrn(depth: int, widen_factor: int, deepmind: bool = False) -> _Entry:
+    preset = dict(depth=depth, widen_factor=widen_factor)
+    if deepmind:
+        preset.update(activation="swish", padding="same")
+    return _Entry(WideResNet, preset)
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -98,15 +107,19 @@ _REGISTRY: dict[str, _Entry] = {
     "wrn-34-10": _wrn(34, 10),
     "wrn-34-20": _wrn(34, 20),
     "wrn-70-16": _wrn(70, 16),
+    "dm-wrn-28-10": _wrn(28, 10, deepmind=True),
+    "dm-wrn-70-16": _wrn(70, 16, deepmind=True),
+    "resnet-18": _Entry(CifarResNet, dict(stage_sizes=(2, 2, 2, 2))),
+    "resnet-34": _Entry(CifarResNet, dict(stage_sizes=(3, 4, 6, 3))),
     "preact-resnet-18": _Entry(PreActResNet18),
     "resnet-50": _Entry(ResNet, dict(stage_sizes=(3, 4, 6, 3))),
     "vit-ti16": _vit("ti", 16),
     "vit-s16": _vit("s", 16),
     "vit-b16": _vit("b", 16),
 }
-_WRN_PATTERN = re.compile(r"wrn-(\d+)-(\d+)")
+_WRN_PATTERN = re.compile(r"(dm-)?wrn-(\d+)-(\d+)")
 
-# The registered names. get_model also accepts any "wrn-D-W" with D = 6n + 4.
+# The registered names. get_model also accepts any "wrn-D-W" and "dm-wrn-D-W" with D = 6n + 4.
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
@@ -114,17 +127,17 @@ def _entry(name: str) -> _Entry:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if match := _WRN_PATTERN.fullmatch(name):
-        depth, widen_factor = int(match[1]), int(match[2])
+        depth, widen_factor = int(match[2]), int(match[3])
         try:
             check_shape(depth, widen_factor)
         except ValueError as e:
             raise errors.UserError(f"Bad model name {name!r}: {e}") from None
-        return _wrn(depth, widen_factor)
+        return _wrn(depth, widen_factor, deepmind=bool(match[1]))
     near = difflib.get_close_matches(name, MODEL_NAMES, n=1)
     hint = f" Did you mean {near[0]!r}?" if near else ""
     raise errors.UserError(
         f"Unknown model name {name!r}.{hint} Valid names: {', '.join(MODEL_NAMES)}, "
-        "or any 'wrn-D-W' with D = 6n + 4."
+        "or any 'wrn-D-W' or 'dm-wrn-D-W' with D = 6n + 4."
     )
 
 
@@ -164,6 +177,15 @@ def _dtype(value: Any) -> Any:
     return jnp.dtype(name)
 
 
+def _choice(choices: Sequence[str]) -> Callable[[str, Any], str]:
+    def convert(key: str, value: Any) -> str:
+        if value not in choices:
+            raise errors.UserError(f"Model {key}={value!r} is not one of {tuple(choices)}.")
+        return value
+
+    return convert
+
+
 _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "mean": _floats,
     "std": _floats,
@@ -171,6 +193,10 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "features": lambda _, value: tuple(int(v) for v in value),
     "stage_sizes": lambda _, value: tuple(int(v) for v in value),
     "remat": _bool,
+    "final_norm": _bool,
+    "gelu_approximate": _bool,
+    "activation": _choice(tuple(ACTIVATIONS)),
+    "padding": _choice(PADDINGS),
 }
 
 

@@ -24,15 +24,28 @@ from seasoning.models import normalization
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+# How a convolution pads its input: "symmetric" (PyTorch's kernel // 2 on every side) or
+# "same" (TensorFlow's and Haiku's SAME: for a stride-2 3x3 convolution of an even-sized
+# input, no padding before and one row and column after).
+PADDINGS = ("symmetric", "same")
+# Activations by name: ReLU, or swish (x * sigmoid(x)), which DeepMind's robust WRNs use.
+ACTIVATIONS = {"relu": nn.relu, "swish": nn.swish}
+
+
 def conv(
-    features: int, kernel: int, strides: int, dtype: DTypeLike, name: str | None = None
+    features: int,
+    kernel: int,
+    strides: int,
+    dtype: DTypeLike,
+    name: str | None = None,
+    padding: str = "symmetric",
 ) -> nn.Conv:
-    """A bias-free square convolution with PyTorch's symmetric padding (kernel // 2)."""
+    """A bias-free square convolution, padded as `padding` (one of `PADDINGS`) says."""
     return nn.Conv(
         features,
         (kernel, kernel),
         strides=strides,
-        padding=kernel // 2,
+        padding=kernel // 2 if padding == "symmetric" else "SAME",
         use_bias=False,
         kernel_init=conv_init,
         dtype=dtype,
@@ -53,7 +66,7 @@ def remat_block(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3, plus the input or its projection.
+    """BN-act-conv3x3(stride)-BN-act-conv3x3, plus the input or its projection.
 
     When the output shape differs from the input's, the shortcut is a 1x1 convolution (with
     the block's stride) of the pre-activated input, as in the reference implementations.
@@ -62,23 +75,30 @@ class PreActBlock(nn.Module):
       features: output channels.
       strides: stride of the first convolution and of the shortcut.
       dtype: compute dtype.
+      activation: a name of `ACTIVATIONS`.
+      padding: a name of `PADDINGS`.
     """
 
     features: int
     strides: int = 1
     dtype: DTypeLike = jnp.float32
+    activation: str = "relu"
+    padding: str = "symmetric"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """The block's output for input `x` [B, H, W, C]."""
-        activated = nn.relu(normalization.batch_norm(train, self.dtype, name="bn1")(x))
+        act = ACTIVATIONS[self.activation]
+        activated = act(normalization.batch_norm(train, self.dtype, name="bn1")(x))
         if x.shape[-1] == self.features and self.strides == 1:
             shortcut = x
         else:
-            shortcut = conv(self.features, 1, self.strides, self.dtype, "shortcut")(activated)
-        y = conv(self.features, 3, self.strides, self.dtype, "conv1")(activated)
-        y = nn.relu(normalization.batch_norm(train, self.dtype, name="bn2")(y))
-        y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
+            shortcut = conv(self.features, 1, self.strides, self.dtype, "shortcut", self.padding)(
+                activated
+            )
+        y = conv(self.features, 3, self.strides, self.dtype, "conv1", self.padding)(activated)
+        y = act(normalization.batch_norm(train, self.dtype, name="bn2")(y))
+        y = conv(self.features, 3, 1, self.dtype, "conv2", self.padding)(y)
         return y + shortcut
 
 

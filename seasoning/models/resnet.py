@@ -1,10 +1,18 @@
-"""ImageNet ResNet with bottleneck blocks (He et al., 2016), version 1.5.
+"""ResNets (He et al., 2016): the ImageNet ResNet-50 and the CIFAR ResNet-18.
 
-v1.5 (torchvision's ResNet-50, the usual robust ImageNet backbone) strides the 3x3
-convolution of a downsampling bottleneck, not the first 1x1. Stem: 7x7/2 convolution with
+`ResNet`, the ImageNet ResNet with bottleneck blocks, version 1.5. v1.5 (torchvision's
+ResNet-50, the usual robust ImageNet backbone) strides the 3x3 convolution of a downsampling
+bottleneck, not the first 1x1. Stem: 7x7/2 convolution with
 64 channels, BN-ReLU, 3x3/2 max-pool; then stages of bottlenecks (64, 128, 256, 512 inner
 channels, 4x expansion; stages 2-4 start with stride 2), global average pooling and a linear
-head. ResNet-50 with 1000 classes has 25,557,032 parameters.
+head. ResNet-50 with 1000 classes has 25,557,032 parameters. Layer for layer torchvision's
+`resnet50`.
+
+`CifarResNet`, the ResNet-18 of CIFAR robustness papers and of AutoAttack's examples
+(kuangliu/pytorch-cifar, RobustBench's `ResNet18`): post-activation basic blocks, a 3x3 stem
+with 64 channels and no max-pool, four stages of (2, 2, 2, 2) blocks with 64, 128, 256, 512
+channels (stages 2-4 start with stride 2), global average pooling and a linear head with a
+bias. With 10 classes it has 11,173,962 parameters.
 """
 
 from collections.abc import Sequence
@@ -80,6 +88,77 @@ class ResNet(nn.Module):
         x = nn.relu(normalization.batch_norm(train, self.dtype, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         block = remat_block(Bottleneck) if self.remat else Bottleneck
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            for i in range(num_blocks):
+                x = block(
+                    64 * 2**stage,
+                    strides=2 if stage > 0 and i == 0 else 1,
+                    dtype=self.dtype,
+                    name=f"stage{stage + 1}_block{i + 1}",
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
+        return x.astype(jnp.float32)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3(stride)-BN-ReLU, conv3x3-BN, + shortcut, ReLU (a post-activation basic block).
+
+    The shortcut is a strided 1x1 convolution with BN when the shape changes.
+
+    Attributes:
+      features: output channels.
+      strides: stride of the first convolution and of the shortcut.
+      dtype: compute dtype.
+    """
+
+    features: int
+    strides: int = 1
+    dtype: DTypeLike = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The block's output for input `x` [B, H, W, C]."""
+        y = conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
+        y = nn.relu(normalization.batch_norm(train, self.dtype, name="bn1")(y))
+        y = conv(self.features, 3, 1, self.dtype, "conv2")(y)
+        y = normalization.batch_norm(train, self.dtype, name="bn2")(y)
+        if x.shape[-1] == self.features and self.strides == 1:
+            shortcut = x
+        else:
+            shortcut = conv(self.features, 1, self.strides, self.dtype, "shortcut_conv")(x)
+            shortcut = normalization.batch_norm(train, self.dtype, name="shortcut_bn")(shortcut)
+        return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet with basic blocks for CIFAR-sized images; the defaults give ResNet-18.
+
+    Attributes:
+      num_classes: number of logits.
+      stage_sizes: basic blocks per stage ((2, 2, 2, 2) for ResNet-18, (3, 4, 6, 3) for 34).
+      mean: per-channel pixel mean (or a single value for all channels) used to normalise the
+        [0, 1] input. Defaults to CIFAR-10's; set mean and std for other data (e.g. gray).
+      std: per-channel pixel standard deviation, likewise.
+      dtype: compute dtype; parameters stay float32 and logits are float32.
+      remat: rematerialise each block (`nn.remat`, see `preact_resnet.remat_block`). Same
+        parameters and outputs.
+    """
+
+    num_classes: int
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    mean: Sequence[float] = normalization.CIFAR10_MEAN
+    std: Sequence[float] = normalization.CIFAR10_STD
+    dtype: DTypeLike = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits [B, num_classes] (float32) for images `x` [B, H, W, C] in [0, 1]."""
+        x = normalization.normalize(x, self.mean, self.std, self.dtype)
+        x = conv(64, 3, 1, self.dtype, "stem_conv")(x)
+        x = nn.relu(normalization.batch_norm(train, self.dtype, name="stem_bn")(x))
+        block = remat_block(BasicBlock) if self.remat else BasicBlock
         for stage, num_blocks in enumerate(self.stage_sizes):
             for i in range(num_blocks):
                 x = block(

@@ -27,11 +27,14 @@ class EncoderBlock(nn.Module):
       num_heads: attention heads.
       mlp_dim: hidden width of the MLP.
       dtype: compute dtype.
+      gelu_approximate: GELU's tanh approximation (Flax's default, big_vision's) or the exact
+        erf form (PyTorch's `nn.GELU`, timm's).
     """
 
     num_heads: int
     mlp_dim: int
     dtype: DTypeLike = jnp.float32
+    gelu_approximate: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,7 +59,7 @@ class EncoderBlock(nn.Module):
             param_dtype=jnp.float32,
             name="mlp1",
         )(y)
-        y = nn.gelu(y)
+        y = nn.gelu(y, approximate=self.gelu_approximate)
         y = nn.Dense(
             x.shape[-1],
             kernel_init=dense_init,
@@ -86,6 +89,8 @@ class VisionTransformer(nn.Module):
         [0, 1] input. Defaults to 0.5, which maps pixels to [-1, 1] (the ViT convention).
       std: per-channel pixel standard deviation, likewise.
       dtype: compute dtype; parameters stay float32 and logits are float32.
+      gelu_approximate: the MLPs' GELU in its tanh approximation (as google-research's and
+        big_vision's ViTs compute it); False for the exact erf form (timm's ViTs).
       remat: rematerialise each encoder block (`nn.remat`): its activations are recomputed
         in the backward pass instead of stored, so only the blocks' inputs stay in memory,
         for about one more forward pass of compute. Same parameters and outputs.
@@ -102,6 +107,7 @@ class VisionTransformer(nn.Module):
     mean: Sequence[float] = normalization.HALF
     std: Sequence[float] = normalization.HALF
     dtype: DTypeLike = jnp.float32
+    gelu_approximate: bool = True
     remat: bool = False
 
     def check_shape(self, image_shape: Sequence[int] | None = None) -> None:
@@ -151,7 +157,11 @@ class VisionTransformer(nn.Module):
         block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
             x = block(
-                self.num_heads, self.mlp_ratio * hidden, dtype=self.dtype, name=f"block{i + 1}"
+                self.num_heads,
+                self.mlp_ratio * hidden,
+                dtype=self.dtype,
+                gelu_approximate=self.gelu_approximate,
+                name=f"block{i + 1}",
             )(x)
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="encoder_norm")(x)
         head_init = nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()

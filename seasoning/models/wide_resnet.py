@@ -6,7 +6,12 @@ basic blocks with 16k, 32k and 64k channels (k the widening factor; the second a
 groups start with stride 2), BN-ReLU, global average pooling and a linear head. A block
 whose input and output shapes differ applies its 1x1 shortcut convolution to the
 pre-activated input (the block is `preact_resnet.PreActBlock`). WRN-28-10 with 10 classes
-has 36,479,194 parameters.
+has 36,479,194 parameters; RobustBench's `WideResNet` (from TRADES) has these layers.
+
+DeepMind's robust WideResNets (Gowal et al. 2020, Rebuffi et al. 2021, as released in
+deepmind-research/adversarial_robustness and RobustBench's `DMWideResNet`) are the same
+network with swish activations and TensorFlow's SAME padding (`activation="swish",
+padding="same"`, the registry's "dm-wrn-D-W").
 """
 
 from collections.abc import Sequence
@@ -18,7 +23,7 @@ from jax.typing import DTypeLike
 
 from seasoning import errors
 from seasoning.models import normalization
-from seasoning.models.preact_resnet import PreActBlock, conv, remat_block
+from seasoning.models.preact_resnet import ACTIVATIONS, PreActBlock, conv, remat_block
 
 
 def check_shape(depth: int, widen_factor: int) -> None:
@@ -46,6 +51,8 @@ class WideResNet(nn.Module):
       remat: rematerialise each block (`nn.remat`): its activations are recomputed in the
         backward pass instead of stored, for about one more forward pass of compute. Same
         parameters and outputs.
+      activation: "relu", or "swish" (DeepMind's WRNs).
+      padding: "symmetric" (PyTorch's), or "same" (TensorFlow's and Haiku's: DeepMind's WRNs).
     """
 
     depth: int
@@ -55,13 +62,15 @@ class WideResNet(nn.Module):
     std: Sequence[float] = normalization.CIFAR10_STD
     dtype: DTypeLike = jnp.float32
     remat: bool = False
+    activation: str = "relu"
+    padding: str = "symmetric"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Logits [B, num_classes] (float32) for images `x` [B, H, W, C] in [0, 1]."""
         check_shape(self.depth, self.widen_factor)
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
-        x = conv(16, 3, 1, self.dtype, "stem")(x)
+        x = conv(16, 3, 1, self.dtype, "stem", self.padding)(x)
         blocks_per_group = (self.depth - 4) // 6
         block = remat_block(PreActBlock) if self.remat else PreActBlock
         for group, (width, strides) in enumerate(zip((16, 32, 64), (1, 2, 2), strict=True)):
@@ -70,9 +79,12 @@ class WideResNet(nn.Module):
                     width * self.widen_factor,
                     strides=strides if i == 0 else 1,
                     dtype=self.dtype,
+                    activation=self.activation,
+                    padding=self.padding,
                     name=f"group{group + 1}_block{i + 1}",
                 )(x, train)
-        x = nn.relu(normalization.batch_norm(train, self.dtype, name="bn")(x))
+        act = ACTIVATIONS[self.activation]
+        x = act(normalization.batch_norm(train, self.dtype, name="bn")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
         return x.astype(jnp.float32)

@@ -42,7 +42,11 @@ def training_seconds(workdir: str) -> float:
 
 
 def trained_for(config: dict[str, Any]) -> str:
-    """`linf 0.1`, `nominal`, `E-AT linf:0.1 / l2:0.8`, with `<- parent` for a fine-tuned run."""
+    """`linf 0.1`, `nominal`, `E-AT linf:0.1 / l2:0.8`, with `<- parent` for a fine-tuned run;
+    `imported: FILE` for a run of `seasoning.import_weights`."""
+    imported = (config.get("imported_from") or {}).get("file")
+    if imported:
+        return f"imported: {os.path.basename(imported)}"
     t = config["threat"]
     if t["norm"] == "multi":
         what = "E-AT " + " / ".join(t["multi"])

@@ -18,7 +18,18 @@ import numpy as np
 import published_models
 import pytest
 
-from seasoning import errors, evaluate, import_weights, models, runs, soup, threat, train, trees
+from seasoning import (
+    errors,
+    evaluate,
+    import_weights,
+    models,
+    report,
+    runs,
+    soup,
+    threat,
+    train,
+    trees,
+)
 from seasoning import workdir as workdir_lib
 from seasoning.import_weights import layouts, readers
 
@@ -375,6 +386,7 @@ def test_imported_run_fine_tunes_evaluates_and_soups(tmp_path):
         import_weights.import_run("torch", path, "wrn-10-1", parent, dataset="synthetic")
     config = workdir_lib.read_json(os.path.join(parent, "config.json"))
     assert config["imported_from"]["file"] == os.path.abspath(path)
+    assert report.trained_for(config) == "imported: wrn.pt"
 
     from seasoning import config_lib
 

@@ -310,9 +310,11 @@ def test_split_batch_moves_no_data_between_devices():
 
 
 def test_attack_in_chunks_is_exactly_the_attack_in_one_piece():
-    """APGD-CE and every threat model of E-AT: x_adv and E-AT's counts bit for bit. Each chunk
-    keeps 2 rows a device: with one, XLA:CPU may compile a row's L2 norm differently (seen:
-    x_adv off by 1.8e-7 under L2)."""
+    """APGD-CE and every threat model of E-AT: x_adv within float32 rounding and E-AT's counts
+    exactly. Each chunk keeps 2 rows a device: with one, XLA:CPU may compile a row's L2 norm
+    differently (seen: x_adv off by 1.8e-7 under L2). On an AMD EPYC without AVX-512 even 2
+    rows a device differ in the last bit (6e-8 on 8% of the pixels, Linf), so the comparison
+    allows 1e-6, far below any attack step."""
     mesh = parallel.make_mesh()
     x, _, batch = _batch(mesh)
     model = models.get_model("cnn-small", num_classes=10, **SMALL_CNN)
@@ -333,7 +335,7 @@ def test_attack_in_chunks_is_exactly_the_attack_in_one_piece():
             x_adv, increment = run(batch, plan, 1)
             chunked, chunked_increment = run(batch, plan, 2)
             assert np.any(np.asarray(x_adv) != x)
-            np.testing.assert_array_equal(chunked, x_adv)
+            np.testing.assert_allclose(chunked, x_adv, rtol=0, atol=1e-6)
             if attack is multi:
                 assert float(increment[int(plan), 1]) == len(x)
                 np.testing.assert_array_equal(chunked_increment, increment)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -114,7 +115,9 @@ def import_run(
             f"{src}: a {num_classes}-class model; pass --dataset=NAME (one of "
             f"{', '.join(data.DATASET_NAMES)})."
         )
-    config = run_config(imported, dataset, fmt=fmt, src=src, digest=readers.sha256(src))
+    config = run_config(
+        imported, dataset, fmt=fmt, src=os.path.abspath(src), digest=readers.sha256(src)
+    )
     config_json = config_lib.as_json(config)
     meta = {"model": config_json["model"], "image_shape": list(imported.image_shape),
             "num_classes": num_classes}  # fmt: skip

@@ -65,6 +65,37 @@ def remat_block(cls: type[nn.Module]) -> type[nn.Module]:
     return nn.remat(cls, static_argnums=(2,))
 
 
+def residual_stages(
+    x: jax.Array,
+    block: type[nn.Module],
+    stage_sizes: Sequence[int],
+    *,
+    train: bool,
+    dtype: DTypeLike,
+    remat: bool,
+) -> jax.Array:
+    """The stages of a ResNet, called inside a compact `__call__`: stage s has
+    `stage_sizes[s]` blocks of 64 * 2**s channels (`block(features, strides, dtype)`, named
+    `stage{s}_block{i}` from 1), stages after the first start with stride 2."""
+    block = remat_block(block) if remat else block
+    for stage, num_blocks in enumerate(stage_sizes):
+        for i in range(num_blocks):
+            x = block(
+                64 * 2**stage,
+                strides=2 if stage > 0 and i == 0 else 1,
+                dtype=dtype,
+                name=f"stage{stage + 1}_block{i + 1}",
+            )(x, train)
+    return x
+
+
+def pooled_head(x: jax.Array, num_classes: int) -> jax.Array:
+    """Global average pooling and the linear head `head`, in float32: the logits."""
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
+    return x.astype(jnp.float32)
+
+
 class PreActBlock(nn.Module):
     """BN-act-conv3x3(stride)-BN-act-conv3x3, plus the input or its projection.
 
@@ -129,17 +160,9 @@ class PreActResNet18(nn.Module):
         """Logits [B, num_classes] (float32) for images `x` [B, H, W, C] in [0, 1]."""
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
         x = conv(64, 3, 1, self.dtype, "stem")(x)
-        block = remat_block(PreActBlock) if self.remat else PreActBlock
-        for stage, features in enumerate((64, 128, 256, 512)):
-            for i in range(2):
-                x = block(
-                    features,
-                    strides=2 if stage > 0 and i == 0 else 1,
-                    dtype=self.dtype,
-                    name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train)
+        x = residual_stages(
+            x, PreActBlock, (2, 2, 2, 2), train=train, dtype=self.dtype, remat=self.remat
+        )
         if self.final_norm:
             x = nn.relu(normalization.batch_norm(train, self.dtype, name="bn")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        return pooled_head(x, self.num_classes)

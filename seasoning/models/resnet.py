@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from seasoning.models import normalization
-from seasoning.models.preact_resnet import conv, remat_block
+from seasoning.models.preact_resnet import conv, pooled_head, residual_stages
 
 
 class Bottleneck(nn.Module):
@@ -87,18 +87,10 @@ class ResNet(nn.Module):
         x = conv(64, 7, 2, self.dtype, "stem_conv")(x)
         x = nn.relu(normalization.batch_norm(train, self.dtype, name="stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        block = remat_block(Bottleneck) if self.remat else Bottleneck
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for i in range(num_blocks):
-                x = block(
-                    64 * 2**stage,
-                    strides=2 if stage > 0 and i == 0 else 1,
-                    dtype=self.dtype,
-                    name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        x = residual_stages(
+            x, Bottleneck, self.stage_sizes, train=train, dtype=self.dtype, remat=self.remat
+        )
+        return pooled_head(x, self.num_classes)
 
 
 class BasicBlock(nn.Module):
@@ -158,15 +150,7 @@ class CifarResNet(nn.Module):
         x = normalization.normalize(x, self.mean, self.std, self.dtype)
         x = conv(64, 3, 1, self.dtype, "stem_conv")(x)
         x = nn.relu(normalization.batch_norm(train, self.dtype, name="stem_bn")(x))
-        block = remat_block(BasicBlock) if self.remat else BasicBlock
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for i in range(num_blocks):
-                x = block(
-                    64 * 2**stage,
-                    strides=2 if stage > 0 and i == 0 else 1,
-                    dtype=self.dtype,
-                    name=f"stage{stage + 1}_block{i + 1}",
-                )(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        x = residual_stages(
+            x, BasicBlock, self.stage_sizes, train=train, dtype=self.dtype, remat=self.remat
+        )
+        return pooled_head(x, self.num_classes)

@@ -23,7 +23,13 @@ from jax.typing import DTypeLike
 
 from seasoning import errors
 from seasoning.models import normalization
-from seasoning.models.preact_resnet import ACTIVATIONS, PreActBlock, conv, remat_block
+from seasoning.models.preact_resnet import (
+    ACTIVATIONS,
+    PreActBlock,
+    conv,
+    pooled_head,
+    remat_block,
+)
 
 
 def check_shape(depth: int, widen_factor: int) -> None:
@@ -85,6 +91,4 @@ class WideResNet(nn.Module):
                 )(x, train)
         act = ACTIVATIONS[self.activation]
         x = act(normalization.batch_norm(train, self.dtype, name="bn")(x))
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32, name="head")(x)
-        return x.astype(jnp.float32)
+        return pooled_head(x, self.num_classes)

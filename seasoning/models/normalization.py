@@ -96,7 +96,6 @@ def batch_norm(
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=1e-5,
-        use_fast_variance=False,
         dtype=dtype,
         param_dtype=jnp.float32,
         scale_init=scale_init,

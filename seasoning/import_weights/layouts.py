@@ -165,6 +165,10 @@ def _renamer(top: Mapping[str, str], block: Callable[[int, int], str], inner: Ma
 
 
 _BLOCK_INNER = {name: name for name in ("conv1", "conv2", "conv3", "bn1", "bn2", "bn3")}
+# DeepMind's WRN module names, the same in its Haiku and PyTorch releases.
+_DM_TOP = {"stem": "init_conv", "bn": "batchnorm", "head": "logits"}
+_DM_INNER = {"bn1": "batchnorm_0", "conv1": "conv_0", "bn2": "batchnorm_1", "conv2": "conv_1",
+             "shortcut": "shortcut"}  # fmt: skip
 
 LAYOUTS: dict[tuple[str, str], Layout] = {
     ("wrn", "torch"): Layout(
@@ -180,15 +184,9 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
     ),  # fmt: skip
     ("dm-wrn", "torch"): Layout(
         _renamer(
-            {"stem": "init_conv", "bn": "batchnorm", "head": "logits"},
+            _DM_TOP,
             lambda g, i: f"layer.{g}.block.{i}.",
-            {
-                "bn1": "batchnorm_0",
-                "conv1": "conv_0",
-                "bn2": "batchnorm_1",
-                "conv2": "conv_1",
-                "shortcut": "shortcut",
-            },
+            _DM_INNER,
         ),
         _torch_leaf,
         ".",
@@ -197,15 +195,9 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
     ),  # fmt: skip
     ("dm-wrn", "haiku"): Layout(
         _renamer(
-            {"stem": "init_conv", "bn": "batchnorm", "head": "logits"},
+            _DM_TOP,
             lambda g, i: f"resnet_lay_{g}_block_{i}/~/",
-            {
-                "bn1": "batchnorm_0",
-                "conv1": "conv_0",
-                "bn2": "batchnorm_1",
-                "conv2": "conv_1",
-                "shortcut": "shortcut",
-            },
+            _DM_INNER,
         ),
         _haiku_leaf,
         "/",

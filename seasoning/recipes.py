@@ -114,23 +114,18 @@ def run_child_config(arg: str | None) -> ml_collections.ConfigDict:
       UserError: no parent given, a parent that is not a run, a bad norm, or no usual radius
         for the parent's dataset (pass `eps`).
     """
-    from seasoning import data, errors, threat  # imports JAX, which config loading defers
+    from seasoning import data, errors, runs, threat  # imports JAX, which config loading defers
     from seasoning import workdir as workdir_lib
 
     arg = config_lib.parse_arg(arg, runlocal=False, parent="", norm="l1", eps=0.0, epochs=1)
     if not arg.parent:
         raise errors.UserError("configs/finetune.py needs the parent run: ...:parent=RUN_DIR.")
     config_lib.check_choice("norm", arg.norm, ("linf", "l2", "l1", "none"))
-    path = workdir_lib.path(arg.parent, workdir_lib.CONFIG_FILE)
-    try:
-        parent = ml_collections.ConfigDict(
-            workdir_lib.with_defaults(workdir_lib.read_json(path),
-                                      config_lib.as_json(config_lib.base_train_config()))
-        )  # fmt: skip
-    except FileNotFoundError:
-        raise errors.MissingInputError(
-            f"parent={arg.parent!r} is not a run: {path} not found."
-        ) from None
+    # A config.json written before a key existed reads that key as its default.
+    parent = ml_collections.ConfigDict(
+        workdir_lib.with_defaults(runs.read_config(arg.parent).to_dict(),
+                                  config_lib.as_json(config_lib.base_train_config()))
+    )  # fmt: skip
     eps = arg.eps
     if arg.norm != "none" and not eps:
         usual = {tm.norm: tm.eps for tm in data.default_threats(parent.dataset.name)}

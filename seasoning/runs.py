@@ -84,6 +84,22 @@ def _apply_eval(model: nn.Module, variables: Any, x: Any) -> Any:
     return model.apply(variables, x, train=False)
 
 
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The training config of the run in `workdir` (its config.json), as written.
+
+    Raises:
+      MissingInputError: `workdir` holds no config.json.
+    """
+    path = workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
+    try:
+        return ml_collections.ConfigDict(workdir_lib.read_json(path))
+    except FileNotFoundError:
+        raise errors.MissingInputError(
+            f"{path} not found: {workdir!r} is not a run of `python -m seasoning.train` or "
+            "`python -m seasoning.import_weights`."
+        ) from None
+
+
 def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") -> Run:
     """Reads the run in `workdir` at checkpoint `step` (default: the latest).
 
@@ -94,13 +110,7 @@ def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") 
       MissingInputError: no config.json or no checkpoint in `workdir`.
       UserError: an unknown compute dtype.
     """
-    path = workdir_lib.path(workdir, workdir_lib.CONFIG_FILE)
-    try:
-        config = ml_collections.ConfigDict(workdir_lib.read_json(path))
-    except FileNotFoundError:
-        raise errors.MissingInputError(
-            f"{path} not found: {workdir!r} is not a run of `python -m seasoning.train`."
-        ) from None
+    config = read_config(workdir)
     try:
         tree, meta, step = checkpoints.read_numpy(workdir, step)
     except FileNotFoundError:

@@ -8,6 +8,7 @@ compare logits. Imported lazily by the tests that need each framework.
 
 from __future__ import annotations
 
+import flax
 import numpy as np
 
 
@@ -457,13 +458,6 @@ def big_vision_vit(num_classes: int, image_size: int, patch_size: int, width: in
     return ViT()
 
 
-def flatten(tree, prefix: str = "", shapes_only: bool = False) -> dict[str, np.ndarray]:
-    """A nested dict of arrays as {"a/b/c": array}, as big_vision's .npz files store it
-    (leaves kept as they are with `shapes_only`, e.g. jax.ShapeDtypeStruct)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}/", shapes_only))
-        else:
-            out[f"{prefix}{key}"] = value if shapes_only else np.asarray(value)
-    return out
+def flatten(tree) -> dict[str, np.ndarray]:
+    """A nested dict of arrays as {"a/b/c": array}, as big_vision's .npz files store it."""
+    return {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}

@@ -215,7 +215,7 @@ def test_published_layouts_of_the_full_sizes_match_the_definitions():
     forward = published_models.haiku_wide_resnet(depth=70, width=16)
     x = np.zeros((1, 32, 32, 3), np.float32)
     shapes = jax.eval_shape(lambda: forward.init(jax.random.key(0), x, True))
-    stored = published_models.flatten({**shapes[0], **shapes[1]}, shapes_only=True)
+    stored = flax.traverse_util.flatten_dict({**shapes[0], **shapes[1]}, sep="/")
     prefix = import_weights.model_prefix(stored, "dm-wrn-70-16", "haiku")
     assert prefix == "wide_res_net/~/"
     stored = {k.removeprefix(prefix): tuple(v.shape) for k, v in stored.items()}

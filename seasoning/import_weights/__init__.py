@@ -149,7 +149,7 @@ def run_config(imported: Imported, dataset: str, *, fmt: str, src: str, digest: 
         c.dataset.update(eval_split="validation", image_size=size or 224, flip=True)
     elif dataset == "synthetic":
         c.dataset.update(num_classes=num_classes, image_size=size or 32)
-    known = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "fashion_mnist": 10}
+    known = {name: n for n, name in DEFAULT_DATASETS.items()} | {"fashion_mnist": 10}
     if known.get(dataset, num_classes) != num_classes:
         raise errors.UserError(
             f"--dataset={dataset} has {known[dataset]} classes but the checkpoint's head has "
@@ -361,9 +361,9 @@ def _fill(tensors, rules, expected, lay, model_name, src) -> dict[str, Any]:
     """Our variables from the checkpoint's arrays, after checking that each array has its
     place and shape and that nothing is missing (the first offender is named)."""
     shapes = {path: tuple(leaf.shape) for path, leaf in _flat(expected).items()}
+    sources = {path: _source(tensors, rule) for path, rule in rules.items()}
     users: dict[str, list[str]] = {}
-    for path, rule in rules.items():
-        key = _source(tensors, rule)
+    for path, key in sources.items():
         if key is not None:
             users.setdefault(key, []).append(path)
     for key, value in tensors.items():  # in the file's order
@@ -383,7 +383,7 @@ def _fill(tensors, rules, expected, lay, model_name, src) -> dict[str, Any]:
                     f"{fits[0]} (for its {path} of shape {shapes[path]}): is --model right?"
                 )
     for path, rule in rules.items():
-        if _source(tensors, rule) is None:
+        if sources[path] is None:
             raise errors.UserError(
                 f"{src} has no {' or '.join(rule.keys)} (shape "
                 f"{rule.transform.source_shapes(shapes[path])[0]}), which model {model_name!r} "
@@ -391,7 +391,7 @@ def _fill(tensors, rules, expected, lay, model_name, src) -> dict[str, Any]:
             )
     flat = {}
     for path, rule in rules.items():
-        value = rule.transform.apply(tensors[_source(tensors, rule)], shapes[path])
+        value = rule.transform.apply(tensors[sources[path]], shapes[path])
         flat[tuple(path.split("/"))] = np.ascontiguousarray(value, np.float32)
     return flax.traverse_util.unflatten_dict(flat)
 

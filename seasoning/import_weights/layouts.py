@@ -170,74 +170,51 @@ _DM_TOP = {"stem": "init_conv", "bn": "batchnorm", "head": "logits"}
 _DM_INNER = {"bn1": "batchnorm_0", "conv1": "conv_0", "bn2": "batchnorm_1", "conv2": "conv_1",
              "shortcut": "shortcut"}  # fmt: skip
 
+
+def _torch(module: Callable, normalization_stats, extra_ignored: str = "") -> Layout:
+    """A PyTorch state dict's layout: BatchNorm's `num_batches_tracked` counters (and what
+    `extra_ignored` matches) belong to no variable of ours."""
+    ignored = r".*\.num_batches_tracked" + (f"|{extra_ignored}" if extra_ignored else "")
+    return Layout(module, _torch_leaf, ".", ignored=f"({ignored})$",
+                  normalization=normalization_stats)  # fmt: skip
+
+
 LAYOUTS: dict[tuple[str, str], Layout] = {
-    ("wrn", "torch"): Layout(
-        _renamer(
-            {"stem": "conv1", "bn": "bn1", "head": "fc"},
-            lambda g, i: f"block{g + 1}.layer.{i}.",
-            {**_BLOCK_INNER, "shortcut": "convShortcut"},
-        ),
-        _torch_leaf,
-        ".",
-        ignored=r"(.*\.num_batches_tracked|sub_block1\..*)$",
-        normalization=((0.0,), (1.0,)),
-    ),  # fmt: skip
-    ("dm-wrn", "torch"): Layout(
-        _renamer(
-            _DM_TOP,
-            lambda g, i: f"layer.{g}.block.{i}.",
-            _DM_INNER,
-        ),
-        _torch_leaf,
-        ".",
-        ignored=r".*\.num_batches_tracked$",
-        normalization=(normalization.CIFAR10_MEAN, normalization.CIFAR10_STD),
-    ),  # fmt: skip
+    ("wrn", "torch"): _torch(
+        _renamer({"stem": "conv1", "bn": "bn1", "head": "fc"},
+                 lambda g, i: f"block{g + 1}.layer.{i}.",
+                 {**_BLOCK_INNER, "shortcut": "convShortcut"}),
+        ((0.0,), (1.0,)), extra_ignored=r"sub_block1\..*",
+    ),
+    ("dm-wrn", "torch"): _torch(
+        _renamer(_DM_TOP, lambda g, i: f"layer.{g}.block.{i}.", _DM_INNER),
+        (normalization.CIFAR10_MEAN, normalization.CIFAR10_STD),
+    ),
     ("dm-wrn", "haiku"): Layout(
-        _renamer(
-            _DM_TOP,
-            lambda g, i: f"resnet_lay_{g}_block_{i}/~/",
-            _DM_INNER,
-        ),
-        _haiku_leaf,
-        "/",
-        ignored=r".*_ema/(hidden|counter)$",
+        _renamer(_DM_TOP, lambda g, i: f"resnet_lay_{g}_block_{i}/~/", _DM_INNER),
+        _haiku_leaf, "/", ignored=r".*_ema/(hidden|counter)$",
         normalization=(normalization.CIFAR10_MEAN, normalization.CIFAR10_STD),
-    ),  # fmt: skip
-    ("resnet-18", "torch"): Layout(
-        _renamer(
-            {"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"},
-            lambda s, i: f"layer{s + 1}.{i}.",
-            {**_BLOCK_INNER, "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"},
-        ),
-        _torch_leaf,
-        ".",
-        ignored=r".*\.num_batches_tracked$",
-        normalization=((0.0,), (1.0,)),
-    ),  # fmt: skip
-    ("preact-resnet-18", "torch"): Layout(
-        _renamer(
-            {"stem": "conv1", "bn": "bn", "head": "linear"},
-            lambda s, i: f"layer{s + 1}.{i}.",
-            {**_BLOCK_INNER, "shortcut": "shortcut.0"},
-        ),
-        _torch_leaf,
-        ".",
-        ignored=r".*\.num_batches_tracked$",
-        normalization=((0.0,), (1.0,)),
-    ),  # fmt: skip
-    ("resnet-50", "torch"): Layout(
-        _renamer(
-            {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"},
-            lambda s, i: f"layer{s + 1}.{i}.",
-            {**_BLOCK_INNER, "shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"},
-        ),
-        _torch_leaf,
-        ".",
-        ignored=r".*\.num_batches_tracked$",
-        normalization=(normalization.IMAGENET_MEAN, normalization.IMAGENET_STD),
-    ),  # fmt: skip
-}
+    ),
+    ("resnet-18", "torch"): _torch(
+        _renamer({"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"},
+                 lambda s, i: f"layer{s + 1}.{i}.",
+                 {**_BLOCK_INNER, "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"}),
+        ((0.0,), (1.0,)),
+    ),
+    ("preact-resnet-18", "torch"): _torch(
+        _renamer({"stem": "conv1", "bn": "bn", "head": "linear"},
+                 lambda s, i: f"layer{s + 1}.{i}.", {**_BLOCK_INNER, "shortcut": "shortcut.0"}),
+        ((0.0,), (1.0,)),
+    ),
+    # Madry et al.'s robustness library also keeps its attacker's copy of the model.
+    ("resnet-50", "torch"): _torch(
+        _renamer({"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"},
+                 lambda s, i: f"layer{s + 1}.{i}.",
+                 {**_BLOCK_INNER, "shortcut_conv": "downsample.0",
+                  "shortcut_bn": "downsample.1"}),
+        (normalization.IMAGENET_MEAN, normalization.IMAGENET_STD), extra_ignored=r"attacker\..*",
+    ),
+}  # fmt: skip
 
 
 def _vit_torch_module(parts: tuple[str, ...]) -> str:

@@ -27,6 +27,7 @@ import pickle
 import zipfile
 from typing import Any
 
+import flax
 import numpy as np
 
 from seasoning import errors
@@ -96,39 +97,38 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise errors.UserError(f"--src={path!r} is not a PyTorch checkpoint: {e}") from None
-    state_dict = _find_state_dict(loaded, path)
-    tensors = {}
-    for name, value in state_dict.items():
-        if not isinstance(value, torch.Tensor):
-            raise errors.UserError(
-                f"--src={path!r}: entry {name!r} of its state dict is a {type(value).__name__}, "
-                "not a tensor."
-            )
-        tensors[_strip_data_parallel(name)] = value.detach().to(torch.float32).numpy()
-    return tensors
+    state_dict = _find_state_dict(loaded, path, torch.Tensor)
+    return {
+        _strip_data_parallel(name): value.detach().to(torch.float32).numpy()
+        for name, value in state_dict.items()
+    }
 
 
-def _find_state_dict(loaded: Any, path: str) -> dict[str, Any]:
-    """The state dict in what `torch.load` returned: itself, or under a usual key."""
+def _find_state_dict(loaded: Any, path: str, tensor_type: type) -> dict[str, Any]:
+    """The state dict (a dict of `tensor_type`) in what `torch.load` returned: itself, or
+    under a usual key."""
+
+    def is_state_dict(value: Any) -> bool:
+        return (
+            isinstance(value, dict)
+            and bool(value)
+            and all(isinstance(v, tensor_type) for v in value.values())
+        )
+
     if not isinstance(loaded, dict):
         raise errors.UserError(
             f"--src={path!r} holds a {type(loaded).__name__}, not a state dict (a dict of "
             "tensors): save `model.state_dict()`, not the model."
         )
-    if loaded and all(_is_tensor(v) for v in loaded.values()):
+    if is_state_dict(loaded):
         return loaded
     for key in STATE_DICT_KEYS:
-        inner = loaded.get(key)
-        if isinstance(inner, dict) and inner and all(_is_tensor(v) for v in inner.values()):
-            return inner
+        if is_state_dict(loaded.get(key)):
+            return loaded[key]
     raise errors.UserError(
         f"--src={path!r} is a dict with keys {sorted(map(str, loaded))[:10]} but neither it nor "
         f"its entries {STATE_DICT_KEYS} is a state dict (a dict of tensors)."
     )
-
-
-def _is_tensor(value: Any) -> bool:
-    return type(value).__name__ == "Tensor" or hasattr(value, "detach")
 
 
 def _strip_data_parallel(name: str) -> str:
@@ -180,21 +180,13 @@ def _read_haiku(path: str) -> dict[str, np.ndarray]:
                 f"--src={path!r} holds a {type(item).__name__} where Haiku's params and state "
                 "dicts were expected."
             )
-        _flatten(item, "", tensors, path)
+        for name, value in flax.traverse_util.flatten_dict(item, sep="/").items():
+            if not isinstance(value, np.ndarray | np.generic):
+                raise errors.UserError(
+                    f"--src={path!r}: {name!r} is a {type(value).__name__}, not an array."
+                )
+            tensors[name] = np.asarray(value, np.float32)
     return tensors
-
-
-def _flatten(tree: dict[str, Any], prefix: str, out: dict[str, np.ndarray], path: str) -> None:
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            _flatten(value, f"{name}/", out, path)
-        elif isinstance(value, np.ndarray | np.generic):
-            out[name] = np.asarray(value, np.float32)
-        else:
-            raise errors.UserError(
-                f"--src={path!r}: {name!r} is a {type(value).__name__}, not an array."
-            )
 
 
 class _SafeUnpickler(pickle.Unpickler):

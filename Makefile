@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+FRESH ?= 0
 # Extra wheel folders configured for pip on this machine (e.g. the CPU build of torch).
 UV_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 # The PyTorch reference (test-torch extra) comes with the CPU torch wheel of PIP_FIND_LINKS;
@@ -27,6 +28,13 @@ install: $(VENV)/.installed
 # Fashion-MNIST from Debian's dataset-fashion-mnist (works offline from the mirror).
 data:
 	@if [ -z "$$FASHION_MNIST_DIR" ] && [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "error: Fashion-MNIST is not in $(FMNIST_DIR) and apt-get is not here to install it."; \
+	    echo "  On Debian/Ubuntu: sudo apt-get install -y dataset-fashion-mnist"; \
+	    echo "  Elsewhere: put the four *-idx?-ubyte.gz files of Fashion-MNIST in a folder and"; \
+	    echo "  set FASHION_MNIST_DIR=that/folder (or make ... FMNIST_DIR=that/folder)."; \
+	    exit 1; \
+	  fi; \
 	  echo "Installing Debian's dataset-fashion-mnist ..."; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
@@ -43,8 +51,9 @@ lint: install
 bench: install data
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
+# FRESH=1 starts over (deletes runs/demo); without it finished stages are reused.
 demo: install data
-	bash launch/demo.sh
+	FRESH=$(FRESH) bash launch/demo.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -348,6 +348,12 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "label_smoothing", 0, 1)
 
 
+# The AutoAttack budgets a soup config's `eval` section may override (0: the version's).
+SOUP_ATTACK_BUDGETS = (
+    "n_iter", "n_restarts", "n_target_classes", "fab_n_iter", "fab_n_target_classes", "n_queries"
+)  # fmt: skip
+
+
 def base_soup_config() -> ml_collections.ConfigDict:
     """Every key a soup config (`python -m seasoning.soup`) may set, with its default."""
     c = ml_collections.ConfigDict()
@@ -355,8 +361,8 @@ def base_soup_config() -> ml_collections.ConfigDict:
     c.labels = ()  # short names for tables and plots (default: the run dirs' names)
     # simplex: all weights in steps of `step` summing to 1; line (two ingredients): alpha from
     # `low` to `high` in steps of `step`, weights (1 - alpha, alpha); outside [0, 1] it
-    # extrapolates.
-    c.grid = dict(kind="simplex", step=0.1, low=0.0, high=1.0)
+    # extrapolates; list: the soups of `weights`, one row of K weights (summing to 1) a soup.
+    c.grid = dict(kind="simplex", step=0.1, low=0.0, high=1.0, weights=())
     c.bn_policy = "interpolate"  # or "recalibrate" on `calibration_examples` training images
     c.calibration_examples = 512
     c.eval = dict(
@@ -369,6 +375,12 @@ def base_soup_config() -> ml_collections.ConfigDict:
         version="fast",
         n_iter=0,  # 0: the version's
         n_target_classes=0,  # 0: the version's
+        # The rest of the version's budgets (0: the version's): APGD restarts, FAB-T's
+        # iterations and target classes, Square's queries.
+        n_restarts=0,
+        fab_n_iter=0,
+        fab_n_target_classes=0,
+        n_queries=0,
         threats=(),  # "norm:eps" strings; default: the dataset's usual radii
         compute_dtype="float32",  # the soups' compute dtype under attack (not the training's)
     )
@@ -405,6 +417,8 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
     if config.grid.kind == "line" and k != 2:
         raise errors.UserError(f"Config grid.kind='line' needs 2 ingredients, got {k}.")
     _check_number(config, "grid.step", 0, 1, low_open=True, high_closed=True)
+    if config.grid.kind == "list":
+        _check_weight_list(config.grid.weights, k)
     _check_number(config, "grid.low", -math.inf)
     _check_number(config, "grid.high", -math.inf)
     if config.grid.kind == "line" and not config.grid.low < config.grid.high:
@@ -429,7 +443,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
                 f"Config eval.dataset={config.eval.dataset!r} names split {split!r} and "
                 f"eval.split={config.eval.split!r} another: expected one of the two."
             )
-    for key in ("n_examples", "n_iter", "n_target_classes"):
+    for key in ("n_examples", *SOUP_ATTACK_BUDGETS):
         _check_int(config, f"eval.{key}", 0)
     _check_int(config, "eval.batch_size", 1)
     for key in ("chunk", "vectorize", "calibration_examples"):
@@ -480,6 +494,108 @@ def base_shift_config() -> ml_collections.ConfigDict:
     )
     c.seed = 0
     return c
+
+
+def base_demo_config() -> ml_collections.ConfigDict:
+    """Every key a demo config (`python -m seasoning.demo`) may set, with its default.
+
+    The demo runs the shipped configs (`parent_config`, its `_to_l2`, `_to_l1`, `_to_nominal`
+    children, `soup_config`, `shift_config`) with the sizes set here; 0 keeps a config's own.
+    """
+    c = ml_collections.ConfigDict()
+    c.parent_config = "configs/fmnist_cnn_linf.py"  # the root ingredient; children beside it
+    c.soup_config = "configs/soup_fmnist.py"
+    c.shift_config = "configs/shift_fmnist.py"
+    c.runlocal = False  # the training configs' `runlocal` variant (a few steps: tests)
+    # The threat models, "norm:eps" for linf, l2 and l1 in this order: the parent trains for
+    # the first, each child for its own, every robust number is measured under all three.
+    c.threats = ("linf:0.1", "l2:0.8", "l1:10")
+    c.parent = dict(max_steps=0, attack_steps=0, lr=0.0)  # Linf adversarial training
+    # Each fine-tune (the child configs: 1 epoch at lr 0.01); the three run side by side.
+    c.children = dict(max_steps=0, lr=0.0)
+    # The fixed test points every robust number of the demo is computed on (the first
+    # `n_examples` of the test split), in batches of `batch_size`.
+    c.points = dict(n_examples=200, batch_size=200)
+    # The sweep (many soups per compiled program, evaluation "grid"): the Linf/L2 and
+    # Linf/nominal lines in steps of `line_step`, the Linf/L2/L1 simplex in steps of
+    # `simplex_step`, under a cheaper attack.
+    c.sweep = dict(
+        line_step=0.1,
+        simplex_step=0.25,
+        evaluation="grid",
+        attack=dict(version="fast", n_iter=10, n_target_classes=1),
+    )
+    # The re-check of the ingredients and the selected soups (evaluation "per_soup"), attack
+    # keys as the soup config's `eval` section (0: the version's).
+    c.recheck = dict(
+        attack=dict(
+            version="standard",
+            n_iter=0,
+            n_restarts=0,
+            n_target_classes=0,
+            fab_n_iter=0,
+            fab_n_target_classes=0,
+            n_queries=0,
+        )
+    )
+    c.shift = dict(grid_step=0.2, n_adaptation=1000, n_unseen=0, learned_steps=200,
+                   methods=("grid", "learned"))  # fmt: skip
+    # Seconds each stage is expected to take (for the ETA line); measured, see the config.
+    c.expected_seconds = dict(
+        parent=60.0, children=60.0, sweep=60.0, recheck=60.0, shift=60.0,
+    )  # fmt: skip
+    return c
+
+
+def validate_demo_config(config: ml_collections.ConfigDict) -> None:
+    """Checks a demo config against `base_demo_config()`.
+
+    Raises:
+      UserError: naming the first unknown key, wrongly typed value, unknown name or value out
+        of range, with what is expected.
+    """
+    from seasoning import soup
+    from seasoning.attacks import autoattack
+    from seasoning.shift import select
+    from seasoning.soup import grid as soup_grid
+
+    _check_against_schema(config, base_demo_config(), prefix="")
+    for key in ("parent_config", "soup_config", "shift_config"):
+        path = config[key]
+        if not os.path.isfile(path):
+            raise errors.UserError(f"Config {key}={path!r}: no such config file.")
+    _check_threats("threats", config.threats)
+    norms = tuple(spec.split(":")[0].strip() for spec in config.threats)
+    if norms != ("linf", "l2", "l1"):
+        raise errors.UserError(
+            f"Config threats={config.threats!r}: expected one linf, one l2 and one l1 threat "
+            "model, in this order (the parent's and the children's)."
+        )
+    for key in ("parent.max_steps", "parent.attack_steps", "children.max_steps"):
+        _check_int(config, key, 0)
+    for key in ("parent.lr", "children.lr"):
+        _check_number(config, key, 0)
+    for key in ("points.n_examples", "points.batch_size"):
+        _check_int(config, key, 1)
+    for key in ("sweep.line_step", "sweep.simplex_step", "shift.grid_step"):
+        _check_number(config, key, 0, 1, low_open=True, high_closed=True)
+        soup.simplex_grid(2, _get(config, key))  # 1 / step must be an integer
+    check_choice("sweep.evaluation", config.sweep.evaluation, soup_grid.MODES)
+    for section in ("sweep.attack", "recheck.attack"):
+        attack = _get(config, section)
+        check_choice(f"{section}.version", attack.version, autoattack.VERSIONS)
+        for key in attack:
+            if key != "version":
+                _check_int(config, f"{section}.{key}", 0)
+    _check_int(config, "shift.n_adaptation", 1)
+    _check_int(config, "shift.n_unseen", 0)
+    _check_int(config, "shift.learned_steps", 1)
+    if not config.shift.methods:
+        raise errors.UserError("Config shift.methods=(): name at least one selection method.")
+    for method in config.shift.methods:
+        check_choice("shift.methods", method, select.METHODS)
+    for key in config.expected_seconds:
+        _check_number(config, f"expected_seconds.{key}", 0, low_open=True)
 
 
 def validate_shift_config(config: ml_collections.ConfigDict) -> None:
@@ -554,6 +670,22 @@ def _check_threats(key: str, specs: Sequence[str]) -> None:
             threat.parse(spec)
         except errors.UserError as e:
             raise errors.UserError(f"Config {key}: {e}") from None
+
+
+def _check_weight_list(weights: Any, k: int) -> None:
+    """grid.weights of grid.kind 'list': one or more rows of k convex weights."""
+    from seasoning import soup
+
+    rows = [tuple(r) if isinstance(r, tuple | list) else r for r in weights]
+    if not rows or any(not isinstance(r, tuple) or len(r) != k for r in rows):
+        raise errors.UserError(
+            f"Config grid.weights={weights!r}: grid.kind='list' expects one or more rows of "
+            f"{k} weights (one per ingredient), e.g. (({', '.join(['1.0'] + ['0.0'] * (k - 1))}),)."
+        )
+    try:
+        soup.check_weights([[float(w) for w in r] for r in rows], k)
+    except (TypeError, ValueError) as e:
+        raise errors.UserError(f"Config grid.weights: {e}") from None
 
 
 def _check_ingredients(config: ml_collections.ConfigDict) -> int:

@@ -144,6 +144,7 @@ PAPER_SOUPS = {
     "l2": ("", "_to_l2"),  # Linf + Linf->L2
     "nominal": ("", "_to_nominal"),  # Linf + Linf->nominal
     "l2_l1": ("", "_to_l2", "_to_l1"),  # Linf + Linf->L2 + Linf->L1
+    "four": ("", "_to_l2", "_to_l1", "_to_nominal"),  # the shift soups' four ingredients
 }
 
 
@@ -152,7 +153,7 @@ def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
     """The `get_config` of a soup config file (`configs/soup_*.py`).
 
     Args:
-      arg: `soup=l2|nominal|l2_l1` (which ingredients), `runs=DIR` (where the runs of
+      arg: `soup=l2|nominal|l2_l1|four` (which ingredients), `runs=DIR` (where the runs of
         `parent` and its children are), `step` (grid step), `bn=interpolate|recalibrate`,
         `runlocal` (a coarse grid and a short attack on a few points).
       parent: the parent run's (and config's) name, e.g. "fmnist_cnn_linf".

@@ -24,7 +24,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # The longest files first: `make test` hands whole files to 2 workers in this order, so the
 # short ones fill the gaps at the end (longest-first balancing). test_ingredients trains the
 # family's parent while test_reference, which needs none of it, runs on the other worker.
-_LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_import_weights.py",
+_LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_demo.py",
+                  "test_import_weights.py",
                   "test_soup_sweep.py",
                   "test_shift_run.py", "test_multiprocess_train.py", "test_train.py",
                   "test_attacks.py", "test_multiprocess.py", "test_evaluate.py",

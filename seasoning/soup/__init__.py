@@ -351,9 +351,10 @@ def uniform(trees: Sequence[PyTree]) -> PyTree:
 # ----------------------------------------------------------------------------------------
 # Weight grids.
 
-# The grids a soup config may ask for: `simplex_grid` (any number of ingredients) and
-# `line_grid` (two ingredients, alpha from low to high, extrapolating outside [0, 1]).
-GRID_KINDS = ("simplex", "line")
+# The grids a soup config may ask for: `simplex_grid` (any number of ingredients),
+# `line_grid` (two ingredients, alpha from low to high, extrapolating outside [0, 1]) and
+# "list" (the soups a config names one by one, e.g. the ones a sweep selected).
+GRID_KINDS = ("simplex", "line", "list")
 
 
 def _divisions(step: Any) -> int:

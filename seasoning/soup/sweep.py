@@ -42,6 +42,8 @@ def weight_grid(grid_cfg: ml_collections.ConfigDict, k: int) -> np.ndarray:
     """[G, K] soup weights from config section `grid`."""
     if grid_cfg.kind == "line":
         return soup.line_grid(grid_cfg.step, low=grid_cfg.low, high=grid_cfg.high)
+    if grid_cfg.kind == "list":
+        return soup.check_weights(np.array(grid_cfg.weights, np.float64).reshape(-1, k), k)
     return soup.simplex_grid(k, grid_cfg.step)
 
 
@@ -66,7 +68,7 @@ def run_sweep(
     threats = [threat.parse(s) for s in config.eval.threats] or list(
         data.default_threats(dataset_cfg.name)
     )
-    overrides = {"n_iter": config.eval.n_iter, "n_target_classes": config.eval.n_target_classes}
+    overrides = {key: config.eval[key] for key in config_lib.SOUP_ATTACK_BUDGETS}
     settings = evaluation.AttackSettings.make(threats, config.eval.version, **overrides)
     names = evaluation.metric_names(threats)
     unknown = [n for n in config.front if n not in names]

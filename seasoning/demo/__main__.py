@@ -1,0 +1,146 @@
+"""The demo: the whole method on Fashion-MNIST, then report.md. `make demo` runs this.
+
+    python -m seasoning.demo --config=configs/demo.py --workdir=runs/demo [--fresh]
+
+Stages (`seasoning/demo/stages.py`): Linf adversarial training, fine-tuning to L2, L1 and
+nominal training, three soup sweeps under a cheap attack, the re-check of the ingredients and
+the selected soups under the stronger attack on the same points, the shift soups, and the
+report (`seasoning/demo/report.py`). Each stage prints a line with its expected time and the
+demo's ETA, then its own progress. A finished stage is reused when the demo runs again; an
+interrupted one resumes; `--fresh` deletes the demo's workdir first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import ml_collections
+from absl import app, flags
+
+from seasoning import cli, config_lib, errors
+from seasoning import workdir as workdir_lib
+from seasoning.demo import report, selection, stages
+
+_FRESH = flags.DEFINE_bool("fresh", False, "Delete the demo's workdir first and start over.")
+SELECTION_FILE = "selection.json"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+
+
+def _relay(prefix: str, stream) -> None:
+    """Prints a concurrent stage's output lines with its name in front."""
+    for line in stream:
+        print(f"[{prefix}] {line}", end="", flush=True)
+
+
+def _run(batch: list[stages.Stage], index: int, plan, record, env) -> None:
+    """Runs the stages of one batch (side by side), skipping those finished before with the
+    same command."""
+    todo = [s for s in batch if not record.finished(s)]
+    position = f"[{index + 1}/{len(plan) + 1}]"
+    for stage in batch:
+        if stage not in todo:
+            took = record.finished(stage)["seconds"]
+            print(f"{position} {stage.title}: done before ({_minutes(took)}), reused", flush=True)
+    if not todo:
+        return
+    eta = stages.eta_seconds(plan, record, index)
+    titles = ", ".join(s.title for s in todo)
+    together = " (side by side)" if len(todo) > 1 else ""
+    print(f"{position} {titles}{together}: ~{_minutes(max(s.expected_seconds for s in todo))} "
+          f"(demo ETA {_minutes(eta)})", flush=True)  # fmt: skip
+    for stage in todo:
+        print(f"  $ {stages.command_line(stage)}", flush=True)
+    start = time.monotonic()
+    pipe = len(todo) > 1
+    procs, relays = [], []
+    for stage in todo:
+        proc = subprocess.Popen(
+            [stages.python(), *stage.argv], env=env, text=True,
+            stdout=subprocess.PIPE if pipe else None, stderr=subprocess.STDOUT if pipe else None,
+        )  # fmt: skip
+        procs.append(proc)
+        if pipe:
+            relays.append(threading.Thread(target=_relay, args=(stage.name, proc.stdout)))
+            relays[-1].start()
+    failed, running = [], dict(zip(todo, procs, strict=True))
+    while running:  # each stage timed to its own end
+        for stage, proc in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[stage]
+            if proc.returncode:
+                failed.append(f"{stage.name!r} failed (exit status {proc.returncode})")
+            else:
+                record.finish(stage, time.monotonic() - start)
+        time.sleep(0.2)
+    for relay in relays:
+        relay.join()
+    if failed:
+        raise errors.UserError(
+            f"Stage {', '.join(failed)}; its log is above. Run the demo again to resume "
+            "where it stopped, or with --fresh (make demo FRESH=1) to start over."
+        )
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> str:
+    """Every stage, then report.md; returns the report's path."""
+    config_lib.validate_demo_config(config)
+    if fresh:
+        stages.check_clearable(workdir)
+        if os.path.exists(workdir):
+            print(f"--fresh: deleting {workdir}", flush=True)
+            shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    env = dict(os.environ)
+    # Compiled programs are cached across the stages' processes (and a second demo).
+    env.setdefault(
+        "JAX_COMPILATION_CACHE_DIR", os.path.abspath(os.path.join(workdir, ".jax_cache"))
+    )
+    record = stages.Record(workdir)
+    record.data.setdefault("machine", report.machine())
+    record.data["config"] = config_lib.as_json(config)
+    start = time.monotonic()
+    # The re-check's command depends on the sweep; its placeholder carries the expected time.
+    placeholder = stages.recheck_stage(config, workdir, selection.one_hot_rows(stages.LABELS))
+    plan = stages.batches([*stages.plan(config, workdir), placeholder,
+                           stages.shift_stage(config, workdir)])  # fmt: skip
+    total = len(plan) + 1
+    recheck_index = len(plan) - 2
+    for i, batch in enumerate(plan[:recheck_index]):
+        _run(batch, i, plan, record, env)
+    sweep = workdir_lib.read_json(workdir_lib.path(workdir, stages.SWEEP_DIR, "grid.json"))
+    chosen = selection.select(sweep, stages.LABELS)
+    workdir_lib.write_json(workdir_lib.path(workdir, SELECTION_FILE), {"soups": chosen})
+    rows = selection.one_hot_rows(stages.LABELS) + [c["weights"] for c in chosen]
+    plan[recheck_index] = [stages.recheck_stage(config, workdir, rows)]
+    for i in (recheck_index, recheck_index + 1):
+        _run(plan[i], i, plan, record, env)
+    print(f"[{total}/{total}] report", flush=True)
+    record.data["seconds_this_session"] = round(time.monotonic() - start, 2)
+    record.save()
+    return report.write(workdir)
+
+
+def main(argv, config: ml_collections.ConfigDict) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not cli.WORKDIR.value:
+        raise app.UsageError("--workdir is required.")
+
+    def run():
+        path = run_demo(config, cli.WORKDIR.value, fresh=_FRESH.value)
+        print(f"The report: {path}", file=sys.stdout, flush=True)
+
+    cli.exit_on_user_error(run)
+
+
+if __name__ == "__main__":
+    config_lib.main_with_config(main)

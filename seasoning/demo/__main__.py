@@ -31,7 +31,8 @@ SELECTION_FILE = "selection.json"
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(round(seconds % 60)):02d}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
 
 
 def _relay(prefix: str, stream) -> None:

@@ -26,6 +26,7 @@ REPORT_FILE, PLOTS_DIR = "report.md", "plots"
 # The paper's recipe, for the "what was cut" list (PAPER.md; Croce & Hein 2022).
 PAPER_POINTS = 1000
 PAPER_GRID_STEP = 0.1
+PAPER_ADAPTATION = 1000
 FMNIST_TRAIN = 60_000  # Fashion-MNIST's training images
 
 
@@ -235,14 +236,14 @@ def _shift_section(workdir: str) -> list[str]:
 
 
 def _stages_section(record: dict[str, Any]) -> list[str]:
-    body, total = [], 0.0
+    body = []
     for name, entry in sorted(record["stages"].items(), key=lambda e: e[1]["finished"]):
-        total += entry["seconds"]
         command = " ".join(["python", *entry["command"]])
-        body.append([name, entry["title"], f"{entry['seconds']:.0f}", f"`{command}`"])
-    out = _table(["stage", "what", "seconds", "command"], body, left=2)
-    out += ["", f"All stages: {total / 60:.1f} minutes of wall-clock time on {record['machine']} "
-            "(each stage timed when it ran; a resumed demo adds the sessions up)."]  # fmt: skip
+        body.append([name, entry["title"], f"`{command}`", f"{entry['seconds']:.0f}"])
+    out = _table(["stage", "what", "command", "seconds"], body, left=3)
+    out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
+            f"{record['machine']}; the fine-tunes ran side by side. Each stage was timed when it "
+            "ran (a resumed stage adds its sessions up)."]  # fmt: skip
     return out
 
 
@@ -273,17 +274,19 @@ def _cuts(record: dict[str, Any], sweep: dict, recheck: dict, shift: dict, workd
         f"- Robust accuracy on {s['n_examples']} test points, not {PAPER_POINTS}: a binomial "
         f"standard error of up to {50 / np.sqrt(s['n_examples']):.1f} points (soups and "
         "ingredients share the points, so their differences are less noisy).",
-        f"- The sweep under a cheap attack (`{s['version']}` with {s['overrides']}); only the "
-        f"ingredients and the selected soups under AutoAttack `{r['version']}`, with its "
-        f"budgets cut ({r['overrides'] or 'none'}; the reference: APGD 100 iterations, 9 "
-        "targets, FAB-T 9 targets x 100, Square 5000 queries).",
+        f"- The sweep under a cheap attack (AutoAttack `{s['version']}`, budgets cut: the line "
+        f"under its tables); only the ingredients and the selected soups under AutoAttack "
+        f"`{r['version']}`, its budgets {'cut' if r['overrides'] else 'in full'} (the line "
+        "under the first table; the reference's standard: APGD 100 iterations, 5 restarts "
+        "for L1, 9 targets (5 for L1), FAB-T 9 targets x 100 iterations, Square 5000 "
+        "queries).",
         f"- Grids: the lines in steps of {config.sweep.line_step}, the simplex in steps of "
         f"{config.sweep.simplex_step}, the shift grid in steps of {config.shift.grid_step} "
         f"(the paper: {PAPER_GRID_STEP}).",
         f"- Shift soups chosen on {shift['settings']['n_adaptation']} adaptation images a shift "
-        f"(as the paper), learned soups with {shift['settings']['learned']['steps']} Adam steps; "
-        "the shift soups' own robustness is not measured here (`python -m seasoning.shift` "
-        "does, with `robust.enabled`).",
+        f"(the paper: {PAPER_ADAPTATION}), learned soups with "
+        f"{shift['settings']['learned']['steps']} Adam steps; the shift soups' own robustness "
+        "is not measured here (`python -m seasoning.shift` does, with `robust.enabled`).",
     ]
     return out
 
@@ -303,7 +306,8 @@ def markdown(workdir: str) -> str:
         "`theta = sum_i w_i theta_i` of these four ingredients, swept under a cheap attack; the "
         "ingredients and the best soups re-checked under a stronger one on the same points; "
         "then soups chosen for distribution shifts on a few labelled images of each shift. "
-        f"Made by `make demo` on {record['machine']}."
+        f"Made by `make demo` in {stages.wall_seconds(record) / 60:.1f} minutes on "
+        f"{record['machine']}."
     )
     out += ["", "## Ingredients and selected soups", ""]
     out += _headline(recheck, chosen)

@@ -81,8 +81,16 @@ def _attack_flags(config: ml_collections.ConfigDict, attack: ml_collections.Conf
     return flags + [f"--config.eval.{key}={value}" for key, value in attack.items()]
 
 
+# Demo config keys of `parent` / `children` -> the training config keys they set (0: unset).
+_TRAIN_KEYS = {"max_steps": "max_steps", "attack_steps": "attack.steps", "lr": "optimizer.lr"}
+
+
+def _train_overrides(section: ml_collections.ConfigDict) -> list[str]:
+    return [f"--config.{_TRAIN_KEYS[key]}={value:g}" for key, value in section.items() if value]
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
-    """Every stage before the re-check: training, fine-tuning, the sweeps."""
+    """Every stage before the re-check: training, fine-tuning, the sweep."""
     runs = run_dirs(config, workdir)
     local = ",runlocal" if config.runlocal else ""
     expected = config.expected_seconds
@@ -91,24 +99,14 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
         "-m", "seasoning.train", f"--config={config.parent_config}:eps={eps['linf']}{local}",
         f"--workdir={runs['linf']}",
     ]  # fmt: skip
-    if config.parent.max_steps:
-        parent_argv.append(f"--config.max_steps={config.parent.max_steps}")
-    if config.parent.attack_steps:
-        parent_argv.append(f"--config.attack.steps={config.parent.attack_steps}")
-    if config.parent.lr:
-        parent_argv.append(f"--config.optimizer.lr={config.parent.lr:g}")
     stages = [Stage("parent", "Linf adversarial training of the root ingredient",
-                    tuple(parent_argv), expected.parent)]  # fmt: skip
+                    (*parent_argv, *_train_overrides(config.parent)), expected.parent)]  # fmt: skip
     stem = os.path.splitext(config.parent_config)[0]
     for suffix, label in CHILDREN:
         radius = f",eps={eps[label]}" if label in eps else ""
         argv = ["-m", "seasoning.train",
                 f"--config={stem}{suffix}.py:parent={runs['linf']}{radius}{local}",
-                f"--workdir={runs[label]}"]  # fmt: skip
-        if config.children.max_steps:
-            argv.append(f"--config.max_steps={config.children.max_steps}")
-        if config.children.lr:
-            argv.append(f"--config.optimizer.lr={config.children.lr:g}")
+                f"--workdir={runs[label]}", *_train_overrides(config.children)]  # fmt: skip
         what = "nominal training" if label == "nominal" else label.upper()
         stages.append(Stage(label, f"fine-tuning to {what}", tuple(argv), expected.children,
                             group="children"))  # fmt: skip
@@ -204,6 +202,7 @@ class Record:
     def finish(self, stage: Stage, seconds: float) -> None:
         self.data["stages"][stage.name] = {
             "title": stage.title,
+            "group": stage.group,
             "command": list(stage.argv),
             "seconds": round(seconds, 2),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -223,6 +222,19 @@ def batches(plan: Sequence[Stage]) -> list[list[Stage]]:
         else:
             out.append([stage])
     return out
+
+
+def wall_seconds(record: dict[str, Any]) -> float:
+    """The demo's wall-clock seconds from a stages.json: a group's side-by-side stages count
+    once (the longest)."""
+    groups: dict[str, float] = {}
+    total = 0.0
+    for entry in record["stages"].values():
+        if entry.get("group"):
+            groups[entry["group"]] = max(groups.get(entry["group"], 0.0), entry["seconds"])
+        else:
+            total += entry["seconds"]
+    return total + sum(groups.values())
 
 
 def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int) -> float:

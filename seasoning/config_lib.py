@@ -515,29 +515,16 @@ def base_demo_config() -> ml_collections.ConfigDict:
     c.children = dict(max_steps=0, lr=0.0)
     # The fixed test points every robust number of the demo is computed on (the first
     # `n_examples` of the test split), in batches of `batch_size`.
-    c.points = dict(n_examples=200, batch_size=200)
+    c.points = dict(n_examples=100, batch_size=100)
     # The sweep (many soups per compiled program, evaluation "grid"): the Linf/L2 and
     # Linf/nominal lines in steps of `line_step`, the Linf/L2/L1 simplex in steps of
-    # `simplex_step`, under a cheaper attack.
-    c.sweep = dict(
-        line_step=0.1,
-        simplex_step=0.25,
-        evaluation="grid",
-        attack=dict(version="fast", n_iter=10, n_target_classes=1),
-    )
-    # The re-check of the ingredients and the selected soups (evaluation "per_soup"), attack
-    # keys as the soup config's `eval` section (0: the version's).
-    c.recheck = dict(
-        attack=dict(
-            version="standard",
-            n_iter=0,
-            n_restarts=0,
-            n_target_classes=0,
-            fab_n_iter=0,
-            fab_n_target_classes=0,
-            n_queries=0,
-        )
-    )
+    # `simplex_step`, under a cheaper attack. Attack keys: the version and its budgets as the
+    # soup config's `eval` section names them (0: the version's).
+    budgets = {key: 0 for key in SOUP_ATTACK_BUDGETS}
+    c.sweep = dict(line_step=0.1, simplex_step=0.2, evaluation="grid",
+                   attack=dict(version="fast", **budgets))  # fmt: skip
+    # The re-check of the ingredients and the selected soups (evaluation "per_soup").
+    c.recheck = dict(attack=dict(version="standard", **budgets))
     c.shift = dict(grid_step=0.2, n_adaptation=1000, n_unseen=0, learned_steps=200,
                    methods=("grid", "learned"))  # fmt: skip
     # Seconds each stage is expected to take (for the ETA line); measured, see the config.

@@ -65,7 +65,7 @@ def test_demo_writes_every_artefact_and_the_report_links_existing_plots(demo):
         assert _read(run, "config.json")["dataset"]["name"] == "fashion_mnist"
     sweep = _read(workdir, stages.SWEEP_DIR, "grid.json")
     recheck = _read(workdir, stages.RECHECK_DIR, "grid.json")
-    chosen = _read(workdir, "selection.json")["soups"]
+    chosen = _read(workdir, stages.SELECTION_FILE)["soups"]
     assert sweep["complete"] and recheck["complete"]
     assert len(recheck["rows"]) == 4 + len(chosen)
     # The re-check ran the four attacks of standard on the sweep's points.

@@ -3,7 +3,8 @@
     python -m seasoning.demo --config=configs/demo.py --workdir=runs/demo [--fresh]
 
 Stages (`seasoning/demo/stages.py`): Linf adversarial training, fine-tuning to L2, L1 and
-nominal training, three soup sweeps under a cheap attack, the re-check of the ingredients and
+nominal training (side by side), one sweep of the paper's soup lines and simplex under a cheap
+attack, the re-check of the ingredients and
 the selected soups under the stronger attack on the same points, the shift soups, and the
 report (`seasoning/demo/report.py`). Each stage prints a line with its expected time and the
 demo's ETA, then its own progress. A finished stage is reused when the demo runs again; an
@@ -27,7 +28,6 @@ from seasoning import workdir as workdir_lib
 from seasoning.demo import report, selection, stages
 
 _FRESH = flags.DEFINE_bool("fresh", False, "Delete the demo's workdir first and start over.")
-SELECTION_FILE = "selection.json"
 
 
 def _minutes(seconds: float) -> str:
@@ -119,7 +119,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
         _run(batch, i, plan, record, env)
     sweep = workdir_lib.read_json(workdir_lib.path(workdir, stages.SWEEP_DIR, "grid.json"))
     chosen = selection.select(sweep, stages.LABELS)
-    workdir_lib.write_json(workdir_lib.path(workdir, SELECTION_FILE), {"soups": chosen})
+    workdir_lib.write_json(workdir_lib.path(workdir, stages.SELECTION_FILE), {"soups": chosen})
     rows = selection.one_hot_rows(stages.LABELS) + [c["weights"] for c in chosen]
     plan[recheck_index] = [stages.recheck_stage(config, workdir, rows)]
     for i in (recheck_index, recheck_index + 1):

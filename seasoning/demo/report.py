@@ -1,9 +1,10 @@
 """report.md of the demo: every table, plot and verdict, from the stages' result files.
 
-Every number is read from a JSON file a stage wrote (the sweeps' and the re-check's grid.json,
-the shift run's shift.json and predictions.npz, stages.json) and formatted here once, so the
-report never holds a figure typed by hand; under each table a line says which attack, on
-which points, made it. The plots are the ones the drivers drew, linked by relative path.
+Every number is read from a file a stage wrote (the sweep's and the re-check's grid.json, the
+shift run's shift.json and predictions.npz, stages.json) and formatted here once, so the report
+never holds a figure typed by hand; under each table a line says which attack, on which points,
+made it. The sweep's plots (its lines, simplex heat maps and front) are drawn here into
+`plots/` from its grid.json; the shift run's weights plot is its own. Links are relative.
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ def markdown(workdir: str) -> str:
     read = lambda *parts: workdir_lib.read_json(workdir_lib.path(workdir, *parts))  # noqa: E731
     record = read(stages.STAGES_FILE)
     sweep = read(stages.SWEEP_DIR, "grid.json")
-    chosen = read("selection.json")["soups"]
+    chosen = read(stages.SELECTION_FILE)["soups"]
     recheck = read(stages.RECHECK_DIR, "grid.json")
     shift = read(stages.SHIFT_DIR, shift_run.SHIFT_FILE)
     labels, metrics = recheck["settings"]["labels"], recheck["settings"]["metrics"]

@@ -23,7 +23,7 @@ import ml_collections
 from seasoning import errors, soup
 from seasoning import workdir as workdir_lib
 
-STAGES_FILE = "stages.json"
+STAGES_FILE, SELECTION_FILE = "stages.json", "selection.json"
 # The parent's children: the suffix of their run and config names, and their label.
 CHILDREN = (("_to_l2", "l2"), ("_to_l1", "l1"), ("_to_nominal", "nominal"))
 LABELS = ("linf", "l2", "l1", "nominal")  # every ingredient, in the order of soup weights
@@ -78,7 +78,9 @@ def _attack_flags(config: ml_collections.ConfigDict, attack: ml_collections.Conf
              f"--config.eval.batch_size={config.points.batch_size}",
              f"--config.eval.threats={threats}",
              f"--config.front=('{config.threats[0]}','{config.threats[1]}')"]  # fmt: skip
-    return flags + [f"--config.eval.{key}={value}" for key, value in attack.items()]
+    # A budget of 0 is the soup config's default already (the version's).
+    return flags + [f"--config.eval.{key}={value}" for key, value in attack.items()
+                    if key == "version" or value]  # fmt: skip
 
 
 # Demo config keys of `parent` / `children` -> the training config keys they set (0: unset).

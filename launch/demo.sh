@@ -5,11 +5,11 @@
 #   the four attacks of AutoAttack standard, soups selected for distribution shifts, and the
 #   report (configs/demo.py holds every size; README gives the time on a 2-core machine).
 # A second run reuses the finished stages; an interrupted one resumes. Environment:
-#   FRESH=1 deletes runs/demo first; RUNS=DIR puts the demo elsewhere; CONFIG=configs/demo.py:runlocal
-#   runs every stage at a few steps (seconds each).
+#   FRESH=1 deletes runs/demo first; RUNS=DIR puts the demo elsewhere;
+#   DEMO_CONFIG=configs/demo.py:runlocal runs every stage at a few steps (seconds each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-args=(--config="${CONFIG:-configs/demo.py}" --workdir="${RUNS:-runs/demo}")
+args=(--config="${DEMO_CONFIG:-configs/demo.py}" --workdir="${RUNS:-runs/demo}")
 if [ "${FRESH:-0}" = 1 ]; then
   args+=(--fresh)
 fi

@@ -72,16 +72,25 @@ def _run(batch: list[stages.Stage], index: int, plan, record, env) -> None:
             relays.append(threading.Thread(target=_relay, args=(stage.name, proc.stdout)))
             relays[-1].start()
     failed, running = [], dict(zip(todo, procs, strict=True))
-    while running:  # each stage timed to its own end
-        for stage, proc in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[stage]
-            if proc.returncode:
-                failed.append(f"{stage.name!r} failed (exit status {proc.returncode})")
-            else:
-                record.finish(stage, time.monotonic() - start)
-        time.sleep(0.2)
+    try:
+        while running:  # each stage timed to its own end
+            for stage, proc in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[stage]
+                if proc.returncode:
+                    failed.append(f"{stage.name!r} failed (exit status {proc.returncode})")
+                else:
+                    record.finish(stage, time.monotonic() - start)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for proc in running.values():
+            proc.terminate()
+            proc.wait()
+        raise errors.UserError(
+            "Interrupted. Run the demo again to resume: finished stages are reused and the "
+            "interrupted one continues from what it saved."
+        ) from None
     for relay in relays:
         relay.join()
     if failed:

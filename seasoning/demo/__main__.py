@@ -64,7 +64,7 @@ def _run(batch: list[stages.Stage], index: int, plan, record, env) -> None:
     procs, relays = [], []
     for stage in todo:
         proc = subprocess.Popen(
-            [stages.python(), *stage.argv], env=env, text=True,
+            [sys.executable, *stage.argv], env=env, text=True,
             stdout=subprocess.PIPE if pipe else None, stderr=subprocess.STDOUT if pipe else None,
         )  # fmt: skip
         procs.append(proc)

@@ -10,6 +10,7 @@ made it. The sweep's plots (its lines, simplex heat maps and front) are drawn he
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -239,7 +240,7 @@ def _shift_section(workdir: str) -> list[str]:
 def _stages_section(record: dict[str, Any]) -> list[str]:
     body = []
     for name, entry in sorted(record["stages"].items(), key=lambda e: e[1]["finished"]):
-        command = " ".join(["python", *entry["command"]])
+        command = shlex.join(["python", *entry["command"]])
         body.append([name, entry["title"], f"`{command}`", f"{entry['seconds']:.0f}"])
     out = _table(["stage", "what", "command", "seconds"], body, left=3)
     out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import shlex
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -72,12 +72,16 @@ def run_dirs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     return {"linf": parent, **{label: parent + suffix for suffix, label in CHILDREN}}
 
 
+def _literal(strings: Sequence[str]) -> str:
+    """A tuple of strings as a `--config.key=` value: `("a","b",)`."""
+    return "(" + "".join(f'"{x}",' for x in strings) + ")"
+
+
 def _attack_flags(config: ml_collections.ConfigDict, attack: ml_collections.ConfigDict):
-    threats = "(" + "".join(f"'{t}'," for t in config.threats) + ")"
     flags = [f"--config.eval.n_examples={config.points.n_examples}",
              f"--config.eval.batch_size={config.points.batch_size}",
-             f"--config.eval.threats={threats}",
-             f"--config.front=('{config.threats[0]}','{config.threats[1]}')"]  # fmt: skip
+             f"--config.eval.threats={_literal(config.threats)}",
+             f"--config.front={_literal(config.threats[:2])}"]  # fmt: skip
     # A budget of 0 is the soup config's default already (the version's).
     return flags + [f"--config.eval.{key}={value}" for key, value in attack.items()
                     if key == "version" or value]  # fmt: skip
@@ -171,19 +175,15 @@ def shift_stage(config: ml_collections.ConfigDict, workdir: str) -> Stage:
             f"--workdir={os.path.join(workdir, SHIFT_DIR)}", "--resume",
             f"--config.n_adaptation={s.n_adaptation}", f"--config.n_unseen={s.n_unseen}",
             f"--config.learned.steps={s.learned_steps}",
-            f"--config.methods=({','.join(repr(m) for m in s.methods)},)",
+            f"--config.methods={_literal(s.methods)}",
             "--config.robust.enabled=False")  # fmt: skip
     return Stage("shift", "shift soups: selection on adaptation images, unseen images",
                  argv, config.expected_seconds.shift)  # fmt: skip
 
 
 def command_line(stage: Stage) -> str:
-    """The stage's command as a user types it."""
-    return " ".join(["python", *(_quote(a) for a in stage.argv)])
-
-
-def _quote(arg: str) -> str:
-    return f'"{arg}"' if any(c in arg for c in " ()'") else arg
+    """The stage's command as a user types it in a shell."""
+    return shlex.join(["python", *stage.argv])
 
 
 class Record:
@@ -250,11 +250,6 @@ def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int
             for batch in plan[:next_index] if all(record.finished(s) for s in batch)]  # fmt: skip
     ratio = sum(a for a, _ in done) / sum(e for _, e in done) if done else 1.0
     return ratio * sum(expected(batch) for batch in plan[next_index:])
-
-
-def python() -> str:
-    """The interpreter the stages run with: this one."""
-    return sys.executable
 
 
 def check_clearable(workdir: str) -> None:

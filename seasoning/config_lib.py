@@ -511,8 +511,9 @@ def base_demo_config() -> ml_collections.ConfigDict:
     # the first, each child for its own, every robust number is measured under all three.
     c.threats = ("linf:0.1", "l2:0.8", "l1:10")
     c.parent = dict(max_steps=0, attack_steps=0, lr=0.0)  # Linf adversarial training
-    # Each fine-tune (the child configs: 1 epoch at lr 0.01); the three run side by side.
-    c.children = dict(max_steps=0, lr=0.0)
+    # Each fine-tune (the child configs: 1 epoch, APGD 10 steps, lr 0.01); the three run side
+    # by side.
+    c.children = dict(max_steps=0, attack_steps=0, lr=0.0)
     # The fixed test points every robust number of the demo is computed on (the first
     # `n_examples` of the test split), in batches of `batch_size`.
     c.points = dict(n_examples=100, batch_size=100)
@@ -558,7 +559,8 @@ def validate_demo_config(config: ml_collections.ConfigDict) -> None:
             f"Config threats={config.threats!r}: expected one linf, one l2 and one l1 threat "
             "model, in this order (the parent's and the children's)."
         )
-    for key in ("parent.max_steps", "parent.attack_steps", "children.max_steps"):
+    for key in ("parent.max_steps", "parent.attack_steps", "children.max_steps",
+                "children.attack_steps"):  # fmt: skip
         _check_int(config, key, 0)
     for key in ("parent.lr", "children.lr"):
         _check_number(config, key, 0)

@@ -206,6 +206,20 @@ def test_sweep_weights_hold_each_family_once():
     assert np.allclose(parsed.grid.weights, rows)
 
 
+def test_the_plan_runs_the_fine_tunes_and_then_the_recheck_and_shift_side_by_side():
+    config = config_lib.load_config(DEMO)
+    recheck = stages.recheck_stage(config, "runs/x", selection.one_hot_rows(stages.LABELS))
+    plan = stages.batches([*stages.plan(config, "runs/x"), recheck,
+                           stages.shift_stage(config, "runs/x")])  # fmt: skip
+    names = [[s.name for s in batch] for batch in plan]
+    assert names == [["parent"], ["l2", "l1", "nominal"], ["sweep"], ["recheck", "shift"]]
+    steps = f"--config.attack.steps={config.children.attack_steps}"
+    children = {s.name: s.argv for s in plan[1]}
+    assert steps in children["l2"] and steps in children["l1"]
+    assert not any(a.startswith("--config.attack.") for a in children["nominal"])
+    assert f"--config.max_steps={config.children.max_steps}" in children["nominal"]
+
+
 def test_eta_scales_the_expected_time_by_how_the_finished_stages_went(tmp_path):
     stage = lambda name, seconds, group="": stages.Stage(name, name, ("-m", name), seconds, group)
     plan = stages.batches([stage("a", 10.0), stage("b", 20.0, "g"), stage("c", 20.0, "g"),
@@ -236,6 +250,7 @@ def test_the_demo_configs_validate(variant):
         ("threats=('l2:2','linf:0.1','l1:10')", r"one linf, one l2 and one l1"),
         ("threats=('linf:-1','l2:2','l1:10')", r"threats.*-1"),
         ("children.lr=-0.1", r"children.lr=-0.1"),
+        ("children.attack_steps=-1", r"children.attack_steps=-1: expected an integer >= 0"),
     ],
 )
 def test_bad_demo_config_values_are_named(override, message):
@@ -260,3 +275,10 @@ def test_a_list_grid_is_checked(weights, message):
     )
     with pytest.raises(errors.UserError, match=message):
         config_lib.validate_soup_config(config)
+
+
+def test_trend_counts_the_steps_along_a_line():
+    rows = [_row([1 - w, w], a=a) for w, a in [(0.0, 0.5), (0.5, 0.6), (1.0, 0.4), (0.25, 0.6)]]
+    assert report.trend(rows, "a", 1) == "a falls from 50.0 to 40.0 (1 step down, 1 up, 1 level)"
+    rows.append(_row([0.1, 0.9], a=0.45))
+    assert "(2 steps down, 1 up, 1 level)" in report.trend(rows, "a", 1)

@@ -4,10 +4,10 @@
 
 Stages (`seasoning/demo/stages.py`): Linf adversarial training, fine-tuning to L2, L1 and
 nominal training (side by side), one sweep of the paper's soup lines and simplex under a cheap
-attack, the re-check of the ingredients and
-the selected soups under the stronger attack on the same points, the shift soups, and the
-report (`seasoning/demo/report.py`). Each stage prints a line with its expected time and the
-demo's ETA, then its own progress. A finished stage is reused when the demo runs again; an
+attack, then side by side the re-check of the ingredients and the selected soups under the
+stronger attack on the same points and the shift soups, and the report
+(`seasoning/demo/report.py`). Each stage prints a line with its expected time and the demo's
+ETA, then its own progress. A finished stage is reused when the demo runs again; an
 interrupted one resumes; `--fresh` deletes the demo's workdir first.
 """
 
@@ -120,19 +120,18 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
     start = time.monotonic()
     # The re-check's command depends on the sweep; its placeholder carries the expected time.
     placeholder = stages.recheck_stage(config, workdir, selection.one_hot_rows(stages.LABELS))
-    plan = stages.batches([*stages.plan(config, workdir), placeholder,
-                           stages.shift_stage(config, workdir)])  # fmt: skip
+    shift = stages.shift_stage(config, workdir)
+    plan = stages.batches([*stages.plan(config, workdir), placeholder, shift])
     total = len(plan) + 1
-    recheck_index = len(plan) - 2
-    for i, batch in enumerate(plan[:recheck_index]):
+    last = len(plan) - 1  # the re-check and the shift soups, side by side
+    for i, batch in enumerate(plan[:last]):
         _run(batch, i, plan, record, env)
     sweep = workdir_lib.read_json(workdir_lib.path(workdir, stages.SWEEP_DIR, "grid.json"))
     chosen = selection.select(sweep, stages.LABELS)
     workdir_lib.write_json(workdir_lib.path(workdir, stages.SELECTION_FILE), {"soups": chosen})
     rows = selection.one_hot_rows(stages.LABELS) + [c["weights"] for c in chosen]
-    plan[recheck_index] = [stages.recheck_stage(config, workdir, rows)]
-    for i in (recheck_index, recheck_index + 1):
-        _run(plan[i], i, plan, record, env)
+    plan[last] = [stages.recheck_stage(config, workdir, rows), shift]
+    _run(plan[last], last, plan, record, env)
     print(f"[{total}/{total}] report", flush=True)
     record.data["seconds_this_session"] = round(time.monotonic() - start, 2)
     record.save()

@@ -134,8 +134,9 @@ def trend(rows: Sequence[dict[str, Any]], metric: str, w_index: int) -> str:
     direction = (
         "falls" if values[-1] < values[0] else "rises" if values[-1] > values[0] else "ends level"
     )
+    down = int((steps < 0).sum())
     return (f"{metric} {direction} from {pct(values[0])} to {pct(values[-1])} "
-            f"({int((steps < 0).sum())} steps down, {int((steps > 0).sum())} up, "
+            f"({down} step{'' if down == 1 else 's'} down, {int((steps > 0).sum())} up, "
             f"{int((steps == 0).sum())} level)")  # fmt: skip
 
 
@@ -243,9 +244,16 @@ def _stages_section(record: dict[str, Any]) -> list[str]:
         command = shlex.join(["python", *entry["command"]])
         body.append([name, entry["title"], f"`{command}`", f"{entry['seconds']:.0f}"])
     out = _table(["stage", "what", "command", "seconds"], body, left=3)
+    groups: dict[str, list[str]] = {}
+    for name, entry in record["stages"].items():
+        if entry.get("group"):
+            groups.setdefault(entry["group"], []).append(name)
+    together = "; ".join(" and ".join(", ".join(names).rsplit(", ", 1)) + " ran side by side"
+                         for names in groups.values() if len(names) > 1)  # fmt: skip
     out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
-            f"{record['machine']}; the fine-tunes ran side by side. Each stage was timed when it "
-            "ran (a resumed stage adds its sessions up)."]  # fmt: skip
+            f"{record['machine']}" + (f"; {together}" if together else "") + ". Each stage "
+            "is timed from its batch's start to its own end, in the session that finished it "
+            "(an interrupted stage's earlier sessions are not counted)."]  # fmt: skip
     return out
 
 

@@ -32,6 +32,9 @@ LABELS = ("linf", "l2", "l1", "nominal")  # every ingredient, in the order of so
 FAMILIES = {"linf_l2": ("linf", "l2"), "linf_nominal": ("linf", "nominal"),
             "linf_l2_l1": ("linf", "l2", "l1")}  # fmt: skip
 SWEEP_DIR, RECHECK_DIR, SHIFT_DIR = "sweep", "recheck", "shift"
+# The re-check and the shift soups run side by side: the re-check mostly compiles (one core),
+# the shift run only needs the ingredients.
+LAST_GROUP = "last"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +49,7 @@ class Stage:
       expected_seconds: how long it takes on the machine the config was measured on (for
         stages of a group: the whole group's time, counted once).
       group: stages with the same group run side by side (the fine-tunes, which only need
-        the parent); "" runs alone.
+        the parent; the re-check and the shift soups); "" runs alone.
     """
 
     name: str
@@ -91,8 +94,11 @@ def _attack_flags(config: ml_collections.ConfigDict, attack: ml_collections.Conf
 _TRAIN_KEYS = {"max_steps": "max_steps", "attack_steps": "attack.steps", "lr": "optimizer.lr"}
 
 
-def _train_overrides(section: ml_collections.ConfigDict) -> list[str]:
-    return [f"--config.{_TRAIN_KEYS[key]}={value:g}" for key, value in section.items() if value]
+def _train_overrides(section: ml_collections.ConfigDict, attacked: bool = True) -> list[str]:
+    """The `--config.` flags of a demo config's `parent` / `children` section (no attack
+    steps for nominal training, which has no attack)."""
+    return [f"--config.{_TRAIN_KEYS[key]}={value:g}" for key, value in section.items()
+            if value and (attacked or key != "attack_steps")]  # fmt: skip
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
@@ -112,7 +118,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
         radius = f",eps={eps[label]}" if label in eps else ""
         argv = ["-m", "seasoning.train",
                 f"--config={stem}{suffix}.py:parent={runs['linf']}{radius}{local}",
-                f"--workdir={runs[label]}", *_train_overrides(config.children)]  # fmt: skip
+                f"--workdir={runs[label]}",
+                *_train_overrides(config.children, attacked=label != "nominal")]  # fmt: skip
         what = "nominal training" if label == "nominal" else label.upper()
         stages.append(Stage(label, f"fine-tuning to {what}", tuple(argv), expected.children,
                             group="children"))  # fmt: skip
@@ -147,7 +154,8 @@ def family_rows(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, A
 
 def soup_stage(config: ml_collections.ConfigDict, workdir: str, name: str, title: str,
                folder: str, weights: Sequence[Sequence[float]],
-               attack: ml_collections.ConfigDict, evaluation: str) -> Stage:  # fmt: skip
+               attack: ml_collections.ConfigDict, evaluation: str,
+               group: str = "") -> Stage:  # fmt: skip
     """`seasoning.soup` on the four ingredients, soups `weights` over `LABELS`."""
     rows = "(" + "".join("(" + ",".join(f"{w:.6g}" for w in r) + ")," for r in weights) + ")"
     argv = ("-m", "seasoning.soup", f"--config={config.soup_config}:soup=four,runs={workdir}",
@@ -155,7 +163,7 @@ def soup_stage(config: ml_collections.ConfigDict, workdir: str, name: str, title
             f"--config.evaluation={evaluation}", "--config.grid.kind=list",
             f"--config.grid.weights={rows}",
             *_attack_flags(config, attack))  # fmt: skip
-    return Stage(name, title, argv, config.expected_seconds[name])
+    return Stage(name, title, argv, config.expected_seconds[name], group)
 
 
 def recheck_stage(config: ml_collections.ConfigDict, workdir: str,
@@ -164,7 +172,7 @@ def recheck_stage(config: ml_collections.ConfigDict, workdir: str,
     attacked as `seasoning.evaluate` attacks a model (evaluation per_soup)."""
     return soup_stage(config, workdir, "recheck", "re-check of the ingredients and selected "
                       "soups, stronger attack", RECHECK_DIR, weights, config.recheck.attack,
-                      "per_soup")  # fmt: skip
+                      "per_soup", LAST_GROUP)  # fmt: skip
 
 
 def shift_stage(config: ml_collections.ConfigDict, workdir: str) -> Stage:
@@ -178,7 +186,7 @@ def shift_stage(config: ml_collections.ConfigDict, workdir: str) -> Stage:
             f"--config.methods={_literal(s.methods)}",
             "--config.robust.enabled=False")  # fmt: skip
     return Stage("shift", "shift soups: selection on adaptation images, unseen images",
-                 argv, config.expected_seconds.shift)  # fmt: skip
+                 argv, config.expected_seconds.shift, LAST_GROUP)  # fmt: skip
 
 
 def command_line(stage: Stage) -> str:

@@ -32,8 +32,8 @@ LABELS = ("linf", "l2", "l1", "nominal")  # every ingredient, in the order of so
 FAMILIES = {"linf_l2": ("linf", "l2"), "linf_nominal": ("linf", "nominal"),
             "linf_l2_l1": ("linf", "l2", "l1")}  # fmt: skip
 SWEEP_DIR, RECHECK_DIR, SHIFT_DIR = "sweep", "recheck", "shift"
-# The re-check and the shift soups run side by side: the re-check mostly compiles (one core),
-# the shift run only needs the ingredients.
+# The re-check and the shift soups run side by side: the shift run only needs the
+# ingredients, and the re-check leaves part of the CPU idle while it compiles.
 LAST_GROUP = "last"
 
 

@@ -208,9 +208,7 @@ def test_sweep_weights_hold_each_family_once():
 
 def test_the_plan_runs_the_fine_tunes_and_then_the_recheck_and_shift_side_by_side():
     config = config_lib.load_config(DEMO)
-    recheck = stages.recheck_stage(config, "runs/x", selection.one_hot_rows(stages.LABELS))
-    plan = stages.batches([*stages.plan(config, "runs/x"), recheck,
-                           stages.shift_stage(config, "runs/x")])  # fmt: skip
+    plan = stages.batches(stages.plan(config, "runs/x"))
     names = [[s.name for s in batch] for batch in plan]
     assert names == [["parent"], ["l2", "l1", "nominal"], ["sweep"], ["recheck", "shift"]]
     steps = f"--config.attack.steps={config.children.attack_steps}"

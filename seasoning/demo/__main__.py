@@ -118,19 +118,18 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
     record.data.setdefault("machine", report.machine())
     record.data["config"] = config_lib.as_json(config)
     start = time.monotonic()
-    # The re-check's command depends on the sweep; its placeholder carries the expected time.
-    placeholder = stages.recheck_stage(config, workdir, selection.one_hot_rows(stages.LABELS))
-    shift = stages.shift_stage(config, workdir)
-    plan = stages.batches([*stages.plan(config, workdir), placeholder, shift])
+    plan = stages.batches(stages.plan(config, workdir))
     total = len(plan) + 1
     last = len(plan) - 1  # the re-check and the shift soups, side by side
     for i, batch in enumerate(plan[:last]):
         _run(batch, i, plan, record, env)
+    # The re-check's command depends on the sweep: it replaces the plan's placeholder.
     sweep = workdir_lib.read_json(workdir_lib.path(workdir, stages.SWEEP_DIR, "grid.json"))
     chosen = selection.select(sweep, stages.LABELS)
     workdir_lib.write_json(workdir_lib.path(workdir, stages.SELECTION_FILE), {"soups": chosen})
     rows = selection.one_hot_rows(stages.LABELS) + [c["weights"] for c in chosen]
-    plan[last] = [stages.recheck_stage(config, workdir, rows), shift]
+    plan[last] = [stages.recheck_stage(config, workdir, rows) if s.name == "recheck" else s
+                  for s in plan[last]]  # fmt: skip
     _run(plan[last], last, plan, record, env)
     print(f"[{total}/{total}] report", flush=True)
     record.data["seconds_this_session"] = round(time.monotonic() - start, 2)

@@ -244,12 +244,8 @@ def _stages_section(record: dict[str, Any]) -> list[str]:
         command = shlex.join(["python", *entry["command"]])
         body.append([name, entry["title"], f"`{command}`", f"{entry['seconds']:.0f}"])
     out = _table(["stage", "what", "command", "seconds"], body, left=3)
-    groups: dict[str, list[str]] = {}
-    for name, entry in record["stages"].items():
-        if entry.get("group"):
-            groups.setdefault(entry["group"], []).append(name)
     together = "; ".join(" and ".join(", ".join(names).rsplit(", ", 1)) + " ran side by side"
-                         for names in groups.values() if len(names) > 1)  # fmt: skip
+                         for names in stages.ran_together(record) if len(names) > 1)  # fmt: skip
     out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
             f"{record['machine']}" + (f"; {together}" if together else "") + ". Each stage "
             "is timed from its batch's start to its own end, in the session that finished it "

@@ -22,6 +22,7 @@ import ml_collections
 
 from seasoning import errors, soup
 from seasoning import workdir as workdir_lib
+from seasoning.demo import selection
 
 STAGES_FILE, SELECTION_FILE = "stages.json", "selection.json"
 # The parent's children: the suffix of their run and config names, and their label.
@@ -102,7 +103,10 @@ def _train_overrides(section: ml_collections.ConfigDict, attacked: bool = True) 
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
-    """Every stage before the re-check: training, fine-tuning, the sweep."""
+    """Every stage: training, fine-tuning, the sweep, the re-check and the shift soups.
+
+    The re-check's soups are known only after the sweep: here it re-checks the ingredients
+    alone, a placeholder for its expected time that `recheck_stage` replaces."""
     runs = run_dirs(config, workdir)
     local = ",runlocal" if config.runlocal else ""
     expected = config.expected_seconds
@@ -127,7 +131,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
         soup_stage(config, workdir, "sweep", "sweep of the soups, cheap attack", SWEEP_DIR,
                    sweep_weights(config), config.sweep.attack, config.sweep.evaluation)
     )  # fmt: skip
-    return stages
+    placeholder = recheck_stage(config, workdir, selection.one_hot_rows(LABELS))
+    return stages + [placeholder, shift_stage(config, workdir)]
 
 
 def sweep_weights(config: ml_collections.ConfigDict) -> list[list[float]]:
@@ -234,17 +239,21 @@ def batches(plan: Sequence[Stage]) -> list[list[Stage]]:
     return out
 
 
+def ran_together(record: dict[str, Any]) -> list[list[str]]:
+    """The names of the finished stages of a stages.json, by what ran at once: a group's
+    stages together, others alone."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for name, entry in record["stages"].items():
+        group = entry.get("group")
+        out.setdefault(("group", group) if group else ("alone", name), []).append(name)
+    return list(out.values())
+
+
 def wall_seconds(record: dict[str, Any]) -> float:
     """The demo's wall-clock seconds from a stages.json: a group's side-by-side stages count
     once (the longest)."""
-    groups: dict[str, float] = {}
-    total = 0.0
-    for entry in record["stages"].values():
-        if entry.get("group"):
-            groups[entry["group"]] = max(groups.get(entry["group"], 0.0), entry["seconds"])
-        else:
-            total += entry["seconds"]
-    return total + sum(groups.values())
+    return sum(max(record["stages"][name]["seconds"] for name in names)
+               for names in ran_together(record))  # fmt: skip
 
 
 def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int) -> float:

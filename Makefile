@@ -14,7 +14,7 @@ WITH_TORCH ?= $(if $(PIP_FIND_LINKS),1,0)
 comma := ,
 EXTRAS := $(if $(filter 1,$(WITH_TORCH)),test$(comma)test-torch,test)
 
-.PHONY: install data test lint bench demo clean
+.PHONY: install data test test-fast lint bench demo clean
 
 $(VENV)/.installed: setup.py constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,13 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# The whole suite (what CI runs), then its 25 slowest tests.
 test: install data
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
+
+# Between edits: the unit tests (`-m "not slow"`), under two minutes once installed.
+test-fast: install data
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check seasoning configs tests benchmarks
@@ -56,4 +61,4 @@ demo: install data
 	FRESH=$(FRESH) bash launch/demo.sh
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .jax_cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 import time
 from typing import Any
 
@@ -22,6 +23,27 @@ from seasoning import workdir as workdir_lib
 
 METRICS_FILE = "metrics.jsonl"
 FLUSH_SECONDS = 10.0
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported late (it pulls in protobuf) and without PyTorch.
+
+    tensorboardX's writer module imports torch whenever it is installed (the `torch` and
+    `test-torch` extras), only to accept torch tensors, which nothing here passes: that import
+    cost every training process about 3 s (2-core AMD EPYC). It is refused while tensorboardX
+    loads (`sys.modules["torch"] = None` makes `import torch` raise ImportError, which
+    tensorboardX expects), unless torch is already imported.
+    """
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 class MetricWriter:
@@ -39,11 +61,9 @@ class MetricWriter:
         folder = workdir_lib.path(workdir)
         self._jsonl = workdir_lib.open_append(folder / METRICS_FILE, every_s=FLUSH_SECONDS)
         if tensorboard:
-            from tensorboardX import SummaryWriter  # late: pulls in protobuf
-
             if workdir_lib.is_object_store(folder):
                 _events_through_epath(str(folder).split("://", 1)[0])
-            self._tb = SummaryWriter(logdir=str(folder), flush_secs=FLUSH_SECONDS)
+            self._tb = _summary_writer_class()(logdir=str(folder), flush_secs=FLUSH_SECONDS)
 
     def write(self, step: int, scalars: dict[str, Any], *, prefix: str = "") -> None:
         """Writes scalar metrics for `step`, keys prefixed by `prefix` (e.g. "train/")."""

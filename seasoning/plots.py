@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import io
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.tri as mtri  # noqa: E402
-import numpy as np  # noqa: E402
-
-from seasoning import workdir as workdir_lib  # noqa: E402
+from seasoning import workdir as workdir_lib
 
 _TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 
 
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported at the first figure (the import
+    costs about a second, which commands that draw nothing need not pay)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: str) -> str:
+    plt = _pyplot()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
@@ -34,7 +41,7 @@ def _save(fig, path: str) -> str:
 
 def line(alpha: np.ndarray, metrics: dict[str, np.ndarray], labels: list[str], path: str) -> str:
     """Each metric (in %) against the weight `alpha` of the second ingredient."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     for name, values in metrics.items():
         ax.plot(alpha, 100 * np.asarray(values), marker="o", ms=3, label=name)
     ax.axvspan(min(alpha.min(), 0), 0, color="0.9", zorder=0)
@@ -50,8 +57,10 @@ def simplex(
     weights: np.ndarray, values: np.ndarray, labels: list[str], title: str, path: str
 ) -> str:
     """A heat map of `values` (in %) over three-ingredient weights [G, 3] on the triangle."""
+    import matplotlib.tri as mtri
+
     xy = np.asarray(weights) @ _TRIANGLE
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 5))
     tri = mtri.Triangulation(xy[:, 0], xy[:, 1])
     shade = ax.tripcolor(tri, 100 * np.asarray(values), shading="gouraud", cmap="viridis")
     ax.scatter(xy[:, 0], xy[:, 1], c="k", s=4)
@@ -95,7 +104,7 @@ def front(
 ) -> str:
     """Every soup as a point (x, y) in %, the trade-off front joined, ingredients labelled."""
     x, y = 100 * np.asarray(x), 100 * np.asarray(y)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4.5))
     ax.scatter(x, y, s=12, c="0.6", label="soups")
     idx = pareto_front(x, y)
     ax.plot(x[idx], y[idx], "-o", c="tab:blue", ms=4, label="front")
@@ -113,7 +122,7 @@ def weight_bars(chosen: dict[str, dict[str, list[float]]], labels: list[str], pa
     """Grouped bars of soup weights: one panel per selection method, one group per soup
     (`chosen[method][soup] = weights`), one bar per ingredient."""
     methods = list(chosen)
-    fig, axes = plt.subplots(len(methods), 1, figsize=(8, 2.6 * len(methods)), squeeze=False)
+    fig, axes = _pyplot().subplots(len(methods), 1, figsize=(8, 2.6 * len(methods)), squeeze=False)
     for ax, method in zip(axes[:, 0], methods, strict=True):
         soups = list(chosen[method])
         width = 0.8 / len(labels)

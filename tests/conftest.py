@@ -1,8 +1,16 @@
-"""Test set-up: 8 fake CPU devices, so every sharded code path runs as on a pod slice."""
+"""Test set-up: 4 fake CPU devices, so every sharded code path runs as on a pod slice."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "")
+# XLA:CPU code generation for the tests: the legacy fusion emitter and LLVM at -O1, which
+# compile in about half the time of XLA's defaults (MLIR fusion emitters, -O3) and run the
+# tests' small programs as fast: measured on a 2-core AMD EPYC, five of the attack and training
+# test files took 161 s instead of 237 s, of which compiling 86 s instead of 158 s. Programs
+# compute the same numbers to float32 rounding (tests/test_compilation.py). `XLA_FLAGS= make
+# test` runs the suite with XLA's defaults; any XLA_FLAGS set beforehand is kept as it is.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1"
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Full float32 matmuls and convolutions, as on CPU, for the CLIs the tests start too. On GPUs
 # JAX defaults to TF32, whose ~1e-3 relative error flips the prediction at adversarial points
@@ -10,27 +18,45 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # (seen on an H100: one of 300 points of the linear problem). A no-op on CPU.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
-import jax  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", 8)
-
-# One persistent compilation cache for the test processes and the CLIs they start: the same
-# train step and attacks compile in several tests (and xdist workers) otherwise.
+# One persistent compilation cache for this test run's processes: both pytest workers and every
+# CLI the tests start (they inherit these variables), so that a program that took over a second
+# to compile is loaded, not compiled again, by the next process that needs it. JAX's own
+# threshold (1 s) is kept: storing every small program cost more than it saved (measured: 69 s
+# instead of 55 s for three model and soup test files, with the cache's size cap on). The folder
+# is the checkout's `.jax_cache` (git-ignored; a fresh clone starts cold; `make clean` deletes
+# it); `JAX_COMPILATION_CACHE_DIR` points it elsewhere. tests/test_compilation.py checks that a
+# program loaded from it computes the same bits.
 _CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".jax_cache")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 
-# The longest files first: `make test` hands whole files to 2 workers in this order, so the
-# short ones fill the gaps at the end (longest-first balancing). test_ingredients trains the
-# family's parent while test_reference, which needs none of it, runs on the other worker.
+import jax  # noqa: E402
+
+# 4 CPU devices: the mesh the drivers take on a 2-core machine (`parallel.split_cpu`) and the
+# 2-process tests' global mesh, so one mesh size serves every test. 8 cost more than they showed:
+# XLA:CPU runs each shard on a thread of its own, and the tests' small batches spent a quarter
+# of their CPU time in the kernel switching threads (measured, three attack and training test
+# files: 112 CPU-s with 8 devices, 95 with 4, of which system time 29 s and 11 s).
+jax.config.update("jax_num_cpu_devices", 4)
+# The same settings here too, should a plugin have imported jax before the variables were set.
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+)
+
+# The longest files first: `make test` hands whole files to 2 workers in this order
+# (`--no-loadscope-reorder`: pytest-xdist would otherwise order them by their number of tests),
+# so the short ones fill the gaps at the end. test_ingredients trains the family's parent, its
+# L1 and nominal children and the scratch model (below) while test_reference, which needs none
+# of them, runs on the other worker; test_soup_sweep then trains the L2 child, which
+# test_shift_run and test_multiprocess need too.
 _LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_demo.py",
-                  "test_import_weights.py",
-                  "test_soup_sweep.py",
-                  "test_shift_run.py", "test_multiprocess_train.py", "test_train.py",
-                  "test_attacks.py", "test_multiprocess.py", "test_evaluate.py",
-                  "test_evaluation.py", "test_adversarial.py", "test_models.py",
-                  "test_scale_switches.py")  # fmt: skip
+                  "test_soup_sweep.py", "test_train.py", "test_import_weights.py",
+                  "test_attacks.py", "test_multiprocess_train.py", "test_shift_run.py",
+                  "test_multiprocess.py", "test_evaluation.py", "test_shift_configs.py",
+                  "test_scale_switches.py", "test_adversarial.py", "test_compilation.py",
+                  "test_evaluate.py", "test_models.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):
@@ -51,16 +77,22 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 _NOMINAL = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
 # name -> (config spec, overrides); "{runs}" is the family's folder. Names are the ones
 # `make demo` and configs/soup_fmnist.py use, so soup configs find the runs.
+# The Linf parent and the L2 child train with APGD 5 (their configs: 10), which halves their
+# cost; the L1 child keeps L1-APGD 10 (with 5 its edge over the parent at L1 10 fell from 15 to
+# 5 points of 300). The margins the tests assert, measured with APGD 5 (with 10) on an AMD EPYC:
+# Linf parent over scratch at Linf 0.1: 41.7 (44.0) points for 20 required; L1 child over the
+# parent at L1 10: 10.7 (15.0) for 3; nominal child over the parent, clean: 3.6 (4.4) for 1;
+# L2 child over the parent at L2 2 (the soup sweep's 120 points): 8.3 (14.2) points.
 FAMILY_RUNS = {
     # The Linf parent, 100 steps.
-    "fmnist_cnn_linf": ("fmnist_cnn_linf.py:runlocal", ["max_steps=100"]),
+    "fmnist_cnn_linf": ("fmnist_cnn_linf.py:runlocal", ["max_steps=100", "attack.steps=5"]),
     # Trained nominally from scratch as long as the parent.
     "fmnist_cnn_scratch": ("fmnist_cnn_linf.py:runlocal", ["max_steps=100", *_NOMINAL]),
     # L2 child at eps 2 and lr 0.05 (the reference's 0.01 barely moves the parent in 100
     # steps); its edge over the parent is clearest at L2 2.
     "fmnist_cnn_linf_to_l2": (
         "fmnist_cnn_linf_to_l2.py:runlocal,eps=2.0,parent={runs}/fmnist_cnn_linf",
-        ["max_steps=100", "optimizer.lr=0.05"],
+        ["max_steps=100", "optimizer.lr=0.05", "attack.steps=5"],
     ),
     "fmnist_cnn_linf_to_l1": (
         "fmnist_cnn_linf_to_l1.py:runlocal,parent={runs}/fmnist_cnn_linf",

@@ -35,7 +35,7 @@ class Process:
 
 def one_process_mesh():
     """This process's mesh of a job's device count, to compare a job with (the tests' process
-    has 8 CPU devices)."""
+    has 4 CPU devices: all of them)."""
     return parallel.make_mesh(jax.devices()[:DEVICES])
 
 

@@ -48,6 +48,7 @@ def test_unusable_settings_are_errors_never_clean_training(sections, message):
         adversarial.make_training_attack(*_sections(**sections))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["apgd", "pgd"])
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0), ("l1", 8.0)])
 def test_training_attack_stays_in_the_threat_model_and_raises_the_loss(name, norm, eps):
@@ -85,6 +86,7 @@ def test_training_attack_perturbs_every_example_misclassified_ones_too(name, nor
     assert (gain > 0).all(), np.flatnonzero(gain <= 0)
 
 
+@pytest.mark.slow
 def test_adversarial_train_step_trains_on_attacked_images():
     """Same state and batch: the adversarial step sees a higher loss than the clean step."""
     model, _, x, y = _model_and_batch(n=32)
@@ -121,6 +123,7 @@ def _which_threat(x_adv, x, balls):
     return tuple(bool(tm.contains(x_adv, x).all()) for tm in balls)
 
 
+@pytest.mark.slow
 def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
     """E-AT: each call attacks the whole batch under one threat model, drawn from the key; a
     fresh run (no statistics yet) draws uniformly, and the counts of the drawn one grow."""
@@ -154,6 +157,7 @@ def test_multi_norm_training_attack_draws_each_threat_model_per_batch():
     )
 
 
+@pytest.mark.slow
 def test_multi_norm_draws_by_one_minus_running_robust_accuracy():
     """The reference's rule: probability proportional to 1 - the running robust accuracy of
     each threat model's training batches (uniform until each was drawn); `uniform` ignores it."""
@@ -188,6 +192,7 @@ def test_multi_norm_draws_by_one_minus_running_robust_accuracy():
     assert len(drawn) == 3, drawn
 
 
+@pytest.mark.slow
 def test_multi_norm_statistics_live_in_the_train_state():
     """The E-AT counts are part of the TrainState: updated by every step and checkpointed."""
     model, _, x, y = _model_and_batch(n=16)

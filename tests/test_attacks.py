@@ -123,6 +123,7 @@ def test_exact_solver_is_sane():
         np.testing.assert_array_equal(r[decided], (dist > EPS[norm])[decided])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_auto_attack_reaches_the_exact_robust_accuracy(norm):
     w, b, x, y = _linear_problem()
@@ -249,6 +250,7 @@ def _mlp(seed=0, d=64, h=32, k=10):
     return lambda z: jnp.tanh(z.reshape(z.shape[0], -1) @ w1) @ w2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, eps", [("linf", 0.02), ("l1", 0.8)])
 def test_apgd_is_at_least_as_strong_as_pgd(norm, eps):
     f = _mlp()
@@ -393,6 +395,7 @@ def _all_attacks(tm):
     return jax.jit(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm, eps", ALL_NORMS)
 def test_edge_cases_constant_and_always_wrong_models_odd_batch(norm, eps):
     """No NaN, inside the ball, x returned where x is misclassified; batch of 13 (not 8k)."""
@@ -420,6 +423,7 @@ def test_edge_cases_constant_and_always_wrong_models_odd_batch(norm, eps):
         assert float(attacks.robust_accuracy(f, x_adv, y)) == 0.0
 
 
+@pytest.mark.slow
 def test_batch_of_one():
     params = _mlp_params()
     f = functools.partial(_mlp_apply, params)
@@ -458,6 +462,7 @@ def test_zero_eps_and_none_return_x():
     assert bool(info.robust.all()) and info.after == {}
 
 
+@pytest.mark.slow
 def test_two_classes_auto_attack_skips_the_targeted_attack():
     w = jnp.asarray(np.random.default_rng(9).normal(size=(48, 2)), jnp.float32)
     f = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
@@ -489,6 +494,7 @@ def test_auto_attack_raises_on_points_outside_the_threat_model():
 # Composition: unroll modes, vmap over stacked models, sharded batches, union
 
 
+@pytest.mark.slow
 def test_unroll_modes_agree():
     w, b, x, y = _linear_problem()
     f = _linear_fn(w, b)
@@ -504,6 +510,7 @@ def test_unroll_modes_agree():
             np.testing.assert_allclose(o, outs[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_over_stacked_models_and_sharded_batch():
     w, b, x, y = _linear_problem()
     x, y = x[:64], y[:64]
@@ -516,7 +523,7 @@ def test_vmap_over_stacked_models_and_sharded_batch():
         x_adv = attacks.apgd(f, x, y, tm, key=jax.random.key(0), n_iter=10, unroll=1)
         return attacks.correct(f, x_adv, y)
 
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))  # 8 fake CPUs, or the GPUs
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))  # 4 fake CPUs, or the GPUs
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     ys = jax.device_put(y, NamedSharding(mesh, P("data")))
     stacked = jax.jit(jax.vmap(robust, in_axes=(0, 0, None, None)))(ws, bs, xs, ys)
@@ -536,6 +543,7 @@ def test_union_robust():
     assert autoattack.version_settings("standard", "l1")["n_restarts"] == 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("large_reps, expected", [(False, "init_topk"), (True, "start")])
 def test_l1_apgd_first_sparsity(monkeypatch, large_reps, expected):
     """L1-APGD's first steps move `init_topk` (20%) of the coordinates after a random start, as

@@ -55,6 +55,7 @@ def _read(workdir: str, *parts: str):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_demo_writes_every_artefact_and_the_report_links_existing_plots(demo):
     workdir, first = demo
     assert f"The report: {workdir}/report.md" in first.stdout
@@ -85,6 +86,7 @@ def test_demo_writes_every_artefact_and_the_report_links_existing_plots(demo):
         assert " ".join(stage["command"][:2]) in text
 
 
+@pytest.mark.slow
 def test_every_number_of_the_report_is_the_one_in_the_json_files(demo):
     workdir, _ = demo
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
@@ -122,6 +124,7 @@ def test_every_number_of_the_report_is_the_one_in_the_json_files(demo):
         assert line in text
 
 
+@pytest.mark.slow
 def test_a_second_demo_reuses_every_stage(demo):
     workdir, _ = demo
     before = _read(workdir, stages.STAGES_FILE)["stages"]

@@ -35,6 +35,7 @@ def synthetic_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_eval_json_is_complete_and_not_silently_replaced(runs):
     workdir = runs["run"]
     threats = [LINF, threat.parse("l2:0.8")]
@@ -67,6 +68,7 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     assert again["n_examples"] == 32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(n_examples=-5), "n_examples=-5: expected an integer >= 0"),
@@ -99,6 +101,7 @@ def test_threat_specs(spec, message):
     assert threat.parse("linf:8/255").eps == pytest.approx(8 / 255)
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_and_exit_2(runs):
     """The real command (`--n_examples=-5` once wrote an eval.json of NaN and exited 0)."""
     argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}",
@@ -111,6 +114,7 @@ def test_cli_error_is_one_line_and_exit_2(runs):
     assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [(["--threat=linf:abc"], "eps 'abc' is not a number"),
@@ -134,6 +138,7 @@ def test_cli_errors_are_one_line_and_exit_2(runs, capsys, args, message):
     assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
 
 
+@pytest.mark.slow
 def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
     """A model of 32x32 RGB images of 10 classes on CIFAR-10 (TFDS mock data): it runs, with
     CIFAR-10's radii from the registry, and eval.json says which dataset it measured."""
@@ -151,6 +156,7 @@ def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
     assert on_disk["settings"]["threats"] == [str(t) for t in data.default_threats("cifar10")]
 
 
+@pytest.mark.slow
 def test_a_dataset_with_another_class_count_is_refused(synthetic_run, tmp_path):
     output = tmp_path / "c100.json"
     with tfds.testing.mock_data(num_examples=8):
@@ -159,6 +165,7 @@ def test_a_dataset_with_another_class_count_is_refused(synthetic_run, tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.slow
 def test_a_dataset_without_radii_needs_threats(synthetic_run, tmp_path):
     with pytest.raises(errors.UserError, match="'synthetic'"):
         evaluate.evaluate_run(synthetic_run, output=str(tmp_path / "x.json"))

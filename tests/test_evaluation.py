@@ -41,7 +41,7 @@ def _exact_robust(norm, seed=3):
     return (np.argmax(z, 1) == y) & np.all(worst > 0, axis=1)
 
 
-# 8 points a call, one a device: survivor batches then have one shape (one compile per
+# 8 points a call, two a device: survivor batches then have one shape (one compile per
 # attack); 300 points leave a padded last batch.
 def _evaluate(threats, schedule="still_robust", version="standard", batch_size=8, **kw):
     variables, source, _, _ = _problem()
@@ -50,10 +50,11 @@ def _evaluate(threats, schedule="still_robust", version="standard", batch_size=8
     return evaluator.run(variables, source, np.arange(len(source)), key=jax.random.key(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
 def test_still_robust_reaches_the_exact_robust_accuracy(norm):
     """Each restart and target class on the points still robust, padded batches (300 points,
-    8 per call) sharded over 8 devices: never above exact, within one point of it.
+    8 per call) sharded over 4 devices: never above exact, within one point of it.
 
     Seed 3: APGD-CE and APGD-T alone leave 2 provably breakable points of 300 robust under l1
     (43 and 39 vs exact 37); FAB-T and Square close that to one."""
@@ -74,6 +75,7 @@ def test_still_robust_reaches_the_exact_robust_accuracy(norm):
     assert result.names == ["clean", str(tm)] and result.loss.shape == (300,)
 
 
+@pytest.mark.slow
 def test_schedules_agree_within_the_attacks_randomness():
     """all_points (every attack on every point) and still_robust (later attacks on survivors)
     run the same attacks; only the random draws each point gets differ. Both are upper bounds

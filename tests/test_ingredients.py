@@ -42,21 +42,25 @@ def _robust(workdir, tm, n_examples):
     return result["threat_models"][str(tm)]["robust_accuracy"]
 
 
+@pytest.mark.slow
 def test_linf_training_is_more_linf_robust_than_nominal_training(runs):
     parent, scratch = (_robust(runs[k], LINF, 300) for k in ("parent", "scratch"))
     assert parent > scratch + 0.2, (parent, scratch)
 
 
+@pytest.mark.slow
 def test_l1_child_is_more_l1_robust_than_its_parent(runs):
     parent, child = (_robust(runs[k], L1, 300) for k in ("parent", "l1"))
     assert child > parent + 0.03, (parent, child)
 
 
+@pytest.mark.slow
 def test_nominal_child_is_more_accurate_than_its_parent(runs):
     parent, child = (_robust(runs[k], CLEAN, 2000) for k in ("parent", "nominal"))
     assert child > parent + 0.01, (parent, child)
 
 
+@pytest.mark.slow
 def test_children_record_their_parent(runs):
     for name in ("l1", "nominal"):
         with open(os.path.join(runs[name], "config.json")) as f:
@@ -67,6 +71,7 @@ def test_children_record_their_parent(runs):
         assert parent_events == [{**parent_events[0], "parent": runs["parent"], "parent_step": 100}]
 
 
+@pytest.mark.slow
 def test_fine_tuning_a_different_model_fails_and_writes_nothing(runs, tmp_path):
     config = _child_config("l2", runs["parent"])
     with config.unlocked():
@@ -95,6 +100,7 @@ def test_first_difference_names_the_path():
     assert trees.first_difference(a, d) == "params/conv/bias: only in the first"
 
 
+@pytest.mark.slow
 def test_report_tabulates_the_evaluated_runs(runs):
     for name in ("parent", "l1"):
         _robust(runs[name], L1, 300)  # reuses eval_l1.json when an earlier test wrote it

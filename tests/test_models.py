@@ -93,6 +93,7 @@ SMALL = [
 SMALL_IDS = ["cnn-gray", "cnn-rgb", "cnn-no-bn", "wrn-10-1-gray", "tiny-vit"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kwargs, shape", SMALL, ids=SMALL_IDS)
 def test_small_models_run(name, kwargs, shape):
     model = models.get_model(name, num_classes=10, **kwargs)
@@ -129,11 +130,11 @@ def test_bfloat16_compute(name, kwargs, shape):
     model32 = models.get_model(name, num_classes=10, **kwargs)
     model16 = models.get_model(name, num_classes=10, dtype=jnp.bfloat16, **kwargs)
     x = _images(shape)
-    variables = model16.init(KEY, x)
+    variables = jax.jit(model16.init)(KEY, x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
-    logits16 = model16.apply(variables, x)
+    logits16 = jax.jit(model16.apply)(variables, x)
     assert logits16.dtype == jnp.float32 and np.all(np.isfinite(logits16))
-    logits32 = model32.apply(variables, x)  # same variables serve both dtypes
+    logits32 = jax.jit(model32.apply)(variables, x)  # same variables serve both dtypes
     np.testing.assert_allclose(logits16, logits32, atol=0.1 * float(jnp.abs(logits32).max()))
 
 
@@ -161,11 +162,12 @@ def test_normalisation_is_inside_the_model(name, kwargs, shape):
     shifted = models.get_model(name, 10, mean=(0.4,) * channels, std=(0.2,) * channels, **kwargs)
     rescaled = models.get_model(name, 10, mean=(0.3,) * channels, std=(0.4,) * channels, **kwargs)
     x = _images(shape) * 0.5
-    variables = base.init(KEY, x)
-    logits = base.apply(variables, x)
-    np.testing.assert_allclose(shifted.apply(variables, x + 0.1), logits, rtol=1e-4, atol=1e-4)
-    assert not np.allclose(shifted.apply(variables, x), logits, atol=1e-3)
-    assert not np.allclose(rescaled.apply(variables, x), logits, atol=1e-3)
+    variables = jax.jit(base.init)(KEY, x)
+    logits = jax.jit(base.apply)(variables, x)
+    shifted_apply, rescaled_apply = jax.jit(shifted.apply), jax.jit(rescaled.apply)
+    np.testing.assert_allclose(shifted_apply(variables, x + 0.1), logits, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(shifted_apply(variables, x), logits, atol=1e-3)
+    assert not np.allclose(rescaled_apply(variables, x), logits, atol=1e-3)
 
 
 def test_statistics_per_channel_and_broadcast():
@@ -251,6 +253,7 @@ def test_jitted_apply_matches_eager():
     np.testing.assert_allclose(apply(variables, x), model.apply(variables, x), rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strides, padding, lhs_dilation, rhs_dilation",
     [((1, 1), "SAME", None, None), ((2, 2), ((1, 1), (1, 1)), None, None),

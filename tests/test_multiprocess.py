@@ -1,5 +1,5 @@
 """Two real processes (jax.distributed over localhost, CPU collectives, 2 CPU devices each)
-against one process with 4 devices (this one, on 4 of its 8 CPU devices), on the same global
+against one process with 4 devices (this one, on its 4 CPU devices), on the same global
 batches: `seasoning.evaluate`, `seasoning.soup` and `seasoning.shift` give the same counts.
 
 The tolerance is zero points: both layouts run the same SPMD programs on a 4-device mesh with the
@@ -17,6 +17,8 @@ import pytest
 from seasoning import config_lib, evaluate, threat
 from seasoning.shift import run as run_lib
 from seasoning.soup import sweep
+
+pytestmark = pytest.mark.slow  # two-process jobs
 
 CONFIGS = os.path.join(jobs.ROOT, "configs")
 

@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # PyTorch cross-checks
+
 from pyautoattack import AutoAttack  # noqa: E402
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E402
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402

@@ -15,6 +15,8 @@ from seasoning.data import tfds_source
 from seasoning.shift import report
 from seasoning.shift import run as run_lib
 
+pytestmark = pytest.mark.slow  # the shift configs end to end on mock data
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -41,10 +43,11 @@ def _wider_label_lists(monkeypatch):
 
 @pytest.mark.parametrize(
     "config_file, train_config, train_overrides",
-    # The CIFAR ingredients are small CNNs: the test is about the config's datasets.
+    # The ingredients are small CNNs (1000 classes for ImageNet): the test is about the configs'
+    # datasets, not their models.
     [("shift_cifar10_wrn28_10.py", "fmnist_cnn_linf.py:runlocal",
       ["dataset.name=cifar10", "dataset.image_size=0"]),
-     ("shift_imagenet_vitb16.py", "vitb_linf.py:runlocal",
+     ("shift_imagenet_vitb16.py", "fmnist_cnn_linf.py:runlocal",
       ["dataset.name=imagenet2012", "dataset.image_size=32"])],
 )  # fmt: skip
 def test_cifar10_and_imagenet_configs_run_on_mock_data(

@@ -15,6 +15,8 @@ from seasoning import config_lib, data, errors, workdir
 from seasoning.shift import run as run_lib
 from seasoning.shift import splits
 
+pytestmark = pytest.mark.slow  # the shift driver end to end on the trained family
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 

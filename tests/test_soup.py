@@ -364,6 +364,7 @@ def _population_stats(model, variables, images):
     return stats
 
 
+@pytest.mark.slow
 def test_recalibrate_gives_the_population_statistics(cnn):
     model, variables, images = cnn
     new = soup.recalibrate_batch_stats(model, variables, images, batch_size=64)

@@ -74,6 +74,7 @@ def _close(stats, expected, rtol):
     )
 
 
+@pytest.mark.slow
 def test_in_program_gives_exact_statistics_for_momentum_099(two_bn):
     model, variables, images = two_bn
     expected = _expected_stats(variables, images)
@@ -117,6 +118,7 @@ def cnn_soups():
     return model, ingredients, images
 
 
+@pytest.mark.slow
 def test_in_program_equals_the_host_version_on_one_batch(cnn_soups):
     model, (variables, _), images = cnn_soups
     ours = jax.jit(lambda v: bn.recalibrate_in_program(model, v, images))(variables)
@@ -130,6 +132,7 @@ def test_in_program_equals_the_host_version_on_one_batch(cnn_soups):
     _assert_close(by_fn, ours)
 
 
+@pytest.mark.slow
 def test_in_program_under_vmap_and_lax_map_over_soups(cnn_soups):
     model, ingredients, images = cnn_soups
     stacked = soup.stack(ingredients)

@@ -15,6 +15,8 @@ from seasoning import runs as runs_lib
 from seasoning.soup import bn, sweep
 from seasoning.soup import grid as grid_lib
 
+pytestmark = pytest.mark.slow  # soup sweeps of the trained family
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 # L2 2: the L2 child's edge over its parent is clearest there after a short run (9 points of
@@ -34,7 +36,7 @@ def _config(runs, *overrides):
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},step=0.5")
     fixed = [
         "eval.n_examples=120",
-        "eval.batch_size=8",  # one point a device: one batch shape, one compile per attack
+        "eval.batch_size=8",  # two points a device: one batch shape, one compile per attack
         "eval.n_iter=8",
         "eval.n_target_classes=2",
         "chunk=2",

@@ -32,6 +32,7 @@ def _cli(*args, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_runlocal_writes_run_files_and_compiles_once(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train_step", chex.assert_max_traces(training.train_step, n=1))
     config = config_lib.load_config(f"{FMNIST}:runlocal", ["eval_every_steps=10"])
@@ -52,6 +53,7 @@ def test_runlocal_writes_run_files_and_compiles_once(tmp_path, monkeypatch):
     assert meta["model"]["name"] == "cnn-small"
 
 
+@pytest.mark.slow
 def test_vit_runlocal_trains_on_synthetic_data_and_is_attacked_in_float32(tmp_path):
     """A ViT trained in bfloat16 (as configs/vitb_linf.py trains) is evaluated in float32:
     bfloat16 inputs round to ~1e-3, a tenth of an Linf step at 4/255, unless asked for."""
@@ -73,6 +75,7 @@ def test_vit_runlocal_trains_on_synthetic_data_and_is_attacked_in_float32(tmp_pa
     assert "float32" in evaluate.format_table(result)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_model(tmp_path):
     workdir = str(tmp_path / "run")
     config = config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"])
@@ -83,6 +86,7 @@ def test_resume_refuses_a_different_model(tmp_path):
         train.train_and_evaluate(other, workdir)
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_not_overwritten(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"]), workdir)
@@ -125,16 +129,17 @@ def test_config_flag_errors_exit_2_before_anything_runs(tmp_path, capsys, overri
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     """SIGKILL mid-run, then the same command again: bitwise the parameters of a clean run.
 
-    Two CLI starts (killed, resumed); the uninterrupted run is this process's, on the same 8
-    CPU devices (tests/conftest.py) as the CLI's `--cpu_devices=8`."""
+    Two CLI starts (killed, resumed); the uninterrupted run is this process's, on the same 4
+    CPU devices (tests/conftest.py) as the CLI's `--cpu_devices=4`."""
     # Nominal training keeps the runs short; the adversarial step is covered elsewhere.
     overrides = ["max_steps=60", "batch_size=32", "checkpoint_every_steps=20",
                  "log_every_steps=40", "threat.norm=none", "threat.eps=0",
                  "attack.name=none"]  # fmt: skip
-    args = [f"--config={FMNIST}:runlocal", "--cpu_devices=8",
+    args = [f"--config={FMNIST}:runlocal", "--cpu_devices=4",
             *(f"--config.{o}" for o in overrides)]  # fmt: skip
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     proc = _cli(*args, f"--workdir={killed}")
@@ -163,8 +168,9 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_checkpoint_reads_on_another_device_count(tmp_path):
-    """Saved by 8 devices, read by a process with 2: evaluation and soups run on other
+    """Saved by 4 devices, read by a process with 2: evaluation and soups run on other
     machines (and CPU splits) than training."""
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", ["max_steps=2"]), workdir)

@@ -33,7 +33,7 @@ tm = threat.ThreatModel("l2", 1.0)
 @jax.jit
 def attack_and_step(state, x, y, key):
     logits_fn = lambda z: model.apply(state.variables(), z, train=False)
-    x_adv = attacks.apgd(logits_fn, x, y, tm, key=key, n_iter=5)
+    x_adv = attacks.apgd(logits_fn, x, y, tm, key=key, n_iter=5, unroll=1)
     new_state, metrics = training.train_step(state, {"image": x_adv, "label": y}, key, model=model)
     return x_adv, new_state.params, metrics
 

@@ -57,9 +57,8 @@ FlagsFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 SCHEDULES = ("still_robust", "all_points")
 # The attacks' loops run rolled (`lax.scan`, one iteration a loop body) on every backend. On
 # CPU the default (`attacks.apgd`'s `unroll=None`) unrolls budgets of up to 16 model
-# evaluations, which the training attack gains from; an evaluation does not: measured on a
-# 2-core AMD EPYC, APGD 10 iterations on cnn-small compiled 1.2-2x faster rolled and ran as fast
-# or faster (128 points: 299 vs 361 ms; 512: 1.68 vs 1.56 s). README, Evaluation.
+# evaluations, which the training attack gains from; an evaluation does not: rolled, it compiles
+# faster and runs as fast (measured: README, Evaluation).
 UNROLL = 1
 # Survivor batches are padded to a multiple of this fraction of the batch size, so a later
 # attack's few points do not cost a whole batch, and each attack compiles for at most this

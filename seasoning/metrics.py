@@ -30,8 +30,8 @@ def _summary_writer_class() -> type:
 
     tensorboardX's writer module imports torch whenever it is installed (the `torch` and
     `test-torch` extras), only to accept torch tensors, which nothing here passes: that import
-    cost every training process about 3 s (2-core AMD EPYC). It is refused while tensorboardX
-    loads (`sys.modules["torch"] = None` makes `import torch` raise ImportError, which
+    slowed the start of every training process (README, Development). It is refused while
+    tensorboardX loads (`sys.modules["torch"] = None` makes `import torch` raise ImportError, which
     tensorboardX expects), unless torch is already imported.
     """
     if "torch" in sys.modules:

@@ -18,8 +18,8 @@ _TRIANGLE = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])
 
 
 def _pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, imported at the first figure (the import
-    costs about a second, which commands that draw nothing need not pay)."""
+    """matplotlib.pyplot on the file-only Agg backend, imported at the first figure, so that
+    commands that draw nothing do not pay for its import."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -575,6 +575,18 @@ def _learn_step(loss_fn: Callable, learning_rate: float, extrapolate: bool):
     return optimizer, jax.jit(step, donate_argnums=(0, 1))
 
 
+def _replicated_like(batch: Any, tree: Any) -> Any:
+    """`tree` replicated over the device mesh of `batch`'s sharded arrays (as is if none):
+    the placement the compiled step returns its parameters in, so that the first step's
+    program serves every step (placed on one device, they cost a second compilation)."""
+    for leaf in jax.tree.leaves(batch):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+            return jax.device_put(tree, replicated)
+    return tree
+
+
 def learned(
     loss_fn: Callable[[jax.Array, Any], jax.Array],
     batch_fn: Callable[[int], Any],
@@ -616,7 +628,10 @@ def learned(
     losses = []
     start = time.monotonic()
     for i in range(steps):
-        alpha, opt_state, loss = step(alpha, opt_state, batch_fn(i))
+        batch = batch_fn(i)
+        if i == 0:
+            alpha, opt_state = _replicated_like(batch, (alpha, opt_state))
+        alpha, opt_state, loss = step(alpha, opt_state, batch)
         losses.append(loss)
         if (i + 1) % log_every == 0 or i + 1 == steps:
             rate = (i + 1) / max(time.monotonic() - start, 1e-9)

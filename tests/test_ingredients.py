@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import FAMILY_MODEL
 
 from seasoning import config_lib, evaluate, report, threat, train, trees
 
@@ -74,8 +75,8 @@ def test_children_record_their_parent(runs):
 @pytest.mark.slow
 def test_fine_tuning_a_different_model_fails_and_writes_nothing(runs, tmp_path):
     config = _child_config("l2", runs["parent"])
-    with config.unlocked():
-        config.model.hidden = 64  # the parent's dense layer has 128 units
+    with config.unlocked():  # the parent's convolutions, not its dense layer's 64 units
+        config.model.update(features=FAMILY_MODEL["features"], hidden=128)
     workdir = tmp_path / "mismatch"
     with pytest.raises(ValueError, match=r"first difference .*params/Dense_0/.*shape"):
         train.train_and_evaluate(config, str(workdir))

@@ -108,7 +108,7 @@ FAMILY_RUNS = {
 }
 
 
-# Every run of the family is cnn-small at a quarter of its default widths (the configs' model
+# Every run of the family is cnn-small at half its default widths (the configs' model
 # keys take `models.get_model`'s keywords): a third less training and evaluation time, and the
 # margins hold (measured, widths (16, 32, 32) / 64 against the defaults: Linf parent over
 # scratch 43.0 (44.7) points, L1 child over the parent 18.3 (11.3), nominal child clean 1.8

@@ -80,7 +80,7 @@ _NOMINAL = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
 # The Linf parent and the L2 child train with APGD 5 (their configs: 10), which halves their
 # cost; the L1 child keeps L1-APGD 10 (with 5 its edge over the parent at L1 10 fell from 15 to
 # 5 points of 300). The margins the tests assert, measured with APGD 5 (with 10) on an AMD EPYC,
-# at cnn-small's default widths (FAMILY_MODEL's, below):
+# at cnn-small's default widths (at FAMILY_MODEL's half widths: below):
 # Linf parent over scratch at Linf 0.1: 41.7 (44.0) points for 20 required; L1 child over the
 # parent at L1 10: 10.7 (15.0) for 3; nominal child over the parent, clean: 3.6 (4.4) for 1;
 # L2 child over the parent at L2 2 (the soup sweep's 120 points): 8.3 (14.2) points.

@@ -22,6 +22,11 @@ setuptools.setup(
         "absl-py>=2.1",
         "ml-collections>=1.1",
         "tensorflow-datasets>=4.9.10",
+        # The input pipeline: Grain's datasets and worker processes; simplejpeg (libjpeg-turbo)
+        # and OpenCV decode and resize images (seasoning.data.ops).
+        "grain>=0.2.18,<0.3",
+        "simplejpeg>=1.8",
+        "opencv-python>=4.10",
         "tensorboardX>=2.6",
         "matplotlib>=3.9",
         "numpy>=2.0",

@@ -15,6 +15,8 @@ Sources of the numbers:
 - Attack: APGD-CE without random start, 2 steps, our choice for a from-scratch run at this
   scale (each step is one more forward+backward per image); the fine-tuned children use the
   reference's 10 steps.
+- Input: big_vision's `vit_i1k` preprocessing (inception crop of 5-100% of the image's area,
+  aspect 3/4-4/3, bilinear, and a flip; eval: shorter side 256, central 224).
 - Label smoothing 0.1 and bf16 compute: our choices (usual for ViT on TPU).
 - Memory: the encoder blocks are rematerialised (`model.remat`: the backward pass keeps each
   block's input and recomputes the rest). Each device attacks and differentiates 4096 /
@@ -38,8 +40,10 @@ def get_config(arg=None):
     c = config_lib.base_train_config()
     c.dataset.name = "imagenet2012"
     c.dataset.eval_split = "validation"
-    c.dataset.image_size = 224
-    c.dataset.flip = True
+    # big_vision's vit_i1k ops: inception crop of 5-100% of the area, flip; eval: the shorter
+    # side to 256 (area resampling), the central 224 x 224.
+    c.dataset.pp_train = "decode|inception_crop(224, area=(0.05, 1.0))|flip_lr"
+    c.dataset.pp_eval = "decode|resize_small(256)|central_crop(224)"
     c.model = dict(name=_VARIANTS[arg.variant], mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)
     c.threat.update(norm="linf", eps=arg.eps)
     c.attack.update(name="apgd", loss="ce", steps=2, random_start=False)
@@ -58,7 +62,8 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 1000
     c.eval_every_steps = 2500
     if arg.runlocal:
-        c.dataset.update(name="synthetic", image_size=32, num_train_examples=256)
+        c.dataset.update(name="synthetic", image_size=32, num_train_examples=256, pp_train="",
+                         pp_eval="")  # fmt: skip
         c.model = dict(name="vit-ti16", image_size=32, patch_size=8, depth=2,
                        mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)  # fmt: skip
         c.compute_dtype = "float32"

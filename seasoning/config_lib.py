@@ -204,9 +204,16 @@ def base_train_config() -> ml_collections.ConfigDict:
         data_dir="",  # "" = the dataset's default location
         train_split="train",
         eval_split="test",
+        # Preprocessing as '|'-separated named ops (seasoning.data.ops), e.g.
+        # "decode|inception_crop(224)|flip_lr"; "" = decode, then image_size, crop_padding, flip.
+        pp_train="",
+        pp_eval="",  # e.g. "decode|resize_small(256)|central_crop(224)"
         image_size=0,  # 0 = native resolution; else resize (shorter side) + centre crop
         crop_padding=0,  # random crop after zero padding by this many pixels; 0 = off
         flip=False,  # random horizontal flip
+        # Input worker processes: -1 = automatic (every core for encoded images, else 0);
+        # 0 = a background thread of the training process.
+        num_workers=-1,
         num_eval_examples=0,  # 0 = the whole eval split
         num_classes=10,  # for "synthetic" only; other datasets know theirs
         num_train_examples=2048,  # for "synthetic" only
@@ -321,6 +328,12 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     for key in ("image_size", "crop_padding", "num_eval_examples", "num_train_examples"):
         _check_int(config, f"dataset.{key}", 0)
     _check_int(config, "dataset.num_classes", 2)
+    _check_int(config, "dataset.num_workers", -1)
+    for key, make_ops in (("pp_train", data.train_ops), ("pp_eval", data.eval_ops)):
+        try:
+            make_ops(config.dataset)
+        except errors.UserError as e:
+            raise errors.UserError(f"Config dataset.{key}: {e}") from None
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         _check_int(config, key, 1)
     _check_int(config, "accumulate_steps", 1)

@@ -440,6 +440,20 @@ class _OwnAdversarial:
         return np.where(self.stored[slots][:, None, None, None], self.points[slots], clean)
 
 
+# The most bytes of preprocessed images a process keeps so that an evaluation decodes each
+# point once: 2 GiB holds 14,266 ImageNet images at 224 x 224 x 3.
+DECODED_CACHE_BYTES = 2 << 30
+
+
+def decoded_once(source: data.Source) -> data.Source:
+    """`source`, made to decode each point once (up to DECODED_CACHE_BYTES) when it decodes
+    images (`data.Preprocessed`); in-memory and already cached sources are returned as they
+    are."""
+    if isinstance(source, data.Preprocessed):
+        return data.Cached(source, DECODED_CACHE_BYTES)
+    return source
+
+
 class Evaluator:
     """Evaluates models of one apply function under fixed attack settings (see module doc).
 
@@ -504,6 +518,7 @@ class Evaluator:
         """
         start = time.monotonic()
         indices = np.asarray(indices, np.int64)
+        source = decoded_once(source)
         if self.schedule == "all_points":
             flags = run_all_points(self._flags_fn, variables, source, indices, key=key,
                                    batch_size=self.batch_size, mesh=self.mesh)  # fmt: skip

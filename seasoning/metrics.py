@@ -123,7 +123,12 @@ def _to_python(value: Any) -> Any:
 
 
 class Progress:
-    """Logs `step s/N (p%) | x steps/s | y img/s | ETA h:mm:ss` every `every_s` seconds."""
+    """Logs `step s/N (p%) | x steps/s | y img/s | ETA h:mm:ss` every `every_s` seconds.
+
+    Set `input_wait` (a fraction of wall time) to add `input wait z%` to the line.
+    """
+
+    input_wait: float | None = None
 
     def __init__(self, total_steps: int, *, start_step: int = 0, batch_size: int = 0,
                  every_s: float = 10.0, name: str = "train"):  # fmt: skip
@@ -151,6 +156,8 @@ class Progress:
         parts.append(f"{rate:.2f} steps/s")
         if self._batch:
             parts.append(f"{rate * self._batch:.0f} img/s")
+        if self.input_wait is not None:
+            parts.append(f"input wait {100 * self.input_wait:.0f}%")
         if rate > 0:
             eta = datetime.timedelta(seconds=round((self._total - step) / rate))
             parts.append(f"ETA {eta}")

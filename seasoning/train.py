@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -71,8 +71,10 @@ class Setup:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    train_source: data.Source
+    train_source: Any
     eval_source: data.Source
+    make_batch: data.StepBatch
+    input_workers: int
     model: Any
     attack: Any
     schedule: Callable[[int], Any]
@@ -104,21 +106,16 @@ class Setup:
         """The key of global step `step` (the same on every process and device layout)."""
         return jax.random.fold_in(self.train_key, step)
 
-    def batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
-        """Global batches from global step `start_step` on; this process reads only its rows."""
-        rows = data.prefetch(
-            data.train_batches(
-                self.train_source,
-                self.config.batch_size,
-                seed=self.config.seed,
-                start_step=start_step,
-                crop_padding=self.config.dataset.crop_padding,
-                flip=self.config.dataset.flip,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-            )
-        )
-        return (parallel.host_to_global(batch, self.mesh) for batch in rows)
+    def batches(self, start_step: int) -> data.Batches:
+        """Global batches from global step `start_step` on, on the devices a few steps ahead;
+        this process reads only its rows, in `input_workers` processes."""
+        iterator = data.step_batches(self.make_batch, start_step, self.input_workers)
+
+        def place(batch):
+            batch = {"image": data.to_float(batch["image"]), "label": batch["label"]}
+            return parallel.host_to_global(batch, self.mesh)
+
+        return data.Batches(iterator, place)
 
 
 def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
@@ -138,17 +135,27 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     training.check_batch_split(
         config.batch_size, mesh.size, config.accumulate_steps, config.attack.chunks
     )
-    train_source = data.get_source(config.dataset, config.dataset.train_split, seed=config.seed)
-    eval_source = data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
+    train_source = data.get_records(config.dataset, config.dataset.train_split, seed=config.seed)
+    # Decoded once for the whole run: every periodic evaluation reads the same points.
+    eval_source = evaluation.decoded_once(
+        data.get_source(config.dataset, config.dataset.eval_split, seed=config.seed)
+    )
+    spec, train_ops = data.train_ops(config.dataset)
+    make_batch = data.StepBatch(
+        train_source, train_ops, spec, global_batch_size=config.batch_size, seed=config.seed,
+        rows=data.pipeline.host_slice(config.batch_size, jax.process_index(),
+                                      jax.process_count()),
+    )  # fmt: skip
+    image_shape, decodes = _train_image_shape(make_batch, eval_source)
     model = models.from_config(config, train_source.num_classes)
     attack = adversarial.make_training_attack(config.threat, config.attack)
-    per_epoch = data.steps_per_epoch(train_source, config.batch_size)
+    per_epoch = make_batch.per_epoch
     num_steps = total_steps(config, per_epoch)
     schedule = optim.make_schedule(config.schedule, config.optimizer.lr, num_steps)
     tx = optim.make_optimizer(config.optimizer, schedule)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     make_state = functools.partial(
-        training.create_train_state, model, tx, image_shape=train_source.image_shape,
+        training.create_train_state, model, tx, image_shape=image_shape,
         attack=attack,
     )  # fmt: skip
     train_step = training.make_train_step(
@@ -165,13 +172,15 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         evaluation.check_points(None, eval_source, config.dataset.num_eval_examples),
     )  # fmt: skip
     meta = {"model": config_lib.as_json(config)["model"],
-            "image_shape": list(train_source.image_shape),
+            "image_shape": list(image_shape),
             "num_classes": train_source.num_classes}  # fmt: skip
     return Setup(
         config=config,
         mesh=mesh,
         train_source=train_source,
         eval_source=eval_source,
+        make_batch=make_batch,
+        input_workers=data.default_workers(config.dataset.num_workers, decodes),
         model=model,
         attack=attack,
         schedule=schedule,
@@ -185,6 +194,27 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
         evaluate=evaluate,
         meta=meta,
     )
+
+
+def _train_image_shape(
+    make_batch: data.StepBatch, eval_source: data.Source
+) -> tuple[tuple[int, ...], bool]:
+    """(shape of a training image after the training ops, checked against evaluation's;
+    whether the records are encoded images).
+
+    Raises:
+      UserError: the two preprocessings give images of different shapes.
+    """
+    images, _ = data.source.read_records(make_batch.source, np.zeros(1, np.int64), labels=False)
+    draws = data.ops.draw(make_batch.ops, np.random.default_rng(0), 1)
+    shape = tuple(data.ops.apply(make_batch.ops, images, draws, spec=make_batch.spec).shape[1:])
+    if shape != tuple(eval_source.image_shape):
+        raise errors.UserError(
+            f"Training preprocessing {make_batch.spec!r} makes images of shape {shape}, "
+            f"evaluation's makes {tuple(eval_source.image_shape)}: make them agree "
+            "(dataset.pp_train / dataset.pp_eval)."
+        )
+    return shape, not isinstance(images, np.ndarray)
 
 
 def train_and_evaluate(
@@ -236,31 +266,40 @@ def train_and_evaluate(
             logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
 
     batches = setup.batches(start_step)
+    logging.info("input: %s, %d worker processes", setup.make_batch.spec, setup.input_workers)
     eval_every = config.eval_every_steps or per_epoch
     checkpoint_every = config.checkpoint_every_steps or per_epoch
     progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)
     pending: list[dict[str, jax.Array]] = []
     window_start = time.monotonic()
     final: dict[str, float] = {}
-    for step in range(start_step, num_steps):
-        state, step_metrics = setup.train_step(state, next(batches), setup.step_key(step))
-        pending.append(step_metrics)
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == num_steps:
-            summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
-            elapsed = time.monotonic() - window_start
-            summary["lr"] = float(setup.schedule(step))
-            summary["steps_per_s"] = len(pending) / elapsed
-            summary["images_per_s"] = len(pending) * config.batch_size / elapsed
-            writer.write(done, summary, prefix="train/")
-            pending, window_start = [], time.monotonic()
-        if done % checkpoint_every == 0 or done == num_steps:
-            ckpt.save(done, state.checkpoint_items(), setup.meta)
-        if done % eval_every == 0 or done == num_steps:
-            final = setup.evaluate(state.variables())
-            writer.write(done, final, prefix="eval/")
-            logging.info("step %d: eval %s", done, _fmt(final))
-        progress.update(done, force=done == num_steps)
+    try:
+        for step in range(start_step, num_steps):
+            state, step_metrics = setup.train_step(state, next(batches), setup.step_key(step))
+            pending.append(step_metrics)
+            done = step + 1
+            if done % config.log_every_steps == 0 or done == num_steps:
+                summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+                elapsed = time.monotonic() - window_start
+                summary["lr"] = float(setup.schedule(step))
+                summary["steps_per_s"] = len(pending) / elapsed
+                summary["images_per_s"] = len(pending) * config.batch_size / elapsed
+                # The fraction of the window's wall time the loop waited for input.
+                summary["input_wait"] = min(1.0, batches.take_wait() / elapsed)
+                progress.input_wait = summary["input_wait"]
+                writer.write(done, summary, prefix="train/")
+                pending, window_start = [], time.monotonic()
+            if done % checkpoint_every == 0 or done == num_steps:
+                ckpt.save(done, state.checkpoint_items(), setup.meta)
+            if done % eval_every == 0 or done == num_steps:
+                eval_start = time.monotonic()
+                final = setup.evaluate(state.variables())
+                window_start += time.monotonic() - eval_start  # not training time
+                writer.write(done, final, prefix="eval/")
+                logging.info("step %d: eval %s", done, _fmt(final))
+            progress.update(done, force=done == num_steps)
+    finally:
+        batches.close()
     if start_step >= num_steps:
         final = setup.evaluate(state.variables())
         logging.info("Already trained for %d steps; eval %s", num_steps, _fmt(final))

@@ -98,7 +98,10 @@ def test_shipped_training_configs_validate_and_build(path, variant):
     config_lib.validate_train_config(config)
     adversarial.make_training_attack(config.threat, config.attack)
     model = models.from_config(config, config.dataset.num_classes or 10)
-    size = config.dataset.image_size or 28
+    crops = [
+        op.size for op in data.eval_ops(config.dataset)[1] if isinstance(op, data.ops.CentralCrop)
+    ]
+    size = crops[-1] if crops else config.dataset.image_size or 28
     channels = 1 if config.dataset.name == "fashion_mnist" else 3
     shapes = jax.eval_shape(
         lambda x: model.init(jax.random.key(0), x, train=False),

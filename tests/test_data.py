@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from seasoning import data, errors
-from seasoning.data import fashion_mnist, pipeline, synthetic
+from seasoning.data import fashion_mnist, synthetic
 from seasoning.data.tfds_source import TfdsSource
 
 
@@ -42,9 +42,13 @@ def _source(n=100, shape=(8, 8, 1)):
     return data.ArraySource(images, np.arange(n, dtype=np.int32) % 10, 10)
 
 
+def _ops(spec):
+    return {"ops": data.ops.parse(spec), "spec": spec}
+
+
 def test_train_batches_deterministic_and_resumable():
     source = _source()
-    kwargs = dict(seed=3, crop_padding=2, flip=True)
+    kwargs = dict(seed=3, **_ops("pad_crop(2)|flip_lr"))
     a = [next(it) for it in [data.train_batches(source, 16, **kwargs)] for _ in range(9)]
     resumed = data.train_batches(source, 16, start_step=7, **kwargs)
     for expected in a[7:]:
@@ -64,7 +68,7 @@ def test_train_batches_epochs_cover_dataset_once():
 
 def test_hosts_read_disjoint_slices_of_the_same_global_batch():
     source = _source()
-    kwargs = dict(seed=1, crop_padding=1, flip=True)
+    kwargs = dict(seed=1, **_ops("pad_crop(1)|flip_lr"))
     whole = next(data.train_batches(source, 16, **kwargs))
     parts = [
         next(data.train_batches(source, 16, process_index=i, process_count=4, **kwargs))
@@ -74,30 +78,28 @@ def test_hosts_read_disjoint_slices_of_the_same_global_batch():
     np.testing.assert_array_equal(np.concatenate([p["label"] for p in parts]), whole["label"])
 
 
-def test_augment_crop_and_flip():
+def test_pad_crop_and_flip_give_windows_of_the_padded_image():
     images = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4, 1)
-    rows = slice(0, 2)
-    same = pipeline.augment(
-        images, np.random.default_rng(0), crop_padding=0, flip=False, rows=rows, global_size=2
-    )
+    ops = data.ops.parse("pad_crop(2)|flip_lr")
+    same = data.ops.apply(data.ops.parse("pad_crop(0)"), images, [(np.zeros(2, int),) * 2])
     np.testing.assert_array_equal(same, images)
-    out = pipeline.augment(
-        images, np.random.default_rng(0), crop_padding=2, flip=True, rows=rows, global_size=2
-    )
-    assert out.shape == images.shape
-    for img, orig in zip(out, images, strict=True):
-        # Every output is a shifted (and maybe mirrored) window of the zero-padded original.
-        padded = np.pad(orig, ((2, 2), (2, 2), (0, 0)))
-        windows = [padded[y : y + 4, x : x + 4] for y in range(5) for x in range(5)]
-        windows += [w[:, ::-1] for w in windows]
-        assert any(np.array_equal(img, w) for w in windows)
+    for seed in range(10):
+        out = data.ops.apply(ops, images, data.ops.draw(ops, np.random.default_rng(seed), 2))
+        assert out.shape == images.shape
+        for img, orig in zip(out, images, strict=True):
+            # Every output is a shifted (and maybe mirrored) window of the zero-padded original.
+            padded = np.pad(orig, ((2, 2), (2, 2), (0, 0)))
+            windows = [padded[y : y + 4, x : x + 4] for y in range(5) for x in range(5)]
+            windows += [w[:, ::-1] for w in windows]
+            assert any(np.array_equal(img, w) for w in windows)
 
 
-def test_float_images_in_unit_box():
+def test_batches_are_uint8_and_float_images_in_unit_box():
     batch = next(data.train_batches(_source(), 16, seed=0))
-    assert batch["image"].dtype == np.float32
-    assert batch["image"].min() >= 0 and batch["image"].max() <= 1
-    assert batch["label"].dtype == np.int32
+    assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
+    images = data.to_float(batch["image"])
+    assert images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
 
 
 def test_synthetic_is_seeded_and_split():
@@ -112,14 +114,15 @@ def test_synthetic_is_seeded_and_split():
 def test_tfds_source_with_mock_data():
     with tfds.testing.mock_data(num_examples=12):
         cifar = TfdsSource("cifar10", "train")
-        images, labels = cifar.get(np.array([0, 5]))
+        images, labels = cifar.read(np.array([0, 5]))
         assert len(cifar) == 12 and cifar.num_classes == 10
-        assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
-        assert labels.dtype == np.int32
-        imagenet = TfdsSource("imagenet2012", "validation", image_size=48)
+        assert len(images) == 2 and labels.dtype == np.int32
+        config = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir="", image_size=48))
+        imagenet = data.get_source(config, "validation")
         assert imagenet.image_shape == (48, 48, 3) and imagenet.num_classes == 1000
-        batch = next(data.train_batches(imagenet, 4, seed=0, flip=True))
-        assert batch["image"].shape == (4, 48, 48, 3)
+        ops = data.ops.parse("decode|inception_crop(48)|flip_lr")
+        batch = next(data.train_batches(TfdsSource("imagenet2012", "train"), 4, seed=0, ops=ops))
+        assert batch["image"].shape == (4, 48, 48, 3) and batch["image"].dtype == np.uint8
 
 
 def test_tfds_missing_prints_build_command(tmp_path):

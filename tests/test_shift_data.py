@@ -94,10 +94,11 @@ def test_imagenet_real_pads_label_sets_and_rejects_longer_ones():
         # Mock label lists hold 5 to 49 labels, more than ReaL's 9: reading them must fail.
         with pytest.raises(errors.UserError, match=r"has \d+ labels in 'real_label'.*at most 9"):
             source.get(np.arange(4))
-        wide = TfdsSource("imagenet2012_real", "validation", image_size=32,
-                          label_key="real_label", max_labels=64)  # fmt: skip
+        records = TfdsSource("imagenet2012_real", "validation", label_key="real_label",
+                             max_labels=64)  # fmt: skip
+        wide = data.Preprocessed(records, data.ops.parse("resize_small(37)|central_crop(32)"), "")
         images, labels = wide.get(np.array([3, 0]))
-        raw = [np.asarray(wide._source[i]["real_label"]) for i in (3, 0)]
+        raw = [np.asarray(records._source[i]["real_label"]) for i in (3, 0)]
     assert images.shape == (2, 32, 32, 3) and labels.shape == (2, 64) and labels.dtype == np.int32
     for row, found in zip(labels, raw, strict=True):
         np.testing.assert_array_equal(row[: len(found)], found)
@@ -107,9 +108,9 @@ def test_imagenet_real_pads_label_sets_and_rejects_longer_ones():
 def test_tfds_source_label_key_errors():
     with tfds.testing.mock_data(num_examples=2):
         with pytest.raises(errors.UserError, match=r"no class-label feature 'label'.*'real_label'"):
-            TfdsSource("imagenet2012_real", "validation", image_size=32)
+            TfdsSource("imagenet2012_real", "validation")
         with pytest.raises(errors.UserError, match="variable number of labels: pass max_labels"):
-            TfdsSource("imagenet2012_real", "validation", image_size=32, label_key="real_label")
+            TfdsSource("imagenet2012_real", "validation", label_key="real_label")
 
 
 def test_missing_dataset_names_the_build_command_with_its_config(tmp_path):

@@ -17,10 +17,14 @@ def _state(model, tx, image_shape=(28, 28, 1), seed=0):
     return training.create_train_state(model, tx, jax.random.key(seed), image_shape)
 
 
+def _as_float(batch):
+    return {"image": data.to_float(batch["image"]), "label": batch["label"]}
+
+
 def _batches(n, batch_size=32, seed=0):
     source = data.synthetic.load("train", num_examples=256, image_shape=(28, 28, 1), seed=seed)
     it = data.train_batches(source, batch_size, seed=seed)
-    return [next(it) for _ in range(n)]
+    return [_as_float(next(it)) for _ in range(n)]
 
 
 @pytest.mark.slow
@@ -65,7 +69,8 @@ def test_real_fashion_mnist_steps_lower_the_loss():
     before = evaluate(state.variables())
     it = data.train_batches(fashion_mnist.load("train"), 64, seed=0)
     for i in range(40):
-        state, _ = step(state, parallel.host_to_global(next(it), mesh), jax.random.key(i))
+        state, _ = step(state, parallel.host_to_global(_as_float(next(it)), mesh),
+                        jax.random.key(i))
     after = evaluate(state.variables())
     assert after.mean_loss() < 0.7 * before.mean_loss()
     assert after.accuracies()["clean"] > 0.6

@@ -2,8 +2,10 @@
 
 `DATASETS` is the one registry: a dataset's config name -> how to load a split, its TFDS name
 (if it is read through TFDS) and the threat models it is usually evaluated under.
-`get_source(dataset_config, split)` is the one entry point the drivers use; batches are NHWC
-float32 in [0, 1] with int32 labels (see `pipeline`). `parse_dataset("NAME[:split]")` reads a
+`get_source(dataset_config, split)` is the one entry point the evaluating drivers use: the
+split after the config's evaluation ops (`eval_ops`); training reads `get_records` through the
+Grain pipeline with `train_ops` (`pipeline`). Batches are NHWC float32 in [0, 1] with int32
+labels. `parse_dataset("NAME[:split]")` reads a
 dataset named on a command line or in a config, `default_threats(name)` gives its radii.
 
 A registry key may contain "/" (a TFDS name with a config, e.g. "cifar10_corrupted/fog_3"),
@@ -19,31 +21,43 @@ from collections.abc import Mapping
 import ml_collections
 
 from seasoning import errors, threat
-from seasoning.data import corruptions, fashion_mnist, radii, shifts, synthetic
+from seasoning.data import corruptions, fashion_mnist, ops, radii, shifts, synthetic
 from seasoning.data.pipeline import (
-    prefetch,
+    Batches,
+    StepBatch,
+    default_workers,
+    step_batches,
     steps_per_epoch,
     to_float,
     train_batches,
 )
-from seasoning.data.source import ArraySource, DatasetEntry, Source
-from seasoning.data.tfds_source import tfds_entry
+from seasoning.data.source import ArraySource, Cached, DatasetEntry, Preprocessed, Source
+from seasoning.data.tfds_source import CROP_FRACTION, tfds_entry
 
 __all__ = [
     "DATASETS",
     "DATASET_NAMES",
     "ArraySource",
+    "Batches",
+    "Cached",
     "DatasetEntry",
+    "Preprocessed",
     "Source",
+    "StepBatch",
     "default_threats",
+    "default_workers",
     "eval_dataset",
+    "eval_ops",
+    "get_records",
     "get_source",
     "members",
+    "ops",
     "parse_dataset",
-    "prefetch",
+    "step_batches",
     "steps_per_epoch",
     "to_float",
     "train_batches",
+    "train_ops",
 ]
 
 
@@ -94,13 +108,69 @@ def _unknown(name: str) -> str:
     return f"Unknown dataset {name!r}; expected one of: {', '.join(listed)}.{hint}"
 
 
-def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0) -> Source:
-    """The split `split` of the dataset that config section `dataset` describes.
+def _resize_ops(dataset: ml_collections.ConfigDict) -> tuple[ops.Op, ...]:
+    """`dataset.image_size` of a TFDS dataset as ops: the shorter side to size / 0.875 (PIL
+    bicubic), the central size x size (how images were sized before preprocessing ops)."""
+    size = dataset.get("image_size", 0)
+    if not size or DATASETS[dataset.name].tfds_name is None:
+        return ()  # native size; synthetic data is generated at image_size
+    return ops.ResizeSmall(size / CROP_FRACTION, "bicubic"), ops.CentralCrop(size)
 
-    Args:
-      dataset: a training config's `dataset` section (`name`, `data_dir`, `image_size`, ...).
-      split: the split's name, e.g. "train", "test" or a TFDS slice such as "test[:1000]".
-      seed: the seed of generated (synthetic) data; fixed datasets ignore it.
+
+def _check_spec_alone(dataset: ml_collections.ConfigDict, key: str) -> None:
+    legacy = [f"{k}={dataset.get(k)!r}" for k in ("crop_padding", "flip") if dataset.get(k)]
+    if key == "pp_train" and legacy:
+        raise errors.UserError(
+            f"Config dataset.{key}={dataset[key]!r} lists the training ops; "
+            f"{' and '.join('dataset.' + x for x in legacy)} would add others: put them in "
+            "the list (pad_crop(p), flip_lr) and leave these at their defaults."
+        )
+    if dataset.get("image_size", 0) and DATASETS[dataset.name].tfds_name is not None:
+        raise errors.UserError(
+            f"Config dataset.{key}={dataset[key]!r} sizes the images itself; "
+            f"dataset.image_size={dataset.image_size} would resize them again: set it to 0."
+        )
+
+
+def train_ops(dataset: ml_collections.ConfigDict) -> tuple[str, tuple[ops.Op, ...]]:
+    """(spec, ops) of the training preprocessing: `dataset.pp_train`, or when it is empty
+    decode, `image_size`'s resize and crop, `pad_crop(crop_padding)` and `flip_lr`.
+
+    Raises:
+      UserError: an unknown op or bad arguments (naming the op), or pp_train given together
+        with crop_padding, flip or a TFDS image_size.
+    """
+    if dataset.get("pp_train", ""):
+        _check_spec_alone(dataset, "pp_train")
+        return dataset.pp_train, ops.parse(dataset.pp_train)
+    found = (ops.Decode(), *_resize_ops(dataset))
+    found += (ops.PadCrop(dataset.crop_padding),) if dataset.crop_padding else ()
+    found += (ops.FlipLr(),) if dataset.flip else ()
+    return "|".join(map(repr, found)), found
+
+
+def eval_ops(dataset: ml_collections.ConfigDict) -> tuple[str, tuple[ops.Op, ...]]:
+    """(spec, ops) of the evaluation preprocessing: `dataset.pp_eval`, or when it is empty
+    decode and `image_size`'s resize and crop.
+
+    Raises:
+      UserError: as `train_ops`, or a random op in the list.
+    """
+    if dataset.get("pp_eval", ""):
+        _check_spec_alone(dataset, "pp_eval")
+        spec, found = dataset.pp_eval, ops.parse(dataset.pp_eval)
+        if ops.is_random(found):
+            raise errors.UserError(
+                f"Config dataset.pp_eval={spec!r} has a random op; evaluation ops must be "
+                "deterministic (e.g. decode|resize_small(256)|central_crop(224))."
+            )
+        return spec, found
+    found = (ops.Decode(), *_resize_ops(dataset))
+    return "|".join(map(repr, found)), found
+
+
+def get_records(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0):
+    """The raw records of split `split` (what the training pipeline reads; see `get_source`).
 
     Raises:
       UserError: for an unknown dataset name; MissingInputError when its files are missing.
@@ -114,6 +184,26 @@ def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0)
             f"is the mean of theirs): name one of them, e.g. {entry.members[0]!r}."
         )
     return entry.load(dataset, split, seed)
+
+
+def get_source(dataset: ml_collections.ConfigDict, split: str, *, seed: int = 0) -> Source:
+    """The split `split` of the dataset that config section `dataset` describes, after its
+    evaluation ops (`eval_ops`): fixed-shape uint8 images.
+
+    Args:
+      dataset: a training config's `dataset` section (`name`, `data_dir`, `pp_eval`, ...).
+      split: the split's name, e.g. "train", "test" or a TFDS slice such as "test[:1000]".
+      seed: the seed of generated (synthetic) data; fixed datasets ignore it.
+
+    Raises:
+      UserError: for an unknown dataset name or bad ops; MissingInputError when its files
+        are missing.
+    """
+    records = get_records(dataset, split, seed=seed)
+    spec, found = eval_ops(dataset)
+    if hasattr(records, "get") and all(isinstance(op, ops.Decode) for op in found):
+        return records  # decoded arrays already, and nothing else to do
+    return Preprocessed(records, found, spec)
 
 
 def members(name: str) -> tuple[str, ...]:

@@ -1,14 +1,24 @@
-"""The one interface every dataset implements: random access to uint8 images and labels."""
+"""The interfaces of a dataset: raw records, and preprocessed uint8 images with labels.
+
+A dataset's loader returns its split's records: `read(indices)` gives the images as stored
+(encoded bytes of any size for TFDS, one uint8 array for in-memory sets) with their labels.
+The training pipeline runs its ops on them (`data.pipeline`); everything else reads a
+`Source`, fixed-shape uint8 images after the deterministic evaluation ops (`Preprocessed`).
+"""
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from absl import logging
 
 from seasoning import errors
+from seasoning.data import ops as ops_lib
 
 
 class Source(Protocol):
@@ -51,6 +61,10 @@ class ArraySource:
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.images[indices], self.labels[indices]
+
+    def read(self, indices: np.ndarray, *, labels: bool = True) -> tuple[np.ndarray, Any]:
+        """The records at `indices` (as `get`; labels None when not asked for)."""
+        return self.images[indices], self.labels[indices] if labels else None
 
     def take(self, indices: np.ndarray) -> ArraySource:
         """A new source holding only the examples at `indices`."""
@@ -140,3 +154,96 @@ class ConcatSource:
         if labels is None:
             labels = np.zeros((0,), np.int32)
         return images, labels
+
+
+def read_records(source: Any, indices: np.ndarray, *, labels: bool = True) -> tuple[Any, Any]:
+    """(images, labels) of a source's records: `read` (raw records) when it has one, else
+    `get`. With labels=False a `read` may skip the labels (None)."""
+    if hasattr(source, "read"):
+        return source.read(indices, labels=labels)
+    return source.get(indices)
+
+
+_THREADS: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _threads() -> concurrent.futures.ThreadPoolExecutor:
+    """Decoding threads of this process (the decoders release the GIL)."""
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = concurrent.futures.ThreadPoolExecutor(len(os.sched_getaffinity(0)))
+    return _THREADS
+
+
+class Preprocessed:
+    """A `Source`: the records of `records` after deterministic ops (decode, resize, crop).
+
+    Records that are encoded images are preprocessed one per thread, in parallel.
+    """
+
+    def __init__(self, records: Any, ops: Sequence[ops_lib.Op], spec: str):
+        if ops_lib.is_random(ops):
+            raise errors.UserError(
+                f"Preprocessing {spec!r} is random; evaluation needs deterministic ops."
+            )
+        self.records, self.ops, self.spec = records, tuple(ops), spec
+        self.num_classes = records.num_classes
+        for name in ("label_names", "label_width", "member_of"):
+            if hasattr(records, name):
+                setattr(self, name, getattr(records, name))
+        first, _ = read_records(records, np.zeros(1, np.int64), labels=False)
+        self.image_shape = tuple(ops_lib.apply(self.ops, first, spec=spec).shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = read_records(self.records, np.asarray(indices))
+        if isinstance(images, np.ndarray) or len(images) < 2:
+            return ops_lib.apply(self.ops, images, spec=self.spec), labels
+        one = lambda image: ops_lib.apply(self.ops, [image], spec=self.spec)[0]  # noqa: E731
+        return ops_lib.stack(list(_threads().map(one, images)), self.spec), labels
+
+
+class Cached:
+    """A `Source` that keeps what it read of `source`, up to `max_bytes` of images.
+
+    An evaluation reads each point several times (clean pass, each attack, final check); with
+    this it decodes each point once. Points beyond the bound are read again each time.
+    """
+
+    def __init__(self, source: Any, max_bytes: int):
+        self.source, self.max_bytes = source, errors.check_count("max_bytes", max_bytes, 0)
+        self.num_classes, self.image_shape = source.num_classes, tuple(source.image_shape)
+        self._images: dict[int, np.ndarray] = {}
+        self._labels: dict[int, np.ndarray] = {}
+        self._bytes, self._warned = 0, False
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["source"], name)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        missing = sorted({i for i in indices if i not in self._images})
+        if missing:
+            images, labels = self.source.get(np.asarray(missing, np.int64))
+            new = dict(zip(missing, zip(images, np.asarray(labels), strict=True), strict=True))
+        else:
+            new = {}
+        for i, (image, label) in new.items():
+            if self._bytes + image.nbytes > self.max_bytes:
+                if not self._warned:
+                    logging.warning("Decoded-image cache full (%d bytes): later points are "
+                                    "decoded each time they are read.", self.max_bytes)  # fmt: skip
+                    self._warned = True
+                break
+            self._images[i], self._labels[i] = image, label
+            self._bytes += image.nbytes
+        rows = [self._images[i] if i in self._images else new[i][0] for i in indices]
+        labels = [self._labels[i] if i in self._labels else new[i][1] for i in indices]
+        if not rows:
+            return np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32)
+        return np.stack(rows), np.stack(labels)

@@ -1,14 +1,16 @@
-"""TFDS datasets through `tfds.data_source`: random access, array_record, no TensorFlow."""
+"""TFDS datasets through `tfds.data_source`: random access, array_record, no TensorFlow.
+
+Records are read with their images left encoded; the preprocessing ops decode them.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
-
 from seasoning import errors
 from seasoning.data.source import DatasetEntry, Head
 
-# The fraction of the resized image kept by the centre crop (the usual 224/256 for ImageNet).
+# The fraction of the resized image kept by the centre crop (the usual 224/256 for ImageNet)
+# when a config gives `dataset.image_size` instead of preprocessing ops.
 CROP_FRACTION = 0.875
 
 
@@ -37,13 +39,9 @@ def tfds_entry(
     def load(dataset, split: str, seed: int) -> TfdsSource:
         del seed  # a fixed dataset
         return TfdsSource(
-            tfds_name,
-            split,
-            data_dir=dataset.data_dir,
-            image_size=dataset.image_size,
-            label_key=label_key,
+            tfds_name, split, data_dir=dataset.data_dir, label_key=label_key,
             max_labels=max_labels,
-        )
+        )  # fmt: skip
 
     return DatasetEntry(load=load, tfds_name=tfds_name, threats=threats,
                         default_split=default_split, head=head,
@@ -51,21 +49,20 @@ def tfds_entry(
 
 
 class TfdsSource:
-    """One split of a TFDS dataset, prepared in the array_record format.
+    """The records of one split of a TFDS dataset prepared in the array_record format.
 
-    Images come back as uint8 [n, S, S, C]: at native size when `image_size` is 0 (every image
-    must then have the same shape, as in CIFAR), else resized (shorter side to
-    image_size / 0.875) and centre-cropped to `image_size`.
+    `read(indices)` gives the images as stored (encoded JPEG/PNG bytes; the `decode` op
+    decodes them) and their labels. Labels come from the feature `label_key`: a
+    `ClassLabel` gives int32 [n]; a `Sequence` of `ClassLabel` (several correct labels per
+    image, e.g. ImageNet-ReaL's `real_label`) gives int32 [n, W] padded with -1, W the
+    sequence's fixed length or else `max_labels`.
 
-    Labels come from the feature `label_key`: a `ClassLabel` gives int32 [n]; a `Sequence` of
-    `ClassLabel` (several correct labels per image, e.g. ImageNet-ReaL's `real_label`) gives
-    int32 [n, W] padded with -1, W the sequence's fixed length or else `max_labels`.
+    Picklable (the training pipeline's workers reopen the files).
 
     Attributes:
       num_classes: the class count of the label feature.
       label_names: the names of those classes, in label order.
       label_width: W for a multi-label feature, None for a single label.
-      image_shape: the (H, W, C) of every image.
     """
 
     def __init__(
@@ -74,47 +71,45 @@ class TfdsSource:
         split: str,
         *,
         data_dir: str = "",
-        image_size: int = 0,
         label_key: str = "label",
         max_labels: int | None = None,
     ):
-        import tensorflow_datasets as tfds  # late: importing TFDS costs ~3 s
+        self._args = dict(name=name, split=split, data_dir=data_dir, label_key=label_key,
+                          max_labels=max_labels)  # fmt: skip
+        self._name, self._label_key = name, label_key
+        self._source = open_records(name, split, data_dir)
+        import tensorflow_datasets as tfds
 
-        try:
-            # download=False: offline, a download attempt hangs instead of failing.
-            self._source = tfds.data_source(
-                name, split=split, data_dir=data_dir or None, download=False
-            )
-        except (RuntimeError, FileNotFoundError, AssertionError) as e:
-            raise errors.MissingInputError(
-                f"TFDS dataset {name!r} (split {split!r}) is not prepared for random access "
-                f"({type(e).__name__}: {str(e).splitlines()[0]}). Prepare it with\n"
-                f"  {build_command(name, data_dir)}\n"
-                "on a machine with internet (imagenet2012, imagenet2012_real and "
-                "imagenet2012_corrupted also need ImageNet's manual download in "
-                "~/tensorflow_datasets/downloads/manual), then copy the data_dir here."
-            ) from e
-        self._name, self._image_size, self._label_key = name, image_size, label_key
         labels = _class_label(tfds, self._source.dataset_info.features, name, label_key)
         self.num_classes = labels.num_classes
         self.label_names = tuple(labels.names)
         feature = self._source.dataset_info.features[label_key]
         self.label_width = _label_width(tfds, feature, name, label_key, max_labels)
-        first = self._decode(self._source[0]["image"])
-        self.image_shape = tuple(first.shape)
+
+    def __getstate__(self) -> dict:
+        return {"args": self._args}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["args"])
 
     def __len__(self) -> int:
         return len(self._source)
 
-    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 [n, H, W, C], labels int32 [n] or [n, label_width]) at `indices`.
+    def read(self, indices: np.ndarray, *, labels: bool = True) -> tuple[list, np.ndarray | None]:
+        """(images as stored, labels int32 [n] or [n, label_width]) at `indices`; labels None
+        when not asked for.
 
         Raises:
           UserError: a record with more labels than `label_width`.
         """
-        indices = [int(i) for i in indices]
-        records = [self._source[i] for i in indices]
-        images = np.stack([self._decode(r["image"]) for r in records])
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if getattr(self._source, "mock", False):  # the mock's __getitems__ is broken
+            records = [self._source[i] for i in indices]
+        else:
+            records = self._source.__getitems__(indices) if indices else []
+        images = [r["image"] for r in records]
+        if not labels:
+            return images, None
         raw = [r[self._label_key] for r in records]
         if self.label_width is None:
             return images, np.array(raw, dtype=np.int32)
@@ -133,11 +128,49 @@ class TfdsSource:
             labels[row, : len(found)] = found
         return labels
 
-    def _decode(self, image: np.ndarray) -> np.ndarray:
-        image = np.asarray(image, dtype=np.uint8)
-        if image.ndim == 2:
-            image = image[..., None]
-        return centre_crop(image, self._image_size) if self._image_size else image
+
+def open_records(name: str, split: str, data_dir: str):
+    """`tfds.data_source` of a prepared split, images left encoded; its first record read.
+
+    Raises:
+      MissingInputError: the dataset is not there or half-built (no folder, no splits, another
+        file format, a missing split or missing files), in one line with the command that
+        prepares it.
+    """
+    import tensorflow_datasets as tfds  # late: importing TFDS costs ~3 s
+
+    try:
+        # download=False: offline, a download attempt hangs instead of failing.
+        source = tfds.data_source(
+            name, split=split, data_dir=data_dir or None, download=False,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )  # fmt: skip
+        try:
+            if len(source):
+                source[0]  # missing or unreadable files fail here, not in a worker later
+        except ModuleNotFoundError:
+            # Only `tfds.testing.mock_data` gets here: its fake records are encoded with
+            # TensorFlow when images are asked for encoded. Read them decoded instead.
+            source = tfds.data_source(name, split=split, data_dir=data_dir or None,
+                                      download=False)  # fmt: skip
+            source.mock = True
+    except (RuntimeError, OSError, KeyError, ValueError, AssertionError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        reason = " ".join(str(e).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        raise errors.MissingInputError(
+            f"TFDS dataset {name!r} (split {split!r}) is not prepared for random access in "
+            f"{where} ({type(e).__name__}: {reason}): prepare it with "
+            f"`{build_command(name, data_dir)}` on a machine with internet (ImageNet and its "
+            "ReaL/-C variants also need ImageNet's manual download), then copy the data_dir "
+            "here."
+        ) from e
+    if not len(source):
+        raise errors.MissingInputError(
+            f"TFDS dataset {name!r} (split {split!r}) in {data_dir or '~/tensorflow_datasets'} "
+            f"holds no records: prepare it again with `{build_command(name, data_dir)}`."
+        )
+    return source
 
 
 def _class_label(tfds, features, name: str, label_key: str):
@@ -173,15 +206,3 @@ def _label_width(tfds, feature, name: str, label_key: str, max_labels: int | Non
             "pass max_labels, the most labels one image may have."
         )
     return errors.check_count("max_labels", max_labels, 1)
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes the shorter side to size / CROP_FRACTION, then crops the centre size x size."""
-    h, w, c = image.shape
-    scale = size / CROP_FRACTION / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    pil = Image.fromarray(image[..., 0] if c == 1 else image)
-    resized = np.asarray(pil.resize((new_w, new_h), Image.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    crop = resized[top : top + size, left : left + size]
-    return crop[..., None] if c == 1 else crop

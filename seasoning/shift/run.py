@@ -93,7 +93,9 @@ def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Col
             section, member_split = data.eval_dataset(
                 first.config.dataset, f"{m}:{split}" if split else m, allow_heads=True
             )
-            source = data.get_source(section, member_split, seed=config.seed)
+            # Decoded once for the run: every soup of the grid reads the same points.
+            source = evaluation.decoded_once(data.get_source(section, member_split,
+                                                             seed=config.seed))  # fmt: skip
             first.check_source(source, f"{m}/{member_split}", data.DATASETS[m].model_classes)
             sources.append(source)
             sized.append((f"{m}:{member_split}", len(source)))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one prepared run, for a CUDA machine that already has jax[cuda], flax,
 # optax, orbax-checkpoint, chex, absl-py, pytest and torch (e.g. a lent GPU machine):
-#   1. versions and devices;
+#   1. versions and devices; benchmarks/input.py: the input pipeline's images/s over 1-16
+#      worker processes on the host's cores (ImageNet-like JPEGs, CIFAR-like PNGs);
 #   2. benchmarks/grid.py: clean and robust soup grids, vmapped side by side or not;
 #   3. benchmarks/autoattack.py: the whole standard AutoAttack beside the reference's, both on
 #      the GPU; benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
@@ -14,7 +15,8 @@
 #
 # Pure-Python packages the machine lacks (ml_collections, pyautoattack) can sit unpacked in
 # SITE (default .pysite), which goes first on PYTHONPATH. Each step has its own time limit
-# and a failed step does not stop the next. Logs: $OUT/log.txt; benchmark JSON lines:
+# and a failed step does not stop the next; STEPS (default all) names the steps to run, e.g.
+# STEPS="versions input scale tests". Logs: $OUT/log.txt; benchmark JSON lines:
 # $OUT/results.jsonl.
 set -u
 OUT=${OUT:-/tmp/seasoning_gpu}
@@ -27,6 +29,7 @@ LOG="$OUT/log.txt"
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log, keep the JSON lines
   local name=$1 limit=$2
   shift 2
+  case " ${STEPS:-all} " in *" all "* | *" $name "*) ;; *) return 0 ;; esac
   echo "== $name ($(date +%T), limit ${limit}s): $*" | tee -a "$LOG"
   local t0=$SECONDS
   # Both the tee and stderr append to the log (never read from it).
@@ -39,6 +42,9 @@ step versions 60 bash -c 'nvidia-smi -L; '"$PY"' -c "
 import jax, jaxlib, flax, optax, orbax.checkpoint, chex, ml_collections, torch
 print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__,
       \"torch\", torch.__version__, \"backend\", jax.default_backend(), jax.devices())"'
+
+step input "${INPUT_LIMIT:-200}" "$PY" benchmarks/input.py --seconds=3 --jpegs=1024 \
+  --pipelines=pil_one_thread,imagenet_train,imagenet_eval,cifar10_train --workers=0,1,2,4,8,16
 
 # First the figures issue 13 asks for (MFU of bf16 adversarial training), while time is left.
 step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \

@@ -112,7 +112,8 @@ class Setup:
         iterator = data.step_batches(self.make_batch, start_step, self.input_workers)
 
         def place(batch):
-            batch = {"image": data.to_float(batch["image"]), "label": batch["label"]}
+            # Copies out of the workers' shared memory (which JAX on a CPU might alias).
+            batch = {"image": data.to_float(batch["image"]), "label": np.array(batch["label"])}
             return parallel.host_to_global(batch, self.mesh)
 
         return data.Batches(iterator, place)

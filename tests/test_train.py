@@ -129,12 +129,30 @@ def test_config_flag_errors_exit_2_before_anything_runs(tmp_path, capsys, overri
     assert not workdir.exists()
 
 
+def _live_children(pid: int) -> list[int]:
+    """The processes `pid` started (its input workers among them)."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "State:\tZ" not in f.read()  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     """SIGKILL mid-run, then the same command again: bitwise the parameters of a clean run.
 
-    Two CLI starts (killed, resumed); the uninterrupted run is this process's, on the same 4
-    CPU devices (tests/conftest.py) as the CLI's `--cpu_devices=4`."""
+    Two CLI starts (killed, resumed), each reading its batches in 2 input worker processes;
+    the uninterrupted run is this process's, with none (a thread), on the same 4 CPU devices
+    (tests/conftest.py) as the CLI's `--cpu_devices=4`. The killed run's workers end too."""
     # Nominal training keeps the runs short; the adversarial step is covered elsewhere.
     overrides = ["max_steps=60", "batch_size=32", "checkpoint_every_steps=20",
                  "log_every_steps=40", "threat.norm=none", "threat.eps=0",
@@ -142,21 +160,29 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     args = [f"--config={FMNIST}:runlocal", "--cpu_devices=4",
             *(f"--config.{o}" for o in overrides)]  # fmt: skip
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    proc = _cli(*args, f"--workdir={killed}")
+    workers = "--config.dataset.num_workers=2"
+    proc = _cli(*args, workers, f"--workdir={killed}")
     first_checkpoint = killed / "checkpoints" / "20"
     deadline = time.time() + 120
     while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+    children = _live_children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     steps = sorted(int(d) for d in os.listdir(killed / "checkpoints") if d.isdigit())
     assert steps and steps[-1] < 60, f"the kill came too late to test anything: {steps}"
+    assert len(children) >= 2, children  # the workers (and multiprocessing's tracker)
+    deadline = time.time() + 10
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)], "input workers outlived the killed run"
 
-    resumed = _cli(*args, f"--workdir={killed}")
+    resumed = _cli(*args, workers, f"--workdir={killed}")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert "Resumed from the checkpoint at step" in out
+    assert "2 worker processes" in out
     train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", overrides), str(clean))
 
     tree_a, _, step_a = checkpoints.read_numpy(str(clean))

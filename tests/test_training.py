@@ -69,8 +69,9 @@ def test_real_fashion_mnist_steps_lower_the_loss():
     before = evaluate(state.variables())
     it = data.train_batches(fashion_mnist.load("train"), 64, seed=0)
     for i in range(40):
-        state, _ = step(state, parallel.host_to_global(_as_float(next(it)), mesh),
-                        jax.random.key(i))
+        state, _ = step(
+            state, parallel.host_to_global(_as_float(next(it)), mesh), jax.random.key(i)
+        )
     after = evaluate(state.variables())
     assert after.mean_loss() < 0.7 * before.mean_loss()
     assert after.accuracies()["clean"] > 0.6

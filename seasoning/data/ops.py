@@ -166,8 +166,9 @@ class ResizeSmall(Op):
         def one(image):
             h, w = image.shape[:2]
             scale = self.size / min(h, w)
-            return resize(image, max(self.size, round(h * scale)),
-                          max(self.size, round(w * scale)), self.method)  # fmt: skip
+            low = round(self.size)  # size may be fractional (image_size / 0.875)
+            return resize(image, max(low, round(h * scale)), max(low, round(w * scale)),
+                          self.method)  # fmt: skip
 
         return _per_example(one, images)
 
@@ -253,7 +254,9 @@ class FlipLr(Op):
         _check_decoded(self.name, images)
         flips = draws[0]
         if isinstance(images, np.ndarray):
-            return np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+            out = images.copy()
+            out[flips] = images[flips, :, ::-1]
+            return out
         return [i[:, ::-1] if f else i for i, f in zip(images, flips, strict=True)]
 
 
@@ -275,9 +278,10 @@ class PadCrop(Op):
             return images
         n, h, w, _ = images.shape
         padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        rows = dy[:, None, None] + np.arange(h)[None, :, None]
-        cols = dx[:, None, None] + np.arange(w)[None, None, :]
-        return padded[np.arange(n)[:, None, None], rows, cols]
+        out = np.empty_like(images)
+        for i, (y, x) in enumerate(zip(dy, dx, strict=True)):
+            out[i] = padded[i, y : y + h, x : x + w]
+        return out
 
 
 OPS: dict[str, type[Op]] = {

@@ -121,6 +121,21 @@ def _grain_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _die_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker start-up: a thread that ends this worker within a second of the training
+    process's death, so a training process killed with SIGKILL (or preempted) leaves no
+    worker behind."""
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="seasoning-parent-watch").start()
+
+
 def step_batches(make: StepBatch, start_step: int, num_workers: int) -> Any:
     """A Grain iterator over `make(step)` for step = start_step, start_step + 1, ...
 
@@ -134,13 +149,13 @@ def step_batches(make: StepBatch, start_step: int, num_workers: int) -> Any:
     _grain_flags_parsed()
     dataset = grain.MapDataset.range(start_step, MAX_STEPS).map(make)
     if num_workers == 0:
-        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1,
-                                                              prefetch_buffer_size=WORKER_BUFFER)))  # fmt: skip
+        options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_BUFFER)
+        return iter(dataset.to_iter_dataset(options))
     options = grain.MultiprocessingOptions(num_workers=num_workers,
                                            per_worker_buffer_size=WORKER_BUFFER)  # fmt: skip
     return iter(
         dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        .mp_prefetch(options)
+        .mp_prefetch(options, worker_init_fn=_die_with_parent)
     )  # fmt: skip
 
 
@@ -226,8 +241,9 @@ class Batches:
         return waited
 
     def close(self) -> None:
+        """Stops the workers (first: they unlink their shared memory) and the thread."""
         self._stop.set()
-        self._thread.join(timeout=10)
         close = getattr(self._iterator, "close", None)
         if close is not None:
             close()
+        self._thread.join(timeout=10)

@@ -178,15 +178,18 @@ def _threads() -> concurrent.futures.ThreadPoolExecutor:
 class Preprocessed:
     """A `Source`: the records of `records` after deterministic ops (decode, resize, crop).
 
-    Records that are encoded images are preprocessed one per thread, in parallel.
+    Records that are encoded images are preprocessed one per thread, in parallel: in `threads`
+    threads of its own, or (0) in this process's pool of one thread per core.
     """
 
-    def __init__(self, records: Any, ops: Sequence[ops_lib.Op], spec: str):
+    def __init__(self, records: Any, ops: Sequence[ops_lib.Op], spec: str, *, threads: int = 0):
         if ops_lib.is_random(ops):
             raise errors.UserError(
                 f"Preprocessing {spec!r} is random; evaluation needs deterministic ops."
             )
         self.records, self.ops, self.spec = records, tuple(ops), spec
+        threads = errors.check_count("threads", threads, 0)
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
         self.num_classes = records.num_classes
         for name in ("label_names", "label_width", "member_of"):
             if hasattr(records, name):
@@ -202,7 +205,8 @@ class Preprocessed:
         if isinstance(images, np.ndarray) or len(images) < 2:
             return ops_lib.apply(self.ops, images, spec=self.spec), labels
         one = lambda image: ops_lib.apply(self.ops, [image], spec=self.spec)[0]  # noqa: E731
-        return ops_lib.stack(list(_threads().map(one, images)), self.spec), labels
+        pool = self._pool or _threads()
+        return ops_lib.stack(list(pool.map(one, images)), self.spec), labels
 
 
 class Cached:

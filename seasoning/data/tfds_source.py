@@ -5,7 +5,10 @@ Records are read with their images left encoded; the preprocessing ops decode th
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
 from seasoning import errors
 from seasoning.data.source import DatasetEntry, Head
 
@@ -105,12 +108,13 @@ class TfdsSource:
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
         if getattr(self._source, "mock", False):  # the mock's __getitems__ is broken
             records = [self._source[i] for i in indices]
+            images = [r["image"] for r in records]
+            raw = [r[self._label_key] for r in records] if labels else None
         else:
-            records = self._source.__getitems__(indices) if indices else []
-        images = [r["image"] for r in records]
+            images, raw = _parse(self._source.__getitems__(indices) if indices else [],
+                                 self._label_key if labels else None)  # fmt: skip
         if not labels:
             return images, None
-        raw = [r[self._label_key] for r in records]
         if self.label_width is None:
             return images, np.array(raw, dtype=np.int32)
         return images, self._pad(raw, indices)
@@ -129,8 +133,24 @@ class TfdsSource:
         return labels
 
 
+def _parse(serialized: list[bytes], label_key: str | None) -> tuple[list[bytes], list | None]:
+    """(encoded images, label values) of serialized `tf.train.Example` records (how TFDS
+    stores them), parsed without TFDS's generic per-feature decoding (twice as fast)."""
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    images, labels = [], [] if label_key else None
+    for record in serialized:
+        features = tf_example_pb2.Example.FromString(record).features.feature
+        images.append(features["image"].bytes_list.value[0])
+        if label_key:
+            values = features[label_key].int64_list.value
+            labels.append(values[0] if len(values) == 1 else list(values))
+    return images, labels
+
+
 def open_records(name: str, split: str, data_dir: str):
-    """`tfds.data_source` of a prepared split, images left encoded; its first record read.
+    """`tfds.data_source` of a prepared split, its records left serialized (`TfdsSource.read`
+    parses them; the `decode` op decodes the images); its first record read.
 
     Raises:
       MissingInputError: the dataset is not there or half-built (no folder, no splits, another
@@ -143,32 +163,38 @@ def open_records(name: str, split: str, data_dir: str):
         # download=False: offline, a download attempt hangs instead of failing.
         source = tfds.data_source(
             name, split=split, data_dir=data_dir or None, download=False,
-            decoders={"image": tfds.decode.SkipDecoding()},
+            deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
         )  # fmt: skip
         try:
             if len(source):
                 source[0]  # missing or unreadable files fail here, not in a worker later
         except ModuleNotFoundError:
-            # Only `tfds.testing.mock_data` gets here: its fake records are encoded with
-            # TensorFlow when images are asked for encoded. Read them decoded instead.
+            # Only `tfds.testing.mock_data` gets here: it serializes its fake records with
+            # TensorFlow. Read them decoded instead.
             source = tfds.data_source(name, split=split, data_dir=data_dir or None,
                                       download=False)  # fmt: skip
             source.mock = True
     except (RuntimeError, OSError, KeyError, ValueError, AssertionError) as e:
-        where = data_dir or "~/tensorflow_datasets"
-        reason = " ".join(str(e).split())
-        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        where = data_dir or tfds.core.constants.DATA_DIR  # TFDS's default: TFDS_DATA_DIR or ~
+        folder = os.path.join(os.path.expanduser(where), name)
+        if not os.path.isdir(folder):
+            reason = f"no folder {folder}"
+        else:
+            reason = " ".join(str(e).split())
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            reason = f"{type(e).__name__}: {reason}"
         raise errors.MissingInputError(
             f"TFDS dataset {name!r} (split {split!r}) is not prepared for random access in "
-            f"{where} ({type(e).__name__}: {reason}): prepare it with "
+            f"{where} ({reason}): prepare it with "
             f"`{build_command(name, data_dir)}` on a machine with internet (ImageNet and its "
             "ReaL/-C variants also need ImageNet's manual download), then copy the data_dir "
             "here."
         ) from e
     if not len(source):
+        where = data_dir or tfds.core.constants.DATA_DIR
         raise errors.MissingInputError(
-            f"TFDS dataset {name!r} (split {split!r}) in {data_dir or '~/tensorflow_datasets'} "
-            f"holds no records: prepare it again with `{build_command(name, data_dir)}`."
+            f"TFDS dataset {name!r} (split {split!r}) in {where} holds no records: prepare "
+            f"it again with `{build_command(name, data_dir)}`."
         )
     return source
 

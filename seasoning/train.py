@@ -201,7 +201,7 @@ def _train_image_shape(
     make_batch: data.StepBatch, eval_source: data.Source
 ) -> tuple[tuple[int, ...], bool]:
     """(shape of a training image after the training ops, checked against evaluation's;
-    whether the records are encoded images).
+    whether the records are encoded images, which workers would decode).
 
     Raises:
       UserError: the two preprocessings give images of different shapes.
@@ -215,7 +215,8 @@ def _train_image_shape(
             f"evaluation's makes {tuple(eval_source.image_shape)}: make them agree "
             "(dataset.pp_train / dataset.pp_eval)."
         )
-    return shape, not isinstance(images, np.ndarray)
+    encoded = not isinstance(images, np.ndarray) and isinstance(images[0], bytes | bytearray)
+    return shape, encoded
 
 
 def train_and_evaluate(

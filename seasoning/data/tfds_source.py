@@ -95,6 +95,9 @@ class TfdsSource:
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state["args"])
 
+    def __deepcopy__(self, memo: dict) -> TfdsSource:
+        return self  # read-only: Grain's in-process copies share the open files
+
     def __len__(self) -> int:
         return len(self._source)
 

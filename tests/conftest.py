@@ -56,7 +56,8 @@ _LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_demo.py",
                   "test_attacks.py", "test_multiprocess_train.py", "test_shift_run.py",
                   "test_multiprocess.py", "test_evaluation.py", "test_shift_configs.py",
                   "test_scale_switches.py", "test_adversarial.py", "test_compilation.py",
-                  "test_evaluate.py", "test_models.py")  # fmt: skip
+                  "test_input.py", "test_evaluate.py", "test_models.py",
+                  "test_train_configs.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items):

@@ -268,7 +268,9 @@ def train_and_evaluate(
             logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
 
     batches = setup.batches(start_step)
-    logging.info("input: %s, %d worker processes", setup.make_batch.spec, setup.input_workers)
+    workers = setup.input_workers
+    logging.info("input: %s; %d worker process%s", setup.make_batch.spec, workers,
+                 "" if workers == 1 else "es")  # fmt: skip
     eval_every = config.eval_every_steps or per_epoch
     checkpoint_every = config.checkpoint_every_steps or per_epoch
     progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)

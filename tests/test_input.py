@@ -359,16 +359,15 @@ def _assert_same(got: list[dict], expected: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_batches_are_the_same_whatever_the_workers_and_hosts():
-    """Steps 0..7 read by 2 worker processes equal those of a thread. Resumed at step 5, two
-    hosts, host 1 reading in 2 worker processes and host 0 in a thread, read disjoint rows that
-    make up the 1-host global batches. (Two iterators with workers: each start costs seconds.)"""
+    """Resumed at step 5, two hosts, host 1 reading in 2 worker processes and host 0 in a
+    thread, read disjoint rows that make up the global batches one host reads in a thread from
+    step 0. (One iterator with workers: each start costs seconds; tests/test_train.py's kill -9
+    test compares whole runs with and without a worker.)"""
     source = _array_source()
     spec = "pad_crop(2)|flip_lr"
     kwargs = dict(seed=5, ops=ops_lib.parse(spec), spec=spec)
     expected = _take(data.train_batches(source, 8, num_workers=0, **kwargs), 8)
     assert len({e["image"].tobytes() for e in expected}) == 8
-    _assert_same(_take(data.train_batches(source, 8, num_workers=2, **kwargs), 8), expected)
-    assert not multiprocessing.active_children()  # close() stopped the workers
     hosts = [
         _take(data.train_batches(source, 8, start_step=5, process_index=i, process_count=2,
                                  num_workers=workers, **kwargs), 3)

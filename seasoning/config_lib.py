@@ -195,6 +195,11 @@ def split_config_flags(argv: Sequence[str]) -> tuple[list[str], str | None, list
 # The schemas.
 
 
+# Training config keys that say how a run executes, not what it computes: a run resumes with
+# other values of these (its config.json keeps the first ones).
+EXECUTION_KEYS = ("dataset.num_workers",)
+
+
 def base_train_config() -> ml_collections.ConfigDict:
     """Every key a training config may hold, with defaults (SGD, piecewise, nominal)."""
     c = ml_collections.ConfigDict()

@@ -249,8 +249,9 @@ def train_and_evaluate(
     is_writer = jax.process_index() == 0
     if is_writer:
         workdir_lib.claim(
-            workdir, config_lib.as_json(config), config_lib.as_json(config_lib.base_train_config())
-        )
+            workdir, config_lib.as_json(config), config_lib.as_json(config_lib.base_train_config()),
+            free=config_lib.EXECUTION_KEYS,
+        )  # fmt: skip
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
     if ckpt.latest_step() is not None:

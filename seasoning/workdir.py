@@ -229,7 +229,10 @@ class WorkdirConflictError(errors.UserError):
 
 
 def claim(
-    workdir: PathLike, config: dict[str, Any], defaults: dict[str, Any] | None = None
+    workdir: PathLike,
+    config: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+    free: tuple[str, ...] = (),
 ) -> bool:
     """Makes `workdir` this run's: writes config.json, or checks the one there.
 
@@ -239,6 +242,8 @@ def claim(
       defaults: the schema's defaults (same form). A key missing from an existing config.json
         (written before the key existed) counts as its default, so a run made by an older
         version resumes as long as the new config keeps that default.
+      free: dotted keys that may differ from config.json's (how the run executes, not what
+        it computes, e.g. "dataset.num_workers"); config.json keeps the first run's values.
 
     Returns:
       True when the workdir already held this very config (a resumed run).
@@ -254,13 +259,26 @@ def claim(
     if existing is None:
         write_json(config_path, config)
         return False
-    if existing == config:
+    if _without(existing, free) == _without(config, free):
         return True
     diffs = "\n  ".join(diff_dicts(existing, config))
     raise WorkdirConflictError(
         f"{workdir} holds a run with a different config; not overwriting it.\n  {diffs}\n"
         "Use a new --workdir, or delete that one if it is no longer wanted."
     )
+
+
+def _without(config: dict[str, Any], dotted: tuple[str, ...]) -> dict[str, Any]:
+    """`config` without the dotted keys `dotted` (a copy; absent keys are skipped)."""
+    out = json.loads(json.dumps(config))
+    for key in dotted:
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.get(parent, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
 
 
 def with_defaults(config: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,22 @@ def test_a_new_workdir_is_claimed(tmp_path):
     assert workdir_lib.claim(str(tmp_path / "run"), config) is True
 
 
+def test_execution_keys_may_differ_on_resume_and_nothing_else(tmp_path):
+    """A resume may read its batches with another worker count (they do not change what is
+    computed); any other difference is refused, and config.json keeps the first run's."""
+    run = str(tmp_path / "run")
+    first = {"seed": 1, "dataset": {"name": "cifar10", "num_workers": -1}}
+    free = ("dataset.num_workers", "absent.key")
+    assert workdir_lib.claim(run, first, free=free) is False
+    other_workers = {"seed": 1, "dataset": {"name": "cifar10", "num_workers": 8}}
+    assert workdir_lib.claim(run, other_workers, free=free) is True
+    with pytest.raises(workdir_lib.WorkdirConflictError, match="dataset.num_workers: -1 -> 8"):
+        workdir_lib.claim(run, other_workers)  # not free without being named
+    with pytest.raises(workdir_lib.WorkdirConflictError, match="dataset.name: 'cifar10' -> 'x'"):
+        workdir_lib.claim(run, {"seed": 1, "dataset": {"name": "x", "num_workers": 8}}, free=free)
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == first
+
+
 def test_a_local_write_is_a_temporary_file_renamed_over_the_target(tmp_path, monkeypatch):
     """Locally the bytes go to a temporary file in the target's folder, then a rename (atomic
     within a file system); an object store gets one upload instead (test_workdir_epath.py)."""

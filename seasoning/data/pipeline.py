@@ -18,6 +18,7 @@ them (`input_wait`).
 
 from __future__ import annotations
 
+import inspect
 import os
 import queue
 import threading
@@ -244,6 +245,6 @@ class Batches:
         """Stops the workers (first: they unlink their shared memory) and the thread."""
         self._stop.set()
         close = getattr(self._iterator, "close", None)
-        if close is not None:
-            close()
-        self._thread.join(timeout=10)
+        if close is not None and not inspect.isgenerator(self._iterator):
+            close()  # (a generator cannot be closed while the thread runs it)
+        self._thread.join(timeout=2)  # a daemon: one blocked in the iterator ends with us

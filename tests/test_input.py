@@ -357,12 +357,9 @@ def _assert_same(got: list[dict], expected: list[dict]) -> None:
         np.testing.assert_array_equal(a["label"], b["label"], err_msg=f"step {step}")
 
 
-@pytest.mark.slow
-def test_batches_are_the_same_whatever_the_workers_and_hosts():
-    """Resumed at step 5, two hosts, host 1 reading in 2 worker processes and host 0 in a
-    thread, read disjoint rows that make up the global batches one host reads in a thread from
-    step 0. (One iterator with workers: each start costs seconds; tests/test_train.py's kill -9
-    test compares whole runs with and without a worker.)"""
+def test_hosts_read_disjoint_rows_of_the_same_global_batches():
+    """Resumed at step 5, two hosts read disjoint rows that make up the global batches one host
+    reads from step 0 (with worker processes: test_tfds_jpegs_through_workers)."""
     source = _array_source()
     spec = "pad_crop(2)|flip_lr"
     kwargs = dict(seed=5, ops=ops_lib.parse(spec), spec=spec)
@@ -370,10 +367,9 @@ def test_batches_are_the_same_whatever_the_workers_and_hosts():
     assert len({e["image"].tobytes() for e in expected}) == 8
     hosts = [
         _take(data.train_batches(source, 8, start_step=5, process_index=i, process_count=2,
-                                 num_workers=workers, **kwargs), 3)
-        for i, workers in [(0, 0), (1, 2)]
+                                 **kwargs), 3)
+        for i in range(2)
     ]  # fmt: skip
-    assert not multiprocessing.active_children()
     make = data.StepBatch(source, kwargs["ops"], spec, global_batch_size=8, seed=5,
                           rows=slice(0, 8))  # fmt: skip
     for step, (zero, one) in enumerate(zip(*hosts, strict=True), start=5):
@@ -406,13 +402,26 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_tfds_jpegs_through_workers(tfds_dir):
+    """JPEG records through the ops: one host in a thread reads the global batches; resumed at
+    step 1, host 1 of 2 reads its rows in 2 worker processes (the source reopened in each,
+    steps interleaved over them) and host 0 in a thread; together they are those batches.
+    (One iterator with workers in this file: each start costs seconds; test_train.py's kill -9
+    test compares whole runs with and without a worker.)"""
     source = TfdsSource(IMAGENET_LIKE, "train", data_dir=tfds_dir["dir"])
     spec = "decode|inception_crop(32)|flip_lr"
     kwargs = dict(seed=2, ops=ops_lib.parse(spec), spec=spec)
-    expected = _take(data.train_batches(source, 4, num_workers=0, **kwargs), 3)
+    expected = _take(data.train_batches(source, 4, num_workers=0, **kwargs), 5)
     for batch in expected:
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
-    _assert_same(_take(data.train_batches(source, 4, num_workers=1, **kwargs), 3), expected)
+    hosts = [
+        _take(data.train_batches(source, 4, start_step=1, process_index=i, process_count=2,
+                                 num_workers=workers, **kwargs), 4)
+        for i, workers in [(0, 0), (1, 2)]
+    ]  # fmt: skip
+    assert not multiprocessing.active_children()  # close() stopped the workers
+    for step, (zero, one) in enumerate(zip(*hosts, strict=True), start=1):
+        whole = {k: np.concatenate([zero[k], one[k]]) for k in ("image", "label")}
+        _assert_same([whole], [expected[step]])
 
 
 def test_tfds_records_are_the_encoded_images(tfds_dir):

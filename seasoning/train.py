@@ -215,8 +215,7 @@ def _train_image_shape(
             f"evaluation's makes {tuple(eval_source.image_shape)}: make them agree "
             "(dataset.pp_train / dataset.pp_eval)."
         )
-    encoded = not isinstance(images, np.ndarray) and isinstance(images[0], bytes | bytearray)
-    return shape, encoded
+    return shape, data.ops.encoded(images)
 
 
 def train_and_evaluate(

@@ -64,13 +64,14 @@ INCEPTION_ATTEMPTS = 10
 class Op:
     """One named preprocessing op.
 
-    Subclasses set `name`; a random op overrides `draw`, which returns its numbers for `n`
-    examples as arrays with a leading axis n (the pipeline draws for the global batch and
-    hands each host its rows); `apply` gets the images and those rows (None when `draw`
-    returns None).
+    Subclasses set `name`; a random op sets `random` and overrides `draw`, which returns its
+    numbers for `n` examples as arrays with a leading axis n (the pipeline draws for the
+    global batch and hands each host its rows); `apply` gets the images and those rows (None
+    for a deterministic op).
     """
 
     name = ""
+    random = False
 
     def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...] | None:
         del rng, n
@@ -98,7 +99,7 @@ def stack(images: Images, spec: str = "") -> np.ndarray:
     if isinstance(images, np.ndarray):
         return images
     shapes = {np.shape(image) for image in images}
-    if any(isinstance(image, bytes | bytearray) for image in images):
+    if encoded(images):
         raise errors.UserError(
             f"Preprocessing {spec!r} leaves encoded images: start it with 'decode'."
         )
@@ -110,8 +111,15 @@ def stack(images: Images, spec: str = "") -> np.ndarray:
     return np.stack(images) if images else np.zeros((0, 0, 0, 0), np.uint8)
 
 
+def encoded(images: Images) -> bool:
+    """Whether a batch holds encoded images (bytes) that `decode` has not decoded."""
+    return not isinstance(images, np.ndarray) and any(
+        isinstance(image, bytes | bytearray) for image in images
+    )
+
+
 def _check_decoded(name: str, images: Images) -> None:
-    if not isinstance(images, np.ndarray) and any(isinstance(i, bytes | bytearray) for i in images):
+    if encoded(images):
         raise errors.UserError(f"Op {name!r} got encoded images: list 'decode' before it.")
 
 
@@ -208,6 +216,7 @@ class InceptionCrop(Op):
     aspect: tuple[float, float] = (3 / 4, 4 / 3)
     method: str = "bilinear"
     name = "inception_crop"
+    random = True
 
     def draw(self, rng, n):
         # Four uniforms per attempt: area fraction, log-aspect, top, left.
@@ -246,6 +255,7 @@ class InceptionCrop(Op):
 @dataclasses.dataclass(frozen=True, repr=False)
 class FlipLr(Op):
     name = "flip_lr"
+    random = True
 
     def draw(self, rng, n):
         return (rng.random(n) < 0.5,)
@@ -264,6 +274,7 @@ class FlipLr(Op):
 class PadCrop(Op):
     padding: int
     name = "pad_crop"
+    random = True
 
     def draw(self, rng, n):
         p = self.padding
@@ -398,7 +409,7 @@ def apply(
     """
     for i, op in enumerate(ops):
         d = draws[i] if draws is not None else None
-        if d is None and op.draw(np.random.default_rng(0), 0) is not None:
+        if d is None and op.random:
             raise errors.UserError(f"Op {op!r} is random; it needs draws (a training pipeline).")
         if d is not None and rows is not None:
             d = tuple(a[rows] for a in d)
@@ -408,4 +419,4 @@ def apply(
 
 def is_random(ops: Sequence[Op]) -> bool:
     """Whether any op draws random numbers."""
-    return any(op.draw(np.random.default_rng(0), 0) is not None for op in ops)
+    return any(op.random for op in ops)

@@ -218,36 +218,32 @@ class Cached:
 
     def __init__(self, source: Any, max_bytes: int):
         self.source, self.max_bytes = source, errors.check_count("max_bytes", max_bytes, 0)
-        self.num_classes, self.image_shape = source.num_classes, tuple(source.image_shape)
-        self._images: dict[int, np.ndarray] = {}
-        self._labels: dict[int, np.ndarray] = {}
+        self._points: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # index -> (image, label)
         self._bytes, self._warned = 0, False
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # num_classes, image_shape, ... of the source
         return getattr(self.__dict__["source"], name)
 
     def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         indices = [int(i) for i in np.asarray(indices).reshape(-1)]
-        missing = sorted({i for i in indices if i not in self._images})
+        missing = sorted(set(indices) - self._points.keys())
+        read = {}
         if missing:
             images, labels = self.source.get(np.asarray(missing, np.int64))
-            new = dict(zip(missing, zip(images, np.asarray(labels), strict=True), strict=True))
-        else:
-            new = {}
-        for i, (image, label) in new.items():
-            if self._bytes + image.nbytes > self.max_bytes:
+            read = dict(zip(missing, zip(images, np.asarray(labels), strict=True), strict=True))
+        for i, point in read.items():
+            if self._bytes + point[0].nbytes > self.max_bytes:
                 if not self._warned:
                     logging.warning("Decoded-image cache full (%d bytes): later points are "
                                     "decoded each time they are read.", self.max_bytes)  # fmt: skip
                     self._warned = True
                 break
-            self._images[i], self._labels[i] = image, label
-            self._bytes += image.nbytes
-        rows = [self._images[i] if i in self._images else new[i][0] for i in indices]
-        labels = [self._labels[i] if i in self._labels else new[i][1] for i in indices]
-        if not rows:
+            self._points[i] = point
+            self._bytes += point[0].nbytes
+        points = [self._points[i] if i in self._points else read[i] for i in indices]
+        if not points:
             return np.zeros((0, *self.image_shape), np.uint8), np.zeros((0,), np.int32)
-        return np.stack(rows), np.stack(labels)
+        return np.stack([p[0] for p in points]), np.stack([p[1] for p in points])

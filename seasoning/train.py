@@ -55,7 +55,10 @@ class Setup:
     Attributes:
       config: the validated training config.
       mesh: the data mesh the step and the evaluation run on.
-      train_source, eval_source: the data.
+      eval_source: the evaluation split after its ops (`data.get_source`), decoded once.
+      make_batch: step -> this process's rows of the global batch (`data.StepBatch`; its
+        `source` holds the training split's records).
+      input_workers: the input pipeline's worker processes.
       model: the Flax module.
       attack: the training attack (None for nominal training).
       schedule: the learning rate as a function of the step.
@@ -71,7 +74,6 @@ class Setup:
 
     config: ml_collections.ConfigDict
     mesh: Mesh
-    train_source: Any
     eval_source: data.Source
     make_batch: data.StepBatch
     input_workers: int
@@ -178,7 +180,6 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     return Setup(
         config=config,
         mesh=mesh,
-        train_source=train_source,
         eval_source=eval_source,
         make_batch=make_batch,
         input_workers=data.default_workers(config.dataset.num_workers, decodes),

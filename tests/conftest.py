@@ -5,11 +5,18 @@ import os
 # XLA:CPU code generation for the tests: the legacy fusion emitter and LLVM at -O1, which
 # compile in about half the time of XLA's defaults (MLIR fusion emitters, -O3) and run the
 # tests' small programs as fast: measured on a 2-core AMD EPYC, five of the attack and training
-# test files took 161 s instead of 237 s, of which compiling 86 s instead of 158 s. Programs
-# compute the same numbers to float32 rounding (tests/test_compilation.py). `XLA_FLAGS= make
-# test` runs the suite with XLA's defaults; any XLA_FLAGS set beforehand is kept as it is.
+# test files took 161 s instead of 237 s, of which compiling 86 s instead of 158 s. And one
+# thread per program, for compiling (no parallel LLVM code generation) and for Eigen's matmuls
+# and convolutions: the two pytest workers already keep both cores busy, so more threads only
+# contend (measured, two files at a time on 2 cores as the workers run them: test_attacks +
+# test_reference 200 CPU-s with XLA's threading, 186 with one thread; test_adversarial +
+# test_scale_switches 102 and 88). Programs compute the same numbers to float32 rounding
+# (tests/test_compilation.py). `XLA_FLAGS= make test` runs the suite with XLA's defaults; any
+# XLA_FLAGS set beforehand is kept as it is.
 os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1"
+    "XLA_FLAGS",
+    "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=1 "
+    "--xla_cpu_parallel_codegen_split_count=1 --xla_cpu_multi_thread_eigen=false",
 )
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Full float32 matmuls and convolutions, as on CPU, for the CLIs the tests start too. On GPUs

@@ -9,7 +9,7 @@ import os
 # thread per program, for compiling (no parallel LLVM code generation) and for Eigen's matmuls
 # and convolutions: the two pytest workers already keep both cores busy, so more threads only
 # contend (measured, two files at a time on 2 cores as the workers run them: test_attacks +
-# test_reference 200 CPU-s with XLA's threading, 186 with one thread; test_adversarial +
+# test_reference 200 user CPU-s with XLA's threading, 186 with one thread; test_adversarial +
 # test_scale_switches 102 and 88). Programs compute the same numbers to float32 rounding
 # (tests/test_compilation.py). `XLA_FLAGS= make test` runs the suite with XLA's defaults; any
 # XLA_FLAGS set beforehand is kept as it is.

@@ -61,7 +61,8 @@ def start(batch_size: int) -> None:
 
 
 def exit_on_user_error(fn: Callable[[], object]) -> None:
-    """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2.
+    """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2 (a
+    `errors.DivergedError`: exit 3).
 
     Every other exception, a ValueError from a bug included, keeps its traceback; a failed
     computation of a multi-process job is preceded by a line saying what most likely happened
@@ -72,7 +73,7 @@ def exit_on_user_error(fn: Callable[[], object]) -> None:
     except errors.UserError as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_status", 2))
     except jax.errors.JaxRuntimeError:
         if jax.process_count() > 1:  # the likely cause first; the traceback follows
             message = (

@@ -261,6 +261,11 @@ def base_train_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0 = once per epoch and at the end
     c.checkpoint_every_steps = 0  # 0 = once per epoch and at the end
     c.keep_checkpoints = 2
+    # A step with a NaN or infinite loss, gradient or weights: "stop" the run (no state of it
+    # saved, exit status 3) or "skip" its update, stopping after this many in a row
+    # (seasoning.divergence).
+    c.nonfinite = "stop"
+    c.max_nonfinite_in_row = 10
     c.init_from = ""  # a finished run's workdir: fine-tune from its weights
     # A run written by `seasoning.import_weights`: the source file, its format and SHA-256,
     # and where the model's input statistics came from ("checkpoint", "flags", "default").
@@ -285,7 +290,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     """
     _check_against_schema(config, base_train_config(), prefix="")
     # Late: these import JAX, which config loading does not need.
-    from seasoning import adversarial, data, models, optim, threat
+    from seasoning import adversarial, data, divergence, models, optim, threat
     from seasoning.attacks import losses
 
     check_choice("dataset.name", config.dataset.name, data.DATASET_NAMES)
@@ -341,6 +346,8 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
             raise errors.UserError(f"Config dataset.{key}: {e}") from None
     for key in ("batch_size", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         _check_int(config, key, 1)
+    check_choice("nonfinite", config.nonfinite, divergence.POLICIES)
+    _check_int(config, "max_nonfinite_in_row", 1)
     _check_int(config, "accumulate_steps", 1)
     if config.batch_size % config.accumulate_steps:
         raise errors.UserError(

@@ -1,4 +1,5 @@
-"""The exception for bad input, which the drivers turn into one line and exit status 2.
+"""The exception for bad input, which the drivers turn into one line and exit status 2 (3 for
+a training run that diverged).
 
 Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
 directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
@@ -18,6 +19,15 @@ class UserError(ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A run, checkpoint, dataset or file that the user named is not there."""
+
+
+class DivergedError(UserError):
+    """Training reached a non-finite loss, gradient or parameter and stopped (exit status 3).
+
+    Its message names the step, the quantity, the last (finite) checkpoint and how to go on.
+    """
+
+    exit_status = 3
 
 
 def check_count(name: str, value: Any, low: int) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 import flax.linen as nn
 import ml_collections
 
-from seasoning import checkpoints, errors, models
+from seasoning import checkpoints, errors, models, trees
 from seasoning import workdir as workdir_lib
 
 
@@ -108,7 +108,8 @@ def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") 
 
     Raises:
       MissingInputError: no config.json or no checkpoint in `workdir`.
-      UserError: an unknown compute dtype.
+      UserError: an unknown compute dtype, or weights holding a NaN or infinity (a diverged
+        run: named by their first such leaf).
     """
     config = read_config(workdir)
     try:
@@ -117,6 +118,13 @@ def load(workdir: str, step: int | None = None, compute_dtype: str = "float32") 
         raise errors.MissingInputError(
             f"{workdir!r} holds no checkpoint: train the run there first."
         ) from None
+    nonfinite = trees.first_nonfinite({k: tree.get(k) or {} for k in ("params", "batch_stats")})
+    if nonfinite:
+        raise errors.UserError(
+            f"{workdir!r}: the weights of its checkpoint at step {step} are not finite "
+            f"({nonfinite}): the run diverged. Use a run (or an earlier checkpoint) with finite "
+            "weights."
+        )
     model = models.from_config(config, meta["num_classes"], compute_dtype)
     variables = {"params": tree["params"]}
     if tree.get("batch_stats"):

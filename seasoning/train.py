@@ -26,6 +26,7 @@ from seasoning import (
     cli,
     config_lib,
     data,
+    divergence,
     errors,
     evaluation,
     models,
@@ -164,6 +165,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     train_step = training.make_train_step(
         mesh, model=model, attack=attack, label_smoothing=config.label_smoothing,
         accumulate_steps=config.accumulate_steps, attack_chunks=config.attack.chunks,
+        skip_nonfinite=config.nonfinite == "skip",
     )  # fmt: skip
     evaluate = functools.partial(
         evaluate_accuracy,
@@ -275,7 +277,10 @@ def train_and_evaluate(
     eval_every = config.eval_every_steps or per_epoch
     checkpoint_every = config.checkpoint_every_steps or per_epoch
     progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)
+    guard = divergence.Guard(config.nonfinite, config.max_nonfinite_in_row, workdir,
+                             config.optimizer.lr, last_saved=ckpt.latest_step())  # fmt: skip
     pending: list[dict[str, jax.Array]] = []
+    checked = 0  # how many of `pending` the guard has seen
     window_start = time.monotonic()
     final: dict[str, float] = {}
     try:
@@ -283,8 +288,20 @@ def train_and_evaluate(
             state, step_metrics = setup.train_step(state, next(batches), setup.step_key(step))
             pending.append(step_metrics)
             done = step + 1
-            if done % config.log_every_steps == 0 or done == num_steps:
-                summary = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+            log = done % config.log_every_steps == 0 or done == num_steps
+            save = done % checkpoint_every == 0 or done == num_steps
+            run_eval = done % eval_every == 0 or done == num_steps
+            if log or ((save or run_eval) and checked < len(pending)):
+                # One fetch of the values not seen yet: the log window's, or (before a save or
+                # an evaluation) the steps' since the last check.
+                fetched = jax.device_get(_stack(pending if log else pending[checked:]))
+                unseen = {k: v[checked:] for k, v in fetched.items()} if log else fetched
+                skipped = guard.check(done - len(pending) + checked + 1, unseen)
+                if skipped:
+                    logging.warning("Skipped %d non-finite step(s) (nonfinite=skip).", skipped)
+                checked = len(pending)
+            if log:
+                summary = {k: float(np.mean(v)) for k, v in fetched.items()}
                 elapsed = time.monotonic() - window_start
                 summary["lr"] = float(setup.schedule(step))
                 summary["steps_per_s"] = len(pending) / elapsed
@@ -293,16 +310,22 @@ def train_and_evaluate(
                 summary["input_wait"] = min(1.0, batches.take_wait() / elapsed)
                 progress.input_wait = summary["input_wait"]
                 writer.write(done, summary, prefix="train/")
-                pending, window_start = [], time.monotonic()
-            if done % checkpoint_every == 0 or done == num_steps:
+                pending, checked, window_start = [], 0, time.monotonic()
+            if save:
                 ckpt.save(done, state.checkpoint_items(), setup.meta)
-            if done % eval_every == 0 or done == num_steps:
+                guard.last_saved = done
+            if run_eval:
                 eval_start = time.monotonic()
                 final = setup.evaluate(state.variables())
                 window_start += time.monotonic() - eval_start  # not training time
                 writer.write(done, final, prefix="eval/")
                 logging.info("step %d: eval %s", done, _fmt(final))
             progress.update(done, force=done == num_steps)
+    except errors.DivergedError as e:
+        ckpt.close()  # the checkpoints already started are finished (all finite)
+        writer.write_event(done, event="diverged", message=str(e))
+        writer.close()
+        raise
     finally:
         batches.close()
     if start_step >= num_steps:

@@ -293,6 +293,7 @@ def train_step(
     label_smoothing: float = 0.0,
     accumulate_steps: int = 1,
     attack_chunks: int = 1,
+    skip_nonfinite: bool = False,
     mesh: Mesh | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a batch, adversarial when `attack` is given.
@@ -311,12 +312,16 @@ def train_step(
         and differentiated in turn; their gradients are averaged into one update (see the
         module doc for BatchNorm). Micro-batch i's attack key is `fold_in(key, i)` when > 1.
       attack_chunks: parts of each micro-batch attacked one after another (`perturb_batch`).
+      skip_nonfinite: return `state` unchanged (the update skipped) when the step is
+        non-finite (see Returns); else the update is applied whatever its values.
       mesh: the data mesh the batch is sharded over (None: one device).
 
     Returns:
       The new state and metrics over the global batch: loss (without label smoothing),
-      accuracy and grad_norm; the learning rate is left to the driver (the schedule is a
-      function of the step).
+      accuracy, grad_norm, param_norm (of the updated parameters) and nonfinite (1.0 when the
+      loss, the gradient's norm or the norm of the updated parameters or BatchNorm statistics
+      is NaN or infinite, else 0.0); the learning rate is left to the driver (the schedule is
+      a function of the step).
 
     Raises:
       UserError (when traced): a batch that does not split into `accumulate_steps`
@@ -365,13 +370,21 @@ def train_step(
     attack_stats = state.attack_stats
     if increment is not None:
         attack_stats = jax.tree.map(jnp.add, attack_stats, increment)
+    new_state = state.apply_gradients(grads, batch_stats, attack_stats)
     # The loss without label smoothing, comparable across configs.
     metrics = {
         "loss": cross_entropy(logits, labels).mean(),
         "accuracy": (logits.argmax(-1) == labels).mean(),
         "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_state.params),
     }
-    return state.apply_gradients(grads, batch_stats, attack_stats), metrics
+    # BatchNorm's statistics are checked too (not logged): the checkpoint holds them.
+    checked = [metrics[k] for k in ("loss", "grad_norm", "param_norm")]
+    finite = jnp.isfinite(jnp.stack([*checked, optax.global_norm(new_state.batch_stats)])).all()
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    if skip_nonfinite:
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    return new_state, metrics
 
 
 def _accumulate(micro_step: Callable, totals, images, labels, key, k: int, mesh: Mesh | None):

@@ -1,7 +1,10 @@
-"""Comparing pytrees of arrays: the first path where two trees differ in keys, shape or dtype.
+"""Checking pytrees of arrays: the first path where two trees differ in keys, shape or dtype,
+and the first leaf holding a NaN or infinity.
 
 Fine-tuning loads a parent's weights into a model, and a soup mixes ingredients leaf by leaf;
-both need the trees to match exactly, and both report a mismatch by its first path.
+both need the trees to match exactly, and both report a mismatch by its first path. Weights
+of a diverged run must not be evaluated, mixed or fine-tuned from: the loaders name their
+first non-finite leaf.
 """
 
 from __future__ import annotations
@@ -37,6 +40,24 @@ def first_difference(a: Any, b: Any) -> str | None:
         dtype_a, dtype_b = _dtype(leaves_a[path]), _dtype(leaves_b[path])
         if dtype_a != dtype_b:
             return f"{path}: dtype {dtype_a} vs {dtype_b}"
+    return None
+
+
+def first_nonfinite(tree: Any) -> str | None:
+    """The first path (in sorted order) of a floating-point leaf holding a NaN or infinity.
+
+    Returns:
+      A description such as `params/Dense_0/kernel: 12 of 8192 values are NaN or infinite`,
+      or None when every value is finite.
+    """
+    leaves = dict((path_str(p), v) for p, v in jax.tree_util.tree_leaves_with_path(tree))
+    for path in sorted(leaves):
+        values = np.asarray(leaves[path])
+        if not np.issubdtype(values.dtype, np.inexact):
+            continue
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            return f"{path}: {bad} of {values.size} values are NaN or infinite"
     return None
 
 

@@ -376,6 +376,18 @@ def test_torch_missing_says_how_to_install(tmp_path, monkeypatch):
         readers.read("torch", str(tmp_path / "m.pt"))
 
 
+def test_weights_with_a_nan_are_not_imported(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = published_models.torch_models().WideResNet(10, 10, 1)
+    state = model.state_dict()
+    state["fc.bias"][3] = float("nan")
+    torch.save(state, tmp_path / "wrn.pt")
+    with pytest.raises(errors.UserError, match="fc.bias holds NaN or infinite values"):
+        import_weights.import_run("torch", str(tmp_path / "wrn.pt"), "wrn-10-1",
+                                  str(tmp_path / "run"), dataset="synthetic")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_imported_run_fine_tunes_evaluates_and_soups(tmp_path):
     """The runlocal chain: import -> fine-tune to L1 (configs/finetune.py) -> evaluate both

@@ -14,8 +14,9 @@ from seasoning import checkpoints, cli, config_lib, divergence, errors, runs, tr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
-# lr 1e9: step 1 leaves huge weights, step 2's gradient is NaN (measured: loss 1.5e26).
-DIVERGING = ["optimizer.lr=1e9", "max_steps=12", "checkpoint_every_steps=1", "log_every_steps=5"]
+# Nominal training at lr 1e9: step 1 leaves huge weights, step 2 a NaN gradient.
+DIVERGING = ["optimizer.lr=1e9", "max_steps=12", "checkpoint_every_steps=1", "log_every_steps=5",
+             "threat.norm=none", "threat.eps=0.0", "attack.name=none"]  # fmt: skip
 
 
 def _metrics(flags, loss=1.0):
@@ -79,9 +80,9 @@ def test_the_policy_values_are_checked(override, message):
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
-    """lr 1e9: stopped at step 2 with the step-1 checkpoint kept (finite, loadable, a parent
-    to fine-tune from); a non-finite checkpoint written by other means is refused by the run
-    loader, naming the leaf."""
+    """lr 1e9: stopped at step 2 with the step-1 checkpoint kept (finite, loadable); a
+    non-finite checkpoint written by other means is refused, naming the leaf, by the run
+    loader, the ingredients' loader (soups, shift soups) and fine-tuning."""
     workdir = str(tmp_path / "run")
     config = config_lib.load_config(FMNIST, DIVERGING)
     with pytest.raises(errors.DivergedError) as info:
@@ -101,8 +102,15 @@ def test_a_diverging_run_stops_and_keeps_only_finite_checkpoints(tmp_path):
     ckpt = checkpoints.Checkpointer(workdir, use_async=False)
     ckpt.save(5, tree, meta)
     ckpt.close()
-    with pytest.raises(errors.UserError, match=rf"step 5 are not finite \(params/{leaf}/{first}"):
+    refused = rf"step 5 are not finite \(params/{leaf}/{first}"
+    with pytest.raises(errors.UserError, match=refused):
         runs.load(workdir)
+    with pytest.raises(errors.UserError, match=refused):  # soups and shift soups read this way
+        runs.load_ingredients([workdir])
+    child = config_lib.load_config(FMNIST, ["max_steps=2", f"init_from={workdir}"])
+    with pytest.raises(errors.UserError, match=refused):  # fine-tuning from it
+        train.train_and_evaluate(child, str(tmp_path / "child"))
+    assert not (tmp_path / "child").exists()
 
 
 @pytest.mark.slow

@@ -38,7 +38,6 @@ from seasoning import checkpoints, cli, config_lib, errors, parallel, train
 pytestmark = pytest.mark.slow  # two-process training
 
 SPEC = os.path.join(jobs.ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
-NOMINAL = ["threat.norm=none", "threat.eps=0.0", "attack.name=none"]
 # Every step checkpointed, so that every step can be replayed.
 EVERY_STEP = ["checkpoint_every_steps=1", "keep_checkpoints=1000", "log_every_steps=1"]
 TOLERANCE = 1e-3
@@ -88,40 +87,20 @@ def _metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def test_linf_training_on_two_processes_equals_one_process(tmp_path):
-    """Linf APGD-CE training with a random start (so every step's key matters), 3 attack steps
-    (the config: 10; the step count changes nothing of what is compared, and the train step
-    compiles in proportion to it, in each process)."""
-    overrides = ["max_steps=8", "attack.random_start=True", "attack.steps=3", *EVERY_STEP]
-    workdir = str(tmp_path / "two")
-    logs = jobs.run("seasoning.train", _flags(overrides, workdir), str(tmp_path))
-    assert "jax.distributed: process 1 of 2" in logs[1]
-    setup, worst = _replay(overrides, workdir)
-    print(f"largest one-step difference: {worst:.2g}")
-    # Only process 0 wrote metrics: each step once; one TensorBoard file.
-    records = _metrics(workdir)
-    steps = [r["step"] for r in records if "train/loss" in r]
-    assert steps == list(range(1, setup.num_steps + 1))
-    assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 1
-    # The eval accuracy the 2-process run logged is the 1-process evaluation of its parameters.
-    final, _ = setup.restore(checkpoints.Checkpointer(workdir, use_async=False))
-    one = setup.evaluate(final.variables())
-    two = [r for r in records if "eval/accuracy" in r][-1]
-    assert two["step"] == setup.num_steps
-    assert two["eval/accuracy"] == one["accuracy"]
-    assert 0.0 < one["accuracy"] <= 1.0
-
-
-def test_nominal_training_survives_a_dead_process(tmp_path):
-    """Nominal training on two processes; process 1 is killed mid-run: process 0 stops within
-    the heartbeat timeout with JAX's error naming the dead task, or, when the kill lands inside
-    a collective, with our line saying another process most likely died; both restarted with
-    the same command resume from the last checkpoint, and every step of the whole run (before
-    and after the restart) equals the 1-process step."""
+def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_process(tmp_path):
+    """Linf APGD-CE training with a random start (so every step's key matters; 3 attack steps,
+    the config: 10, as the step count changes nothing of what is compared and the train step
+    compiles in proportion to it) on two processes; process 1 is killed mid-run: process 0
+    stops within the heartbeat timeout with JAX's error naming the dead task, or, when the
+    kill lands inside a collective, with our line saying another process most likely died;
+    both restarted with the same command resume from the last checkpoint, and every step of
+    the whole run (before and after the restart) equals the 1-process step. Only process 0
+    writes metrics, and the eval accuracy it logs last is the 1-process evaluation of the
+    final parameters."""
     heartbeat = 5
     # An evaluation every step slows the run enough to kill it mid-way.
     overrides = ["max_steps=10", "eval_every_steps=1", "dataset.num_eval_examples=200",
-                 *NOMINAL, *EVERY_STEP]  # fmt: skip
+                 "attack.random_start=True", "attack.steps=3", *EVERY_STEP]  # fmt: skip
     workdir = str(tmp_path / "two")
     args = [*_flags(overrides, workdir), f"--heartbeat_timeout={heartbeat}"]
     job = jobs.start("seasoning.train", args, str(tmp_path))
@@ -147,14 +126,30 @@ def test_nominal_training_survives_a_dead_process(tmp_path):
     assert 3 <= saved < 10, saved
 
     logs = jobs.run("seasoning.train", args, str(tmp_path))
+    assert "jax.distributed: process 1 of 2" in logs[1]
     resumed = [int(line.rsplit(" ", 1)[1].rstrip(".")) for line in logs[0].splitlines()
                if "Resumed from the checkpoint at step" in line]  # fmt: skip
     assert resumed and resumed[0] >= saved, logs[0][-4000:]
     assert "Resumed from the checkpoint" in logs[1]
     setup, worst = _replay(overrides, workdir)
     print(f"resumed at step {resumed[0]}; largest one-step difference: {worst:.2g}")
-    events = [r.get("event") for r in _metrics(workdir)]
+    records = _metrics(workdir)
+    events = [r.get("event") for r in records]
     assert events.count("start") == 1 and events.count("resumed") == 1
+    # Only process 0 wrote metrics: each step once per start (those between the last
+    # checkpoint and the kill twice in all), one TensorBoard file per start.
+    restart = events.index("resumed")
+    before = [r["step"] for r in records[:restart] if "train/loss" in r]
+    after = [r["step"] for r in records[restart:] if "train/loss" in r]
+    assert before == list(range(1, len(before) + 1)) and len(before) >= saved
+    assert after == list(range(resumed[0] + 1, setup.num_steps + 1))
+    assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 2
+    final, _ = setup.restore(checkpoints.Checkpointer(workdir, use_async=False))
+    one = setup.evaluate(final.variables())
+    two = [r for r in records if "eval/accuracy" in r][-1]
+    assert two["step"] == setup.num_steps
+    assert two["eval/accuracy"] == one["accuracy"]
+    assert 0.0 < one["accuracy"] <= 1.0
 
 
 def test_heartbeat_timeout_is_range_checked():

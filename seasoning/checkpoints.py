@@ -7,7 +7,10 @@ that differs from the one it saved.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
+import re
 from typing import Any
 
 import jax
@@ -58,33 +61,74 @@ class ModelMismatchError(errors.UserError):
     """A checkpoint was saved from a different model than the one asked for."""
 
 
+# The errors of a save that a user fixes on the machine (tensorstore reports the OS error's
+# number as `[os_error_code='28']`, Python as OSError.errno).
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "a file larger than the file system or the process's limit allows",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
 class Checkpointer:
     """Keep-last-N checkpoints of one run directory, saved asynchronously.
 
     Orbax writes each save to a temporary folder and renames it when complete (on gs://,
     where a rename is a copy, it marks a finished save with a commit file instead), so a run
-    killed mid-save (even with SIGKILL) leaves only whole checkpoints behind.
+    killed mid-save (even with SIGKILL) leaves only whole checkpoints behind; the temporary
+    folder of an unfinished save is deleted by the next run before its first save. A save
+    that fails for lack of space or permission (reported by the next save, `wait` or
+    `close`, the saves being asynchronous) raises `errors.WriteError` naming the folder, the
+    step and its size.
     """
 
     def __init__(self, workdir: str, *, keep: int = 2, use_async: bool = True):
         self._manager = ocp.CheckpointManager(
             directory(workdir),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=use_async, create=True
+                max_to_keep=keep, enable_async_checkpointing=use_async, create=True,
+                cleanup_tmp_directories=True,
             ),
-        )
+        )  # fmt: skip
+        self._saving: tuple[int, int] | None = None  # (step, bytes) of the save under way
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """Starts saving `tree` (and the JSON `meta`) as checkpoint `step`."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
-            ),
-        )
+        size = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree))  # fmt: skip
+        with self._write_errors():
+            self._manager.wait_until_finished()  # an earlier save's failure surfaces here
+            self._saving = (step, size)
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)
+                ),
+            )
+
+    @contextlib.contextmanager
+    def _write_errors(self):
+        """Turns a failed save's disk-full or permission error into `errors.WriteError`."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            reason = write_error_reason(e)
+            if reason is None or self._saving is None:
+                raise
+            step, size = self._saving
+            kept = [s for s in self._manager.all_steps() if s != step]
+            raise errors.WriteError(
+                f"Could not write checkpoint {step} to {self._manager.directory}: {reason} "
+                f"(the checkpoint is {size / 2**20:.1f} MiB of arrays). "
+                + (f"The previous checkpoint, step {max(kept)}, is intact. " if kept else "")
+                + "Free space (or fix the permissions) and run the same command to resume"
+                + (" from it." if kept else ".")
+            ) from None
 
     def restore(self, abstract_tree: Any, expect_meta: dict[str, Any], step: int | None = None):
         """Restores checkpoint `step` (default: the latest) onto `abstract_tree`'s shardings.
@@ -115,11 +159,26 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until every started save is on disk."""
-        self._manager.wait_until_finished()
+        with self._write_errors():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        with self._write_errors():
+            self._manager.wait_until_finished()
         self._manager.close()
+
+
+def write_error_reason(error: BaseException) -> str | None:
+    """What a user must fix, when `error` (or an error it was raised from) is a disk-full,
+    quota, size-limit, read-only or permission error; else None."""
+    while error is not None:
+        codes = re.findall(r"os_error_code='(\d+)'", str(error))
+        number = getattr(error, "errno", None)
+        for code in [number, *map(int, codes)]:
+            if code in _WRITE_ERRORS:
+                return _WRITE_ERRORS[code]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 from absl import flags, logging
 
-from seasoning import errors, parallel
+from seasoning import checkpoints, errors, parallel
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
 DATASET = flags.DEFINE_string(
@@ -42,10 +42,16 @@ HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of orbax (a dozen lines per checkpoint); keeps its warnings."""
+    """Drops the INFO chatter of orbax (a dozen lines per checkpoint) and the tracebacks its
+    threads log for a save that failed for lack of space or permission (the driver then says
+    it in one line: `checkpoints.Checkpointer`); keeps its other warnings and errors."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        if record.exc_info and checkpoints.write_error_reason(record.exc_info[1]):
+            return False
+        return record.levelno >= std_logging.WARNING
 
 
 def start(batch_size: int) -> None:

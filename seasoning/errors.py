@@ -1,5 +1,5 @@
 """The exception for bad input, which the drivers turn into one line and exit status 2 (3 for
-a training run that diverged).
+a training run that diverged, 4 for a workdir that could not be written).
 
 Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
 directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
@@ -19,6 +19,13 @@ class UserError(ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A run, checkpoint, dataset or file that the user named is not there."""
+
+
+class WriteError(UserError):
+    """A result or checkpoint could not be written: disk full, quota, read-only or not
+    permitted (exit status 4). Its message names the path and says what was kept."""
+
+    exit_status = 4
 
 
 class DivergedError(UserError):

@@ -1,6 +1,6 @@
 """A checkpoint that cannot be written (disk full, quota, size limit, read-only, permission):
-one line naming the folder, the step, its size and the checkpoint kept; exit status 4; the
-unfinished save's temporary folder deleted at the next start."""
+one line naming the folder, the step, its size and the checkpoint kept (exit status 4:
+tests/test_divergence.py); the unfinished save's temporary folder deleted at the next start."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, cli, errors
+from seasoning import checkpoints, errors
 
 META = {"model": {"name": "test"}}
 
@@ -68,13 +68,3 @@ def test_other_errors_are_not_taken_for_write_errors():
             raise RuntimeError("save failed") from inner
     except RuntimeError as outer:
         assert checkpoints.write_error_reason(outer) == "permission denied"
-
-
-def test_a_write_error_exits_with_status_4(capsys):
-    def fail():
-        raise errors.WriteError("Could not write checkpoint 2 to /w/checkpoints")
-
-    with pytest.raises(SystemExit) as info:
-        cli.exit_on_user_error(fail)
-    assert info.value.code == 4
-    assert capsys.readouterr().err == "error: Could not write checkpoint 2 to /w/checkpoints\n"

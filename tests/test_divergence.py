@@ -56,13 +56,17 @@ def test_skip_counts_and_stops_after_too_many_in_a_row():
         guard.check(6, _metrics([1, 0]))
 
 
-def test_a_diverged_run_exits_with_status_3_and_one_line(capsys):
-    def diverge():
-        raise errors.DivergedError("Training diverged: loss not finite at step 7")
+@pytest.mark.parametrize(
+    "error, status",
+    [(errors.UserError, 2), (errors.DivergedError, 3), (errors.WriteError, 4)],
+)
+def test_each_error_exits_with_its_status_and_one_line(capsys, error, status):
+    def fail():
+        raise error("Training diverged: loss not finite at step 7")
 
     with pytest.raises(SystemExit) as info:
-        cli.exit_on_user_error(diverge)
-    assert info.value.code == 3
+        cli.exit_on_user_error(fail)
+    assert info.value.code == status
     assert capsys.readouterr().err == "error: Training diverged: loss not finite at step 7\n"
 
 

@@ -22,7 +22,7 @@ class MissingInputError(UserError, FileNotFoundError):
 
 
 class WriteError(UserError):
-    """A result or checkpoint could not be written: disk full, quota, read-only or not
+    """A checkpoint could not be written: disk full, quota, size limit, read-only or not
     permitted (exit status 4). Its message names the path and says what was kept."""
 
     exit_status = 4

@@ -68,7 +68,8 @@ def start(batch_size: int) -> None:
 
 def exit_on_user_error(fn: Callable[[], object]) -> None:
     """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2, or its class's
-    `exit_status` (`errors.DivergedError` 3, `errors.WriteError` 4).
+    `exit_status` (`errors.DivergedError` 3, `errors.WriteError` 4, `errors.PreemptedError`
+    5).
 
     Every other exception, a ValueError from a bug included, keeps its traceback; a failed
     computation of a multi-process job is preceded by a line saying what most likely happened

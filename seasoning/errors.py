@@ -1,5 +1,6 @@
 """The exception for bad input, which the drivers turn into one line and exit status 2 (3 for
-a training run that diverged, 4 for a workdir that could not be written).
+a training run that diverged, 4 for a checkpoint that could not be written, 5 for a run stopped
+by SIGTERM after its checkpoint).
 
 Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
 directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
@@ -35,6 +36,13 @@ class DivergedError(UserError):
     """
 
     exit_status = 3
+
+
+class PreemptedError(UserError):
+    """A training run stopped on SIGTERM after checkpointing the step it reached (exit status
+    5): the same command resumes it."""
+
+    exit_status = 5
 
 
 def check_count(name: str, value: Any, low: int) -> int:

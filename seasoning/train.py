@@ -32,6 +32,7 @@ from seasoning import (
     models,
     optim,
     parallel,
+    preemption,
     runs,
     training,
     trees,
@@ -283,6 +284,8 @@ def train_and_evaluate(
     checked = 0  # how many of `pending` the guard has seen
     window_start = time.monotonic()
     final: dict[str, float] = {}
+    watcher = preemption.Watcher()
+    watcher.start()
     try:
         for step in range(start_step, num_steps):
             state, step_metrics = setup.train_step(state, next(batches), setup.step_key(step))
@@ -321,12 +324,25 @@ def train_and_evaluate(
                 writer.write(done, final, prefix="eval/")
                 logging.info("step %d: eval %s", done, _fmt(final))
             progress.update(done, force=done == num_steps)
-    except errors.DivergedError as e:
+            if watcher.requested and done < num_steps:
+                if not save:  # the step reached, checked for finiteness first
+                    if checked < len(pending):
+                        fetched = jax.device_get(_stack(pending[checked:]))
+                        guard.check(done - len(pending) + checked + 1, fetched)
+                        checked = len(pending)
+                    ckpt.save(done, state.checkpoint_items(), setup.meta)
+                raise errors.PreemptedError(
+                    f"Stopped by SIGTERM at step {done} of {num_steps}, after saving its "
+                    f"checkpoint in {workdir}: run the same command to resume from it."
+                )
+    except (errors.DivergedError, errors.PreemptedError) as e:
         ckpt.close()  # the checkpoints already started are finished (all finite)
-        writer.write_event(done, event="diverged", message=str(e))
+        event = "diverged" if isinstance(e, errors.DivergedError) else "preempted"
+        writer.write_event(done, event=event, message=str(e))
         writer.close()
         raise
     finally:
+        watcher.stop()
         batches.close()
     if start_step >= num_steps:
         final = setup.evaluate(state.variables())

@@ -58,7 +58,12 @@ def test_skip_counts_and_stops_after_too_many_in_a_row():
 
 @pytest.mark.parametrize(
     "error, status",
-    [(errors.UserError, 2), (errors.DivergedError, 3), (errors.WriteError, 4)],
+    [
+        (errors.UserError, 2),
+        (errors.DivergedError, 3),
+        (errors.WriteError, 4),
+        (errors.PreemptedError, 5),
+    ],
 )
 def test_each_error_exits_with_its_status_and_one_line(capsys, error, status):
     def fail():

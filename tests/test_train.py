@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, config_lib, evaluate, runs, threat, train, training
+from seasoning import checkpoints, config_lib, errors, evaluate, runs, threat, train, training
+from seasoning import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -191,6 +192,42 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     leaves_a, leaves_b = jax.tree.leaves(tree_a), jax.tree.leaves(tree_b)
     assert len(leaves_a) == len(leaves_b) > 0
     for a, b in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_reached_and_the_same_command_resumes_bitwise(tmp_path, monkeypatch):
+    """SIGTERM mid-run (a preempted VM; here sent by the run's first write of training metrics,
+    at step 5): the run stops at the end of that step with a checkpoint of it (off the periodic
+    schedule), exit status 5 on the command line (tests/test_divergence.py); resumed, it ends
+    with the parameters of an uninterrupted run."""
+    overrides = ["max_steps=20", "batch_size=32", "checkpoint_every_steps=15",
+                 "log_every_steps=5", "threat.norm=none", "threat.eps=0",
+                 "attack.name=none"]  # fmt: skip
+    config = config_lib.load_config(f"{FMNIST}:runlocal", overrides)
+    stopped, clean = str(tmp_path / "stopped"), str(tmp_path / "clean")
+    write, sent = metrics_lib.MetricWriter.write, []
+
+    def write_then_terminate(self, step, scalars, *, prefix=""):
+        write(self, step, scalars, prefix=prefix)
+        if prefix == "train/" and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics_lib.MetricWriter, "write", write_then_terminate)
+        with pytest.raises(errors.PreemptedError, match="Stopped by SIGTERM at step 5 of 20"):
+            train.train_and_evaluate(config, stopped)
+    assert sent == [5]
+    assert checkpoints.Checkpointer(stopped, use_async=False).latest_step() == 5
+    with open(os.path.join(stopped, "metrics.jsonl")) as f:
+        assert json.loads(f.readlines()[-1])["event"] == "preempted"
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    train.train_and_evaluate(config, stopped)
+    train.train_and_evaluate(config, clean)
+    (tree_a, _, step_a), (tree_b, _, step_b) = (checkpoints.read_numpy(w) for w in (stopped, clean))
+    assert step_a == step_b == 20
+    for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -26,16 +26,20 @@ class Watcher:
 
     def __init__(self):
         self.requested = False
+        self._installed = False
         self._previous = None
 
     def start(self) -> None:
         if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._note)
+            self._installed = True
 
     def stop(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._installed:
+            # None: the handler was not set from Python; the default action is what it did.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
+            self._installed = False
 
     def _note(self, signum, frame) -> None:
         del signum, frame

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import chex
@@ -13,7 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, config_lib, errors, evaluate, runs, threat, train, training
+from seasoning import (
+    checkpoints,
+    config_lib,
+    errors,
+    evaluate,
+    preemption,
+    runs,
+    threat,
+    train,
+    training,
+)
 from seasoning import metrics as metrics_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,6 +240,22 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes_bitwise(tmp
     assert step_a == step_b == 20
     for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_sigterm_watcher_puts_the_handler_back_and_leaves_other_threads_alone():
+    before = signal.getsignal(signal.SIGTERM)
+    watcher = preemption.Watcher()
+    watcher.start()
+    assert signal.getsignal(signal.SIGTERM) not in (before, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)  # noted, not fatal
+    assert watcher.requested
+    watcher.stop()
+    assert signal.getsignal(signal.SIGTERM) == before
+    elsewhere = preemption.Watcher()  # signal handlers belong to the main thread
+    thread = threading.Thread(target=elsewhere.start)
+    thread.start()
+    thread.join()
+    assert signal.getsignal(signal.SIGTERM) == before and not elsewhere.requested
 
 
 @pytest.mark.slow

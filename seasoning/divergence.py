@@ -45,7 +45,7 @@ class Guard:
     workdir: str
     lr: float
     last_saved: int | None = None
-    _in_row: int = 0
+    _in_row: int = dataclasses.field(default=0, init=False, repr=False)  # skipped steps in a row
 
     def check(self, first_step: int, metrics: Mapping[str, np.ndarray]) -> int:
         """Checks the steps `first_step`, `first_step + 1`, ... (1-based, as logged).

@@ -78,7 +78,8 @@ class Checkpointer:
     Orbax writes each save to a temporary folder and renames it when complete (on gs://,
     where a rename is a copy, it marks a finished save with a commit file instead), so a run
     killed mid-save (even with SIGKILL) leaves only whole checkpoints behind; the temporary
-    folder of an unfinished save is deleted by the next run before its first save. A save
+    folder of an unfinished save is deleted when a Checkpointer is made (so only the run's own
+    job makes one; readers use `latest_step` and `read_numpy`). A save
     that fails for lack of space or permission (reported by the next save, `wait` or
     `close`, the saves being asynchronous) raises `errors.WriteError` naming the folder, the
     step and its size.
@@ -179,6 +180,15 @@ def write_error_reason(error: BaseException) -> str | None:
                 return _WRITE_ERRORS[code]
         error = error.__cause__ or error.__context__
     return None
+
+
+def latest_step(workdir: str) -> int | None:
+    """The step of a run's latest finished checkpoint (None: none), read without touching the
+    folder: unlike a `Checkpointer`, which deletes the temporary folders of unfinished saves,
+    this is safe while the run is writing one."""
+    options = ocp.CheckpointManagerOptions(create=False)
+    with ocp.CheckpointManager(directory(workdir), options=options) as manager:
+        return manager.latest_step()
 
 
 def read_numpy(workdir: str, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:

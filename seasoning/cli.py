@@ -40,6 +40,12 @@ HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     lower_bound=1,
 )
 
+FORCE_LEASE = flags.DEFINE_bool(
+    "force_lease", False,
+    "Take the workdir's lease even from a job that looks alive (only when it is surely gone, "
+    "e.g. its machine died less than a lease's stale time ago).",
+)  # fmt: skip
+
 
 class _QuietLibraries(std_logging.Filter):
     """Drops the INFO chatter of orbax (a dozen lines per checkpoint) and the tracebacks its
@@ -69,7 +75,7 @@ def start(batch_size: int) -> None:
 def exit_on_user_error(fn: Callable[[], object]) -> None:
     """Runs `fn`; a `errors.UserError` (bad input) becomes one line and exit 2, or its class's
     `exit_status` (`errors.DivergedError` 3, `errors.WriteError` 4, `errors.PreemptedError`
-    5).
+    5, `errors.BusyError` 6).
 
     Every other exception, a ValueError from a bug included, keeps its traceback; a failed
     computation of a multi-process job is preceded by a line saying what most likely happened

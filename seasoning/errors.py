@@ -1,6 +1,6 @@
 """The exception for bad input, which the drivers turn into one line and exit status 2 (3 for
 a training run that diverged, 4 for a checkpoint that could not be written, 5 for a run stopped
-by SIGTERM after its checkpoint).
+by SIGTERM after its checkpoint, 6 for a workdir that another live job holds).
 
 Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
 directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
@@ -43,6 +43,13 @@ class PreemptedError(UserError):
     5): the same command resumes it."""
 
     exit_status = 5
+
+
+class BusyError(UserError):
+    """The workdir (or result file) is held by another live job (exit status 6): its lease
+    (`seasoning.lease`) names that job."""
+
+    exit_status = 6
 
 
 def check_count(name: str, value: Any, low: int) -> int:

@@ -28,6 +28,7 @@ from absl import app, flags, logging
 from jax.sharding import Mesh
 
 from seasoning import cli, data, errors, evaluation, models, parallel, runs, threat
+from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.attacks import autoattack
 
@@ -78,6 +79,7 @@ def evaluate_run(
     overwrite: bool = False,
     compute_dtype: str = "float32",
     mesh: Mesh | None = None,
+    force_lease: bool = False,
     **attack_overrides: Any,
 ) -> dict[str, Any]:
     """Attacks a run's latest checkpoint and writes `output` (eval.json) into its workdir.
@@ -96,6 +98,8 @@ def evaluate_run(
       overwrite: replace an output file that holds an evaluation with other settings.
       compute_dtype: the model's compute dtype during the attacks, recorded in the result.
       mesh: the devices to use (default: every device of every process).
+      force_lease: take the output's lease (`<output>.lease`, held while it runs) even from
+        a job that looks alive.
       **attack_overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes,
         n_queries) replacing the version's, recorded in the result.
 
@@ -106,6 +110,7 @@ def evaluate_run(
       UserError: a bad n_examples, batch_size, dataset or setting, a dataset whose class count
         or image shape is not the model's, or an `output` holding another evaluation.
       MissingInputError: the run or its data is missing.
+      BusyError: another live job is writing `output`.
     """
     errors.check_count("n_examples", n_examples, 0)
     errors.check_count("batch_size", batch_size, 1)
@@ -128,56 +133,58 @@ def evaluate_run(
         "overrides": dict(attack_settings.overrides),
     }
     out_path = workdir_lib.path(workdir, output)  # an absolute output or a URI stays as given
-    existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite)
-    if existing is not None:
-        logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
-                     out_path)  # fmt: skip
-        return existing
+    with lease_lib.hold(lease_lib.of_file(out_path, force=force_lease)):
+        existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite)
+        if existing is not None:
+            logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
+                         out_path)  # fmt: skip
+            return existing
 
-    source = data.get_source(dataset_cfg, split, seed=run.config.seed)
-    run.check_source(source, f"{dataset_cfg.name}/{split}")
-    indices = evaluation.check_points(None, source, n_examples)
-    evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
-                                     batch_size=batch_size, mesh=mesh)  # fmt: skip
-    logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)", workdir,
-                 run.step, len(indices), dataset_cfg.name, split, jax.process_count())  # fmt: skip
-    start = time.monotonic()
-    result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed))
-    accuracy = result.accuracies()
-    per_threat = {}
-    for tm in threats:
-        name = str(tm)
-        detail = result.details.get(name, {})
-        per_threat[name] = {
-            "norm": tm.norm,
-            "eps": tm.eps,
-            "robust_accuracy": accuracy[name],
-            "robust_count": result.counts()[name],
-            "after": detail.get("after", {}),
-            "seconds": round(detail.get("wall_seconds", 0.0), 2),
-            "attack_seconds": detail.get("seconds", {}),
-            "settings": attack_settings.resolved_json(tm),
+        source = data.get_source(dataset_cfg, split, seed=run.config.seed)
+        run.check_source(source, f"{dataset_cfg.name}/{split}")
+        indices = evaluation.check_points(None, source, n_examples)
+        evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
+                                         batch_size=batch_size, mesh=mesh)  # fmt: skip
+        logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)",
+                     workdir, run.step, len(indices), dataset_cfg.name, split,
+                     jax.process_count())  # fmt: skip
+        start = time.monotonic()
+        result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed))
+        accuracy = result.accuracies()
+        per_threat = {}
+        for tm in threats:
+            name = str(tm)
+            detail = result.details.get(name, {})
+            per_threat[name] = {
+                "norm": tm.norm,
+                "eps": tm.eps,
+                "robust_accuracy": accuracy[name],
+                "robust_count": result.counts()[name],
+                "after": detail.get("after", {}),
+                "seconds": round(detail.get("wall_seconds", 0.0), 2),
+                "attack_seconds": detail.get("seconds", {}),
+                "settings": attack_settings.resolved_json(tm),
+            }
+            logging.info("%s: robust accuracy %.2f%%", name, 100 * accuracy[name])
+        union = accuracy.get("union", accuracy[str(threats[0])])
+        out = {
+            "settings": settings,
+            "workdir": workdir,
+            "dataset": dataset_cfg.name,
+            "model": run.config.model.name,
+            "n_examples": len(indices),
+            "clean_accuracy": accuracy["clean"],
+            "clean_count": result.counts()["clean"],
+            "threat_models": per_threat,
+            "union": {"threats": [str(tm) for tm in threats], "robust_accuracy": union},
+            "seconds": round(time.monotonic() - start, 2),
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "processes": jax.process_count(),
+            "jax": parallel.runtime_info(evaluator.mesh),
         }
-        logging.info("%s: robust accuracy %.2f%%", name, 100 * accuracy[name])
-    union = accuracy.get("union", accuracy[str(threats[0])])
-    out = {
-        "settings": settings,
-        "workdir": workdir,
-        "dataset": dataset_cfg.name,
-        "model": run.config.model.name,
-        "n_examples": len(indices),
-        "clean_accuracy": accuracy["clean"],
-        "clean_count": result.counts()["clean"],
-        "threat_models": per_threat,
-        "union": {"threats": [str(tm) for tm in threats], "robust_accuracy": union},
-        "seconds": round(time.monotonic() - start, 2),
-        "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "processes": jax.process_count(),
-        "jax": parallel.runtime_info(evaluator.mesh),
-    }
-    if jax.process_index() == 0:
-        workdir_lib.write_json(out_path, out)
-    return out
+        if jax.process_index() == 0:
+            workdir_lib.write_json(out_path, out)
+        return out
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -222,7 +229,8 @@ def main(argv) -> None:
             cli.WORKDIR.value, threats, version=_VERSION.value, n_examples=_N_EXAMPLES.value,
             batch_size=_BATCH.value, seed=_SEED.value, dataset=cli.DATASET.value,
             split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
-            overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value, n_iter=_N_ITER.value,
+            overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
+            force_lease=cli.FORCE_LEASE.value, n_iter=_N_ITER.value,
             n_target_classes=_N_TARGETS.value,
         )  # fmt: skip
         if jax.process_index() == 0:

@@ -37,6 +37,7 @@ from seasoning import (
     training,
     trees,
 )
+from seasoning import lease as lease_lib
 from seasoning import metrics as metrics_lib
 from seasoning import workdir as workdir_lib
 
@@ -223,7 +224,11 @@ def _train_image_shape(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    mesh: Mesh | None = None,
+    *,
+    force_lease: bool = False,
 ) -> dict[str, float]:
     """Runs (or resumes) training in `workdir`; returns the final evaluation metrics.
 
@@ -236,9 +241,14 @@ def train_and_evaluate(
       config: a training config.
       workdir: the run's directory; a run there is resumed from its last checkpoint.
       mesh: the data mesh (default: every device of every process).
+      force_lease: take the workdir's lease even from a job that looks alive
+        (`seasoning.lease`).
+
+    Raises:
+      BusyError: another live job holds the workdir (nothing written).
+      DivergedError, PreemptedError, WriteError: the run stopped (see `errors`).
     """
     setup = build(config, mesh)
-    mesh, num_steps, per_epoch = setup.mesh, setup.num_steps, setup.steps_per_epoch
     logging.info("%s", adversarial.describe(config.threat, config.attack))
     logging.info(
         "model %s: %s parameters",
@@ -248,7 +258,16 @@ def train_and_evaluate(
     parent = (
         load_parent(config.init_from, setup.abstract_state, config) if config.init_from else None
     )
+    with lease_lib.hold(lease_lib.of_workdir(workdir, force=force_lease)) as lease:
+        return _train(setup, parent, workdir, lease)
 
+
+def _train(
+    setup: Setup, parent: dict[str, Any] | None, workdir: str, lease: lease_lib.Lease
+) -> dict[str, float]:
+    """The run in `workdir`, whose lease this job holds (see `train_and_evaluate`)."""
+    config, mesh = setup.config, setup.mesh
+    num_steps, per_epoch = setup.num_steps, setup.steps_per_epoch
     is_writer = jax.process_index() == 0
     if is_writer:
         workdir_lib.claim(
@@ -314,6 +333,7 @@ def train_and_evaluate(
                 progress.input_wait = summary["input_wait"]
                 writer.write(done, summary, prefix="train/")
                 pending, checked, window_start = [], 0, time.monotonic()
+            lease.check()  # another job took the workdir over: write nothing more
             if save:
                 ckpt.save(done, state.checkpoint_items(), setup.meta)
                 guard.last_saved = done
@@ -324,7 +344,7 @@ def train_and_evaluate(
                 writer.write(done, final, prefix="eval/")
                 logging.info("step %d: eval %s", done, _fmt(final))
             progress.update(done, force=done == num_steps)
-            if watcher.requested and done < num_steps:
+            if watcher.reached(done) and done < num_steps:
                 if not save:  # the step reached, checked for finiteness first
                     if checked < len(pending):
                         fetched = jax.device_get(_stack(pending[checked:]))
@@ -333,7 +353,9 @@ def train_and_evaluate(
                     ckpt.save(done, state.checkpoint_items(), setup.meta)
                 raise errors.PreemptedError(
                     f"Stopped by SIGTERM at step {done} of {num_steps}, after saving its "
-                    f"checkpoint in {workdir}: run the same command to resume from it."
+                    f"checkpoint in {workdir}"
+                    + (" (every process)" if jax.process_count() > 1 else "")
+                    + ": run the same command to resume from it."
                 )
     except (errors.DivergedError, errors.PreemptedError) as e:
         ckpt.close()  # the checkpoints already started are finished (all finite)
@@ -408,7 +430,9 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
     if not cli.WORKDIR.value:
         raise app.UsageError("--workdir is required.")
     cli.start(config.batch_size)
-    cli.exit_on_user_error(lambda: train_and_evaluate(config, cli.WORKDIR.value))
+    cli.exit_on_user_error(
+        lambda: train_and_evaluate(config, cli.WORKDIR.value, force_lease=cli.FORCE_LEASE.value)
+    )
 
 
 if __name__ == "__main__":

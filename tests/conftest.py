@@ -78,6 +78,7 @@ def pytest_collection_modifyitems(items):
 # worker. A file lock per run makes the first worker that needs a run train it while the
 # others wait for it, then reuse it.
 
+import buckets  # noqa: E402
 import filelock  # noqa: E402
 import pytest  # noqa: E402
 
@@ -159,3 +160,20 @@ def family(tmp_path_factory) -> Family:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the run's folder, above each worker's own
     return Family(str(base / "family"))
+
+
+@pytest.fixture
+def bucket(monkeypatch, tmp_path):
+    """The fake gs:// file system (`tests/buckets.py`), cleared, for one test."""
+    undo = buckets.use(monkeypatch, tmp_path)
+    yield buckets.FakeBucket
+    undo()
+
+
+@pytest.fixture(params=["local", "bucket"])
+def root(request, tmp_path):
+    """A folder to hold workdirs: a local one, or a prefix in the fake bucket."""
+    if request.param == "local":
+        return str(tmp_path / "runs")
+    request.getfixturevalue("bucket")
+    return "gs://bucket/runs"

@@ -63,6 +63,7 @@ def test_skip_counts_and_stops_after_too_many_in_a_row():
         (errors.DivergedError, 3),
         (errors.WriteError, 4),
         (errors.PreemptedError, 5),
+        (errors.BusyError, 6),
     ],
 )
 def test_each_error_exits_with_its_status_and_one_line(capsys, error, status):

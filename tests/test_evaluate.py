@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from seasoning import config_lib, data, errors, evaluate, threat, train
+from seasoning import config_lib, data, errors, evaluate, lease, threat, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -78,6 +78,17 @@ def test_bad_sizes_are_refused_before_anything_is_written(runs, kwargs, message)
     with pytest.raises(errors.UserError, match=message):
         evaluate.evaluate_run(runs["run"], [LINF], output="bad.json", **kwargs)
     assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
+
+
+@pytest.mark.slow
+def test_an_output_another_live_evaluation_writes_is_refused(runs, tmp_path):
+    """Each result file has its lease (`<output>.lease`), so a training job still writing the
+    workdir does not stop an evaluation, and two evaluations into one file do not both run."""
+    output = str(tmp_path / "eval.json")
+    with lease.of_file(output) as holder:
+        with pytest.raises(errors.BusyError, match=f"{output} is in use by another job"):
+            evaluate.evaluate_run(runs["run"], [LINF], output=output)
+        assert os.listdir(tmp_path) == ["eval.json.lease"] and holder.lost is None
 
 
 def test_default_threats_follow_the_dataset():

@@ -1,5 +1,6 @@
 """Training on two real processes (jax.distributed over localhost, 2 CPU devices each) against
-one process with the same 4 devices, step by step, and a job that loses a process.
+one process with the same 4 devices, step by step, and a job that loses a process, then is
+preempted.
 
 Why step by step. Both layouts run the same SPMD program on the same global batches with the
 same keys; they differ in how the cross-device sums (the gradient, BatchNorm's batch
@@ -25,6 +26,8 @@ accuracy of the same parameters: exactly equal (per-example predictions, integer
 
 import json
 import os
+import re
+import signal
 import time
 
 import jax
@@ -96,7 +99,9 @@ def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_p
     both restarted with the same command resume from the last checkpoint, and every step of
     the whole run (before and after the restart) equals the 1-process step. Only process 0
     writes metrics, and the eval accuracy it logs last is the 1-process evaluation of the
-    final parameters."""
+    final parameters. The restarted job is then sent SIGTERM on both processes (a preempted
+    pod): both stop at the same step after a checkpoint of it, exit 5, and a third start
+    finishes the run (replayed like the rest)."""
     heartbeat = 5
     # An evaluation every step slows the run enough to kill it mid-way.
     overrides = ["max_steps=10", "eval_every_steps=1", "dataset.num_eval_examples=200",
@@ -122,28 +127,45 @@ def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_p
     expected = ("stopped sending heartbeats", "heartbeat timeout", "most likely died")
     assert any(message in output for message in expected), output[-4000:]
     print(f"process 0 stopped {waited:.0f} s after process 1 was killed")
-    saved = checkpoints.Checkpointer(workdir, use_async=False).latest_step()
+    saved = checkpoints.latest_step(workdir)
     assert 3 <= saved < 10, saved
+
+    # Restarted, then preempted: SIGTERM to both processes once the restart has trained a step.
+    job = jobs.start("seasoning.train", args, str(tmp_path))
+    while checkpoints.latest_step(workdir) <= saved:
+        assert job[0].popen.poll() is None, job[0].output()[-4000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    for process in job:
+        process.popen.send_signal(signal.SIGTERM)
+    terminated = time.monotonic()
+    codes = jobs.wait(job, timeout=120)
+    outputs = [p.output() for p in job]
+    assert codes == [5, 5], outputs[0][-4000:]
+    print(f"both processes exited {time.monotonic() - terminated:.1f} s after SIGTERM")
+    stops = [re.findall(r"Stopped by SIGTERM at step (\d+) of 10", out) for out in outputs]
+    assert stops[0] and stops[0] == stops[1], stops
+    preempted = int(stops[0][0])
+    assert checkpoints.latest_step(workdir) == preempted < 10
 
     logs = jobs.run("seasoning.train", args, str(tmp_path))
     assert "jax.distributed: process 1 of 2" in logs[1]
-    resumed = [int(line.rsplit(" ", 1)[1].rstrip(".")) for line in logs[0].splitlines()
-               if "Resumed from the checkpoint at step" in line]  # fmt: skip
-    assert resumed and resumed[0] >= saved, logs[0][-4000:]
-    assert "Resumed from the checkpoint" in logs[1]
+    for log in logs:
+        assert f"Resumed from the checkpoint at step {preempted}." in log, log[-4000:]
     setup, worst = _replay(overrides, workdir)
-    print(f"resumed at step {resumed[0]}; largest one-step difference: {worst:.2g}")
+    print(f"preempted at step {preempted}; largest one-step difference: {worst:.2g}")
     records = _metrics(workdir)
     events = [r.get("event") for r in records]
-    assert events.count("start") == 1 and events.count("resumed") == 1
+    assert events.count("start") == 1 and events.count("resumed") == 2
+    assert events.count("preempted") == 1
     # Only process 0 wrote metrics: each step once per start (those between the last
     # checkpoint and the kill twice in all), one TensorBoard file per start.
-    restart = events.index("resumed")
-    before = [r["step"] for r in records[:restart] if "train/loss" in r]
-    after = [r["step"] for r in records[restart:] if "train/loss" in r]
+    restarts = [i for i, event in enumerate(events) if event == "resumed"]
+    before = [r["step"] for r in records[: restarts[0]] if "train/loss" in r]
+    after = [r["step"] for r in records[restarts[1] :] if "train/loss" in r]
     assert before == list(range(1, len(before) + 1)) and len(before) >= saved
-    assert after == list(range(resumed[0] + 1, setup.num_steps + 1))
-    assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 2
+    assert after == list(range(preempted + 1, setup.num_steps + 1))
+    assert len([f for f in os.listdir(workdir) if "tfevents" in f]) == 3
     final, _ = setup.restore(checkpoints.Checkpointer(workdir, use_async=False))
     one = setup.evaluate(final.variables())
     two = [r for r in records if "eval/accuracy" in r][-1]

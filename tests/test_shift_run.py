@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, errors, workdir
+from seasoning import config_lib, data, errors, lease, workdir
 from seasoning.shift import run as run_lib
-from seasoning.shift import splits
+from seasoning.shift import select, splits
 
 pytestmark = pytest.mark.slow  # the shift driver end to end on the trained family
 
@@ -139,9 +140,10 @@ def test_splits_are_disjoint_and_selection_follows_the_adaptation_accuracies(fmn
             assert min(w) >= 0 and sum(w) == pytest.approx(1, abs=1e-5)
 
 
-def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path):
+def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path, monkeypatch):
     """Same seed, same selected weights: the learned selection and the unseen stage, lost from
-    shift.json, come back the same under --resume; a complete result is reused."""
+    shift.json, come back the same under --resume (also when SIGTERM stops the resumed run
+    after the first); a complete result is reused."""
     out, config, result = fmnist_run
     copy = tmp_path / "resumed"
     copy.mkdir()
@@ -153,6 +155,23 @@ def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path):
     (copy / run_lib.SHIFT_FILE).write_text(json.dumps(partial))
     with pytest.raises(Exception, match="--resume"):
         run_lib.run_shift(config, str(copy))
+    # SIGTERM while it recomputes the learned selection: it stops after saving that stage
+    # (exit 5 from the CLI). While it runs, it holds the workdir's lease.
+    real_learn = select.learn
+
+    def terminated_while_learning(*args, **kwargs):
+        with pytest.raises(errors.BusyError, match="in use by another job"):
+            run_lib.run_shift(config, str(copy), resume=True)
+        signal.raise_signal(signal.SIGTERM)
+        return real_learn(*args, **kwargs)
+
+    monkeypatch.setattr(select, "learn", terminated_while_learning)
+    with pytest.raises(errors.PreemptedError, match="Stopped by SIGTERM.*--resume"):
+        run_lib.run_shift(config, str(copy), resume=True)
+    monkeypatch.setattr(select, "learn", real_learn)
+    partial = json.loads((copy / run_lib.SHIFT_FILE).read_text())
+    assert "learned" in partial["selection"] and not partial["unseen_done"]
+    assert not (copy / lease.FILE).exists()
     again = run_lib.run_shift(config, str(copy), resume=True)
     assert again["selection"] == result["selection"]
     assert [r["unseen"] for r in again["rows"]] == [r["unseen"] for r in result["rows"]]

@@ -3,6 +3,7 @@ path, the trade-off along Linf -> Linf->L2, BatchNorm recalibration, files, plot
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, evaluate, evaluation, parallel, soup, threat
+from seasoning import config_lib, data, errors, evaluate, evaluation, lease, parallel, soup, threat
 from seasoning import runs as runs_lib
 from seasoning.soup import bn, sweep
 from seasoning.soup import grid as grid_lib
@@ -95,23 +96,30 @@ def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs,
     assert row["union"] == evaluated["union"]["robust_accuracy"]
 
 
-def test_an_interrupted_sweep_resumes_to_the_same_rows(runs, swept, tmp_path, monkeypatch):
-    """Killed after its first soup (of 3), then resumed: the uninterrupted rows."""
+def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_rows(runs, swept, tmp_path, monkeypatch):
+    """SIGTERM during its first soup (of 3): the sweep stops after saving that soup (exit 5
+    from the CLI), refuses to go on without --resume, and resumed gives the uninterrupted
+    rows. While it runs it holds the workdir's lease: a second sweep there is refused."""
     config = _config(runs)
-    workdir = str(tmp_path / "killed")
+    workdir = str(tmp_path / "stopped")
     real = grid_lib.evaluate_per_soup
 
-    def dies_after_one_soup(*args, on_chunk, **kwargs):
-        def save_then_die(first, acc):
+    def terminated_during_the_first_soup(*args, on_chunk, **kwargs):
+        def terminate_then_save(first, acc):
+            assert json.loads((tmp_path / "stopped" / lease.FILE).read_text())["pid"] > 0
+            with pytest.raises(errors.BusyError, match="in use by another job"):
+                sweep.run_sweep(config, workdir)
+            if first == 0:
+                signal.raise_signal(signal.SIGTERM)
             on_chunk(first, acc)
-            raise KeyboardInterrupt
 
-        return real(*args, on_chunk=save_then_die, **kwargs)
+        return real(*args, on_chunk=terminate_then_save, **kwargs)
 
-    monkeypatch.setattr(grid_lib, "evaluate_per_soup", dies_after_one_soup)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(grid_lib, "evaluate_per_soup", terminated_during_the_first_soup)
+    with pytest.raises(errors.PreemptedError, match="after 1 of 3 soups.*--resume"):
         sweep.run_sweep(config, workdir)
     monkeypatch.setattr(grid_lib, "evaluate_per_soup", real)
+    assert sorted(os.listdir(workdir)) == ["grid.json"]  # the lease released
     with open(os.path.join(workdir, "grid.json")) as f:
         assert len(json.load(f)["rows"]) == 1  # the first soup was saved
     with pytest.raises(ValueError, match="pass --resume"):

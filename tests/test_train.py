@@ -230,7 +230,7 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes_bitwise(tmp
         with pytest.raises(errors.PreemptedError, match="Stopped by SIGTERM at step 5 of 20"):
             train.train_and_evaluate(config, stopped)
     assert sent == [5]
-    assert checkpoints.Checkpointer(stopped, use_async=False).latest_step() == 5
+    assert checkpoints.latest_step(stopped) == 5
     with open(os.path.join(stopped, "metrics.jsonl")) as f:
         assert json.loads(f.readlines()[-1])["event"] == "preempted"
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back

@@ -1,10 +1,8 @@
 """Workdirs in object stores: every workdir file goes through etils.epath, so `gs://bucket/run`
 works as a local folder does.
 
-The bucket here is an in-memory fsspec file system registered as fsspec's `gcs` protocol, which
-is what etils.epath asks fsspec for on gs:// paths (without TensorFlow): the library's real
-code runs, through etils' real fsspec backend. Like a bucket, it has no appends and no renames
-(either fails the test), and an object appears at the end of its upload, whole.
+The bucket here is an in-memory fsspec file system (`tests/buckets.py`, fixtures `bucket` and
+`root` in conftest.py) through etils' real fsspec backend.
 
 Not covered: saving and restoring an orbax checkpoint in the bucket. Orbax writes the arrays
 with tensorstore, whose own gcs driver talks HTTP to Google Cloud Storage (not through epath
@@ -14,102 +12,21 @@ bucket through epath, and the checkpoint folder it is given (the URI, not an abs
 path).
 """
 
-import collections
 import importlib.machinery
 import json
 import struct
 import sys
 import types
 
+import buckets
 import numpy as np
 import pytest
-from etils.epath import backend as epath_backend
-from fsspec.implementations.memory import MemoryFile, MemoryFileSystem
 from fsspec.registry import _registry as fsspec_registry  # what register_implementation fills
-from fsspec.utils import stringify_path
-from tensorboardX import record_writer
 from tensorboardX.proto import event_pb2
 
 from seasoning import checkpoints, errors, metrics, plots, report, runs
 from seasoning import workdir as workdir_lib
 from seasoning.soup import sweep
-
-
-class FakeBucket(MemoryFileSystem):
-    """gs:// in memory, with an object store's rules: no appends, no renames, and an object
-    appears whole when its upload ends (or not at all when the writer fails)."""
-
-    protocol = ("gs", "gcs")
-    root_marker = ""  # keys as gcsfs names objects: "bucket/path/to/object"
-    store: dict = {}
-    pseudo_dirs = [""]
-    uploads: collections.Counter = collections.Counter()
-
-    @classmethod
-    def _strip_protocol(cls, path):
-        return stringify_path(path).removeprefix("gs://").removeprefix("gcs://").strip("/")
-
-    def _open(self, path, mode="rb", **kwargs):
-        if "a" in mode or "+" in mode:
-            raise AssertionError(f"mode {mode!r}: objects in a bucket cannot be appended to")
-        if "w" in mode or "x" in mode:
-            return _Upload(self, self._strip_protocol(path))
-        return super()._open(path, mode, **kwargs)
-
-    def mv(self, *args, **kwargs):
-        raise AssertionError("a rename in a bucket is a copy and a delete, not atomic")
-
-
-class _Upload(MemoryFile):
-    """An object being uploaded: in the bucket once closed (the first time) without an error."""
-
-    ended = False
-
-    def close(self):
-        if not self.ended:
-            self.ended = True
-            self.fs.store[self.path] = MemoryFile(self.fs, self.path, self.getvalue())
-            FakeBucket.uploads[self.path] += 1
-
-    def __exit__(self, exc_type, *rest):
-        if exc_type is None:
-            self.close()
-        self.ended = True  # an upload that failed leaves nothing
-
-
-def _objects() -> dict[str, bytes]:
-    return {key: f.getvalue() for key, f in FakeBucket.store.items()}
-
-
-@pytest.fixture
-def bucket(monkeypatch, tmp_path):
-    """The fake gs:// file system (cleared); the working directory is an empty folder, so a
-    test can check that nothing meant for the bucket was written locally."""
-    monkeypatch.setenv("EPATH_USE_TF", "0")  # etils' fsspec backend even where TF is installed
-    monkeypatch.setitem(fsspec_registry, "gcs", FakeBucket)
-    monkeypatch.setitem(fsspec_registry, "gs", FakeBucket)
-    # tensorboardX's writer factories, restored after the test (MetricWriter registers one).
-    monkeypatch.setattr(
-        record_writer, "REGISTERED_FACTORIES", dict(record_writer.REGISTERED_FACTORIES)
-    )
-    FakeBucket.store.clear()
-    FakeBucket.pseudo_dirs[:] = [""]
-    FakeBucket.uploads.clear()
-    FakeBucket.clear_instance_cache()
-    epath_backend.fsspec_backend._get_filesystem.cache_clear()  # etils caches per protocol
-    monkeypatch.chdir(tmp_path)
-    yield FakeBucket
-    epath_backend.fsspec_backend._get_filesystem.cache_clear()
-    FakeBucket.clear_instance_cache()
-
-
-@pytest.fixture(params=["local", "bucket"])
-def root(request, tmp_path):
-    """A folder to hold workdirs: a local one, or a prefix in the fake bucket."""
-    if request.param == "local":
-        return str(tmp_path / "runs")
-    request.getfixturevalue("bucket")
-    return "gs://bucket/runs"
 
 
 def test_path_joins_as_os_path_join_does_and_a_uri_starts_afresh():
@@ -191,14 +108,14 @@ def test_a_failed_write_leaves_the_previous_file_whole(root):
 
 
 def test_an_object_is_written_in_one_upload_without_a_rename(bucket):
-    """On a bucket each write is one upload of the whole object (FakeBucket fails on renames
+    """On a bucket each write is one upload of the whole object (buckets.FakeBucket fails on renames
     and appends); rewriting it replaces the object."""
     workdir_lib.write_json("gs://bucket/run/eval.json", {"acc": 1})
     workdir_lib.write_arrays("gs://bucket/run/predictions.npz", {"x": np.zeros(3)})
     workdir_lib.write_json("gs://bucket/run/eval.json", {"acc": 2})
     assert dict(bucket.uploads) == {"bucket/run/eval.json": 2, "bucket/run/predictions.npz": 1}
-    assert json.loads(_objects()["bucket/run/eval.json"]) == {"acc": 2}
-    assert sorted(_objects()) == ["bucket/run/eval.json", "bucket/run/predictions.npz"]
+    assert json.loads(buckets.objects()["bucket/run/eval.json"]) == {"acc": 2}
+    assert sorted(buckets.objects()) == ["bucket/run/eval.json", "bucket/run/predictions.npz"]
 
 
 def _read_events(data: bytes) -> list:
@@ -219,15 +136,15 @@ def test_metrics_and_tensorboard_events_go_to_the_bucket(bucket, tmp_path, monke
     writer = metrics.MetricWriter("gs://bucket/run")
     writer.write_event(0, event="start")
     writer.write(10, {"loss": np.float32(0.5), "accuracy": 0.25}, prefix="train/")
-    assert "bucket/run/metrics.jsonl" not in _objects()  # not yet: at most every hour
+    assert "bucket/run/metrics.jsonl" not in buckets.objects()  # not yet: at most every hour
     writer.close()
-    lines = [json.loads(x) for x in _objects()["bucket/run/metrics.jsonl"].splitlines()]
+    lines = [json.loads(x) for x in buckets.objects()["bucket/run/metrics.jsonl"].splitlines()]
     assert [x["step"] for x in lines] == [0, 10] and lines[1]["train/loss"] == 0.5
-    events = [k for k in _objects() if k.startswith("bucket/run/events.out.tfevents.")]
+    events = [k for k in buckets.objects() if k.startswith("bucket/run/events.out.tfevents.")]
     assert len(events) == 1
     scalars = {
         v.tag: (e.step, v.simple_value)
-        for e in _read_events(_objects()[events[0]])
+        for e in _read_events(buckets.objects()[events[0]])
         for v in e.summary.value
     }
     assert scalars == {"train/loss": (10, 0.5), "train/accuracy": (10, 0.25)}
@@ -235,11 +152,11 @@ def test_metrics_and_tensorboard_events_go_to_the_bucket(bucket, tmp_path, monke
     monkeypatch.setattr(metrics, "FLUSH_SECONDS", 0.0)  # now every write is uploaded
     resumed = metrics.MetricWriter("gs://bucket/run", tensorboard=False)
     resumed.write_event(10, event="resumed")
-    text = _objects()["bucket/run/metrics.jsonl"].decode()
+    text = buckets.objects()["bucket/run/metrics.jsonl"].decode()
     assert [json.loads(x)["step"] for x in text.splitlines()] == [0, 10, 10]
     resumed.write(20, {"loss": 0.25}, prefix="train/")
     resumed.close()
-    records = [json.loads(x) for x in _objects()["bucket/run/metrics.jsonl"].splitlines()]
+    records = [json.loads(x) for x in buckets.objects()["bucket/run/metrics.jsonl"].splitlines()]
     assert [x["step"] for x in records] == [0, 10, 10, 20]
     expected = (records[1]["time"] - records[0]["time"]) + (records[3]["time"] - records[2]["time"])
     assert report.training_seconds("gs://bucket/run") == pytest.approx(expected)
@@ -262,7 +179,7 @@ def test_plots_and_a_report_table_from_the_bucket(bucket):
     paths = sweep.make_plots({"rows": rows}, ["a", "b"], ["clean", "linf"], [], "gs://bucket/s")
     assert paths == ["gs://bucket/s/line.png", "gs://bucket/s/front.png"]
     for name in ("w.png", "line.png", "front.png"):
-        assert _objects()[f"bucket/s/{name}"].startswith(b"\x89PNG")
+        assert buckets.objects()[f"bucket/s/{name}"].startswith(b"\x89PNG")
     run = "gs://bucket/runs/linf"
     workdir_lib.claim(run, {"threat": {"norm": "linf", "eps": 0.1}})
     result = {"settings": {"threats": ["linf:0.1"], "split": "test", "version": "fast"},
@@ -290,7 +207,7 @@ def test_orbax_is_given_the_bucket_uri(bucket, monkeypatch, tmp_path):
     _fake_google_cloud_storage(monkeypatch)
     assert str(checkpoints.directory("gs://bucket/run/")) == "gs://bucket/run/checkpoints"
     assert str(checkpoints.directory("run")) == str(tmp_path.resolve() / "run" / "checkpoints")
-    monkeypatch.setitem(fsspec_registry, "s3", FakeBucket)  # s3fs "installed"
+    monkeypatch.setitem(fsspec_registry, "s3", buckets.FakeBucket)  # s3fs "installed"
     with pytest.raises(errors.UserError, match="local paths and in gs:// buckets only"):
         checkpoints.directory("s3://bucket/run")
 
@@ -313,4 +230,5 @@ def test_an_appended_object_uploads_only_what_changed(bucket):
     assert bucket.uploads["bucket/log.txt"] == 1
     with workdir_lib.open_append("gs://bucket/log.txt") as f:
         f.write(b"b\n")
-    assert _objects()["bucket/log.txt"] == b"a\nb\n" and bucket.uploads["bucket/log.txt"] == 2
+    assert buckets.objects()["bucket/log.txt"] == b"a\nb\n"
+    assert bucket.uploads["bucket/log.txt"] == 2

@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from seasoning import checkpoints, config_lib, data, errors, models
+from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.import_weights import layouts, readers
 from seasoning.models import normalization
@@ -105,6 +106,7 @@ def import_run(
       MissingInputError: no file at `src`.
       UserError: the file does not fit the model (names the first offending key), a bad
         format, name, dataset or statistic; or `workdir` holds another run.
+      BusyError: another live job holds `workdir`.
     """
     tensors = readers.read(fmt, src)
     imported = convert(fmt, tensors, model_name, src=src, mean=mean, std=std)
@@ -121,13 +123,15 @@ def import_run(
     config_json = config_lib.as_json(config)
     meta = {"model": config_json["model"], "image_shape": list(imported.image_shape),
             "num_classes": num_classes}  # fmt: skip
-    workdir_lib.claim(workdir, config_json, config_lib.as_json(config_lib.base_train_config()))
-    ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
-    if ckpt.latest_step() is not None:
-        logging.info("%s already holds this import (step %d); kept.", workdir, ckpt.latest_step())
-    else:
-        ckpt.save(0, {"step": np.zeros((), np.int32), **imported.variables}, meta)
-    ckpt.close()
+    with lease_lib.hold(lease_lib.of_workdir(workdir)):
+        workdir_lib.claim(workdir, config_json, config_lib.as_json(config_lib.base_train_config()))
+        ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
+        if ckpt.latest_step() is not None:
+            logging.info("%s already holds this import (step %d); kept.", workdir,
+                         ckpt.latest_step())  # fmt: skip
+        else:
+            ckpt.save(0, {"step": np.zeros((), np.int32), **imported.variables}, meta)
+        ckpt.close()
     return workdir
 
 

@@ -31,8 +31,10 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
 
     def go():
         cli.start(max(config.batch_size, 1))
-        run_lib.run_shift(config, cli.WORKDIR.value, resume=_RESUME.value,
-                          overwrite=_OVERWRITE.value)  # fmt: skip
+        run_lib.run_shift(
+            config, cli.WORKDIR.value, resume=_RESUME.value, overwrite=_OVERWRITE.value,
+            force_lease=cli.FORCE_LEASE.value,
+        )  # fmt: skip
         if jax.process_index() == 0:
             print(workdir_lib.read_text(workdir_lib.path(cli.WORKDIR.value, run_lib.REPORT_FILE)))
             print(f"Wrote {cli.WORKDIR.value}/{{{run_lib.SHIFT_FILE},{run_lib.ARRAYS_FILE},"

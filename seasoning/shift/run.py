@@ -31,7 +31,19 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import config_lib, data, errors, evaluation, parallel, plots, runs, soup, threat
+from seasoning import (
+    config_lib,
+    data,
+    errors,
+    evaluation,
+    parallel,
+    plots,
+    preemption,
+    runs,
+    soup,
+    threat,
+)
+from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.data.source import ConcatSource
 from seasoning.shift import predict, report, select, splits
@@ -136,18 +148,29 @@ def table_rows(labels: list[str], ensembles: list[list[int]], methods: list[str]
 
 
 class _Files:
-    """shift.json and predictions.npz of a run, saved together (process 0 only)."""
+    """shift.json and predictions.npz of a run, saved together (process 0 only); after a save
+    of an unfinished run, SIGTERM stops it (every process saves at the same points)."""
 
-    def __init__(self, workdir: str, result: dict, arrays: dict[str, np.ndarray]):
+    def __init__(
+        self, workdir: str, result: dict, arrays: dict[str, np.ndarray],
+        watcher: preemption.Watcher,
+    ):  # fmt: skip
         self.json_path = workdir_lib.path(workdir, SHIFT_FILE)
         self.arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
         self.result, self.arrays = result, arrays
         self.is_writer = jax.process_index() == 0
+        self._watcher, self._saves = watcher, 0
 
     def save(self) -> None:
         if self.is_writer:  # arrays first: shift.json says which stages are done
             workdir_lib.write_arrays(self.arrays_path, self.arrays)
             workdir_lib.write_json(self.json_path, self.result)
+        self._saves += 1
+        if self._watcher.reached(self._saves) and not self.result.get("complete"):
+            raise errors.PreemptedError(
+                f"Stopped by SIGTERM after saving the stages done in {self.json_path}: run the "
+                "same command with --resume to go on."
+            )
 
 
 @dataclasses.dataclass
@@ -230,10 +253,20 @@ def run_shift(
     resume: bool = False,
     mesh: Mesh | None = None,
     overwrite: bool = False,
+    *,
+    force_lease: bool = False,
 ) -> dict:
     """The whole run (see module doc) on `mesh` (default: every device of every process);
     returns the content of shift.json. `resume` continues an unfinished run of the same
-    settings, `overwrite` replaces a run of other settings (`workdir.check_result_file`)."""
+    settings, `overwrite` replaces a run of other settings (`workdir.check_result_file`).
+
+    The workdir's lease is held while it runs (`force_lease`: taken even from a job that
+    looks alive); SIGTERM stops it after the next save.
+
+    Raises:
+      BusyError: another live job holds the workdir.
+      PreemptedError: stopped by SIGTERM (`resume=True` goes on).
+    """
     config_lib.validate_shift_config(config)
     run_dirs = list(config.ingredients)
     labels = runs.ingredient_labels(run_dirs, config.labels)
@@ -253,51 +286,55 @@ def run_shift(
     record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
                        attack)  # fmt: skip
     json_path = workdir_lib.path(workdir, SHIFT_FILE)
-    previous = workdir_lib.check_result_file(json_path, record, resume=resume,
-                                             overwrite=overwrite)  # fmt: skip
-    if previous and previous.get("complete"):
-        logging.info("%s is complete with these settings; nothing to do.", json_path)
-        return previous
-    arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
-    resumed = previous and arrays_path.exists()
-    arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    columns = load_columns(config, first)
-    grid = soup.simplex_grid(len(ingredients), config.grid_step)
-    result = previous or {
-        "settings": record,
-        "columns": [c.to_json() for c in columns],
-        "grid": {"weights": grid.tolist(), "adaptation": {}},
-        "selection": {},
-        "rows": table_rows(labels, ensembles, list(config.methods)),
-        "unseen_done": [],
-        "stage_seconds": {"grid": {}, "select": {}, "unseen": {}},
-        "complete": False,
-    }
-    stacked_host = soup.stack([r.variables for r in ingredients])
-    prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
-    run = _Run(config, ingredients, labels, columns, grid,
-               jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
-               _Files(workdir, result, arrays))  # fmt: skip
-    if "grid" in config.methods:
-        _grid_stage(run)
-    for method in config.methods:
-        if method not in result["selection"]:
-            _select_stage(run, method)
-    _unseen_stage(run)
-    if config.robust.enabled:
-        _robust_stage(run, robust_dataset, robust_split, attack)
-    result.update(complete=True, processes=jax.process_count(),
-                  jax=parallel.runtime_info(mesh))  # fmt: skip
-    run.files.save()
-    if run.files.is_writer:
-        workdir_lib.write_atomic(workdir_lib.path(workdir, REPORT_FILE),
-                                 report.markdown(result, arrays))  # fmt: skip
-        chosen = {m: {"single": result["selection"][m]["single"],
-                      **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()}}
-                  for m in config.methods}  # fmt: skip
-        plots.weight_bars(chosen, labels, str(workdir_lib.path(workdir, WEIGHTS_PLOT)))
-    return result
+    with (
+        lease_lib.hold(lease_lib.of_workdir(workdir, force=force_lease)),
+        preemption.Watcher() as watcher,
+    ):
+        previous = workdir_lib.check_result_file(json_path, record, resume=resume,
+                                                 overwrite=overwrite)  # fmt: skip
+        if previous and previous.get("complete"):
+            logging.info("%s is complete with these settings; nothing to do.", json_path)
+            return previous
+        arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
+        resumed = previous and arrays_path.exists()
+        arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
+        mesh = parallel.make_mesh() if mesh is None else mesh
+        columns = load_columns(config, first)
+        grid = soup.simplex_grid(len(ingredients), config.grid_step)
+        result = previous or {
+            "settings": record,
+            "columns": [c.to_json() for c in columns],
+            "grid": {"weights": grid.tolist(), "adaptation": {}},
+            "selection": {},
+            "rows": table_rows(labels, ensembles, list(config.methods)),
+            "unseen_done": [],
+            "stage_seconds": {"grid": {}, "select": {}, "unseen": {}},
+            "complete": False,
+        }
+        stacked_host = soup.stack([r.variables for r in ingredients])
+        prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
+        run = _Run(config, ingredients, labels, columns, grid,
+                   jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
+                   _Files(workdir, result, arrays, watcher))  # fmt: skip
+        if "grid" in config.methods:
+            _grid_stage(run)
+        for method in config.methods:
+            if method not in result["selection"]:
+                _select_stage(run, method)
+        _unseen_stage(run)
+        if config.robust.enabled:
+            _robust_stage(run, robust_dataset, robust_split, attack)
+        result.update(complete=True, processes=jax.process_count(),
+                      jax=parallel.runtime_info(mesh))  # fmt: skip
+        run.files.save()
+        if run.files.is_writer:
+            workdir_lib.write_atomic(workdir_lib.path(workdir, REPORT_FILE),
+                                     report.markdown(result, arrays))  # fmt: skip
+            chosen = {m: {"single": result["selection"][m]["single"],
+                          **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()}}
+                      for m in config.methods}  # fmt: skip
+            plots.weight_bars(chosen, labels, str(workdir_lib.path(workdir, WEIGHTS_PLOT)))
+        return result
 
 
 def _grid_stage(run: _Run) -> None:

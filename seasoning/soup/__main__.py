@@ -26,7 +26,9 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
 
     def run():
         cli.start(max(config.eval.batch_size, 1))
-        result = sweep.run_sweep(config, cli.WORKDIR.value, resume=_RESUME.value)
+        result = sweep.run_sweep(
+            config, cli.WORKDIR.value, resume=_RESUME.value, force_lease=cli.FORCE_LEASE.value
+        )
         if jax.process_index() == 0:
             settings = result["settings"]
             print(sweep.summary(result, settings["labels"], settings["metrics"]))

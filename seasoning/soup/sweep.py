@@ -30,7 +30,19 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import config_lib, data, errors, evaluation, parallel, plots, runs, soup, threat
+from seasoning import (
+    config_lib,
+    data,
+    errors,
+    evaluation,
+    parallel,
+    plots,
+    preemption,
+    runs,
+    soup,
+    threat,
+)
+from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.soup import bn
 from seasoning.soup import grid as grid_lib
@@ -52,9 +64,19 @@ def run_sweep(
     workdir: str,
     resume: bool = False,
     mesh: Mesh | None = None,
+    *,
+    force_lease: bool = False,
 ) -> dict:
     """The whole sweep (see module doc) on `mesh` (default: every device of every process);
-    returns the content of grid.json."""
+    returns the content of grid.json.
+
+    The workdir's lease is held while it runs (`force_lease`: taken even from a job that
+    looks alive); SIGTERM stops it after the soups finished and saved.
+
+    Raises:
+      BusyError: another live job holds the workdir.
+      PreemptedError: stopped by SIGTERM (`resume=True` goes on).
+    """
     config_lib.validate_soup_config(config)
     run_dirs = list(config.ingredients)
     labels = runs.ingredient_labels(run_dirs, config.labels)
@@ -93,57 +115,71 @@ def run_sweep(
         "seed": config.seed,
     }
     out_path = workdir_lib.path(workdir, GRID_FILE)
-    previous = workdir_lib.check_result_file(out_path, record, resume=resume)
-    rows = list(previous["rows"]) if previous else []
-    is_writer = jax.process_index() == 0
+    with (
+        lease_lib.hold(lease_lib.of_workdir(workdir, force=force_lease)),
+        preemption.Watcher() as watcher,
+    ):
+        previous = workdir_lib.check_result_file(out_path, record, resume=resume)
+        rows = list(previous["rows"]) if previous else []
+        is_writer = jax.process_index() == 0
 
-    mesh = parallel.make_mesh() if mesh is None else mesh
-    source = data.get_source(dataset_cfg, split, seed=first.config.seed)
-    first.check_source(source, f"{dataset_cfg.name}/{split}")
-    indices = evaluation.check_points(None, source, config.eval.n_examples)
-    prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
-    start = time.monotonic()
+        mesh = parallel.make_mesh() if mesh is None else mesh
+        source = data.get_source(dataset_cfg, split, seed=first.config.seed)
+        first.check_source(source, f"{dataset_cfg.name}/{split}")
+        indices = evaluation.check_points(None, source, config.eval.n_examples)
+        prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
+        start = time.monotonic()
 
-    def save(first_row: int, acc: np.ndarray) -> None:
-        for i, values in enumerate(acc):
-            rows.append({"weights": weights[first_row + i].tolist(),
-                         **{n: float(v) for n, v in zip(names, values, strict=True)}})  # fmt: skip
-        if is_writer:
-            workdir_lib.write_json(
-                out_path, {"settings": record, "rows": rows, "complete": len(rows) == len(weights)}
-            )
+        def save(first_row: int, acc: np.ndarray) -> None:
+            for i, values in enumerate(acc):
+                metrics = {n: float(v) for n, v in zip(names, values, strict=True)}
+                rows.append({"weights": weights[first_row + i].tolist(), **metrics})
+            if is_writer:
+                workdir_lib.write_json(
+                    out_path,
+                    {"settings": record, "rows": rows, "complete": len(rows) == len(weights)},
+                )
+            if watcher.reached(len(rows)) and len(rows) < len(weights):
+                raise errors.PreemptedError(
+                    f"Stopped by SIGTERM after {len(rows)} of {len(weights)} soups, saved in "
+                    f"{out_path}: run the same command with --resume to go on."
+                )
 
-    if len(rows) < len(weights):
-        logging.info(
-            "Evaluating %d soups of %d ingredients (%d done) on %d points: %s",
-            len(weights), len(run_dirs), len(rows), len(indices), ", ".join(names),
-        )  # fmt: skip
-        common = dict(
-            settings=settings, key=jax.random.key(config.seed), mesh=mesh,
-            batch_size=config.eval.batch_size, prepare=prepare, on_chunk=save,
-            start_row=len(rows),
-        )  # fmt: skip
-        stacked = grid_lib.stacked_on_mesh(stacked, mesh)
-        if mode == "grid":
-            grid_lib.evaluate_grid(
-                first.apply_fn, stacked, weights, source, indices, chunk=config.chunk,
-                vectorize=config.vectorize, **common,
+        if len(rows) < len(weights):
+            logging.info(
+                "Evaluating %d soups of %d ingredients (%d done) on %d points: %s",
+                len(weights), len(run_dirs), len(rows), len(indices), ", ".join(names),
             )  # fmt: skip
-        else:
-            grid_lib.evaluate_per_soup(first.apply_fn, stacked, weights, source, indices, **common)
-    result = {
-        "settings": record,
-        "rows": rows,
-        "complete": True,
-        "seconds": round(time.monotonic() - start, 2),
-        "processes": jax.process_count(),
-        "jax": parallel.runtime_info(mesh),
-    }
-    if is_writer:
-        workdir_lib.write_json(out_path, result)
-        workdir_lib.write_atomic(workdir_lib.path(workdir, CSV_FILE), to_csv(rows, labels, names))
-        make_plots(result, labels, names, list(config.front), workdir)
-    return result
+            common = dict(
+                settings=settings, key=jax.random.key(config.seed), mesh=mesh,
+                batch_size=config.eval.batch_size, prepare=prepare, on_chunk=save,
+                start_row=len(rows),
+            )  # fmt: skip
+            stacked = grid_lib.stacked_on_mesh(stacked, mesh)
+            if mode == "grid":
+                grid_lib.evaluate_grid(
+                    first.apply_fn, stacked, weights, source, indices, chunk=config.chunk,
+                    vectorize=config.vectorize, **common,
+                )  # fmt: skip
+            else:
+                grid_lib.evaluate_per_soup(
+                    first.apply_fn, stacked, weights, source, indices, **common
+                )
+        result = {
+            "settings": record,
+            "rows": rows,
+            "complete": True,
+            "seconds": round(time.monotonic() - start, 2),
+            "processes": jax.process_count(),
+            "jax": parallel.runtime_info(mesh),
+        }
+        if is_writer:
+            workdir_lib.write_json(out_path, result)
+            workdir_lib.write_atomic(
+                workdir_lib.path(workdir, CSV_FILE), to_csv(rows, labels, names)
+            )
+            make_plots(result, labels, names, list(config.front), workdir)
+        return result
 
 
 def to_csv(rows: list[dict[str, Any]], labels: list[str], names: list[str]) -> str:

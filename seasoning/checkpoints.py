@@ -8,9 +8,7 @@ that differs from the one it saved.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
-import re
 from typing import Any
 
 import jax
@@ -63,15 +61,6 @@ class ModelMismatchError(errors.UserError):
 
 # The errors of a save that a user fixes on the machine (tensorstore reports the OS error's
 # number as `[os_error_code='28']`, Python as OSError.errno).
-_WRITE_ERRORS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "a file larger than the file system or the process's limit allows",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-}
-
-
 class Checkpointer:
     """Keep-last-N checkpoints of one run directory, saved asynchronously.
 
@@ -118,7 +107,7 @@ class Checkpointer:
         try:
             yield
         except (OSError, ValueError) as e:
-            reason = write_error_reason(e)
+            reason = errors.write_error_reason(e)
             if reason is None or self._saving is None:
                 raise
             step, size = self._saving
@@ -167,19 +156,6 @@ class Checkpointer:
         with self._write_errors():
             self._manager.wait_until_finished()
         self._manager.close()
-
-
-def write_error_reason(error: BaseException) -> str | None:
-    """What a user must fix, when `error` (or an error it was raised from) is a disk-full,
-    quota, size-limit, read-only or permission error; else None."""
-    while error is not None:
-        codes = re.findall(r"os_error_code='(\d+)'", str(error))
-        number = getattr(error, "errno", None)
-        for code in [number, *map(int, codes)]:
-            if code in _WRITE_ERRORS:
-                return _WRITE_ERRORS[code]
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def latest_step(workdir: str) -> int | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import jax
 from absl import flags, logging
 
-from seasoning import checkpoints, errors, parallel
+from seasoning import errors, parallel
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
 DATASET = flags.DEFINE_string(
@@ -55,7 +55,7 @@ class _QuietLibraries(std_logging.Filter):
     def filter(self, record: std_logging.LogRecord) -> bool:
         if "/orbax/" not in record.pathname:
             return True
-        if record.exc_info and checkpoints.write_error_reason(record.exc_info[1]):
+        if record.exc_info and errors.write_error_reason(record.exc_info[1]):
             return False
         return record.levelno >= std_logging.WARNING
 

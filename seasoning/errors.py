@@ -1,6 +1,6 @@
 """The exception for bad input, which the drivers turn into one line and exit status 2 (3 for
-a training run that diverged, 4 for a checkpoint that could not be written, 5 for a run stopped
-by SIGTERM after its checkpoint, 6 for a workdir that another live job holds).
+a training run that diverged, 4 for a checkpoint or result that could not be written, 5 for a
+job stopped by SIGTERM after saving its work, 6 for a workdir that another live job holds).
 
 Every check of something a user gives (a config value, a flag, a file, a dataset name, a run
 directory) raises `UserError` (or `MissingInputError` for a file or dataset that is not
@@ -11,7 +11,17 @@ so library callers may catch either.
 
 from __future__ import annotations
 
+import errno
+import re
 from typing import Any
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "a file larger than the file system or the process's limit allows",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
 
 
 class UserError(ValueError):
@@ -23,8 +33,8 @@ class MissingInputError(UserError, FileNotFoundError):
 
 
 class WriteError(UserError):
-    """A checkpoint could not be written: disk full, quota, size limit, read-only or not
-    permitted (exit status 4). Its message names the path and says what was kept."""
+    """A checkpoint or result could not be written: disk full, quota, size limit, read-only or
+    not permitted (exit status 4). Its message names the path and says what was kept."""
 
     exit_status = 4
 
@@ -39,8 +49,9 @@ class DivergedError(UserError):
 
 
 class PreemptedError(UserError):
-    """A training run stopped on SIGTERM after checkpointing the step it reached (exit status
-    5): the same command resumes it."""
+    """A job stopped on SIGTERM after saving its work: training after checkpointing the step
+    it reached, the soup sweep and the shift run after their next save (exit status 5). The
+    same command (with --resume where it has one) goes on."""
 
     exit_status = 5
 
@@ -65,3 +76,17 @@ def check_count(name: str, value: Any, low: int) -> int:
     if not ok:
         raise UserError(f"{name}={value!r}: expected an integer >= {low}.")
     return int(value)
+
+
+def write_error_reason(error: BaseException) -> str | None:
+    """What a user must fix, when `error` (or an error it was raised from) is a disk-full,
+    quota, size-limit, read-only or permission error (an OSError's errno, or tensorstore's
+    `os_error_code` in the message); else None."""
+    while error is not None:
+        codes = re.findall(r"os_error_code='(\d+)'", str(error))
+        number = getattr(error, "errno", None)
+        for code in [number, *map(int, codes)]:
+            if code in _WRITE_ERRORS:
+                return _WRITE_ERRORS[code]
+        error = error.__cause__ or error.__context__
+    return None

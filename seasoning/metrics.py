@@ -59,7 +59,8 @@ class MetricWriter:
         if not enabled:
             return
         folder = workdir_lib.path(workdir)
-        self._jsonl = workdir_lib.open_append(folder / METRICS_FILE, every_s=FLUSH_SECONDS)
+        self._path = folder / METRICS_FILE
+        self._jsonl = workdir_lib.open_append(self._path, every_s=FLUSH_SECONDS)
         if tensorboard:
             if workdir_lib.is_object_store(folder):
                 _events_through_epath(str(folder).split("://", 1)[0])
@@ -82,12 +83,14 @@ class MetricWriter:
             self._write_line({"step": int(step), "time": round(time.time(), 3), **fields})
 
     def _write_line(self, record: dict[str, Any]) -> None:
-        self._jsonl.write((json.dumps(record) + "\n").encode("utf-8"))
-        self._jsonl.flush()
+        with workdir_lib.writing(self._path):
+            self._jsonl.write((json.dumps(record) + "\n").encode("utf-8"))
+            self._jsonl.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:
-            self._jsonl.close()
+            with workdir_lib.writing(self._path):
+                self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
 

@@ -17,8 +17,8 @@ Writes are atomic: a reader sees the previous file or the new one, never part of
 
 On both, the guard (`claim`, `check_result_file`) reads the existing file before anything is
 written, so another run's config or result is never silently replaced. Check and write are
-not one transaction: two jobs writing the same workdir at once are not told apart on either
-(one job, and one writing process, per workdir).
+not one transaction; what keeps two jobs from writing one workdir at once is its lease
+(`seasoning.lease`), which every driver takes first.
 
 Objects cannot be appended to: `open_append` on an object store keeps the file's bytes in
 memory and uploads the whole object again at each flush (metrics.jsonl, TensorBoard events).
@@ -29,6 +29,7 @@ else fsspec's `gcsfs` (`pip install 'seasoning[gcs]'`); `s3://` needs `s3fs`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -36,6 +37,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -110,9 +112,34 @@ def _ensure_folder(folder: epath.Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
 
 
+@contextlib.contextmanager
+def writing(file: PathLike) -> Iterator[None]:
+    """Turns a disk-full, quota, size-limit, read-only or permission error of a write to
+    `file` into `errors.WriteError` (exit status 4), naming the file; other errors pass."""
+    try:
+        yield
+    except OSError as e:
+        reason = errors.write_error_reason(e)
+        if reason is None:
+            raise
+        raise errors.WriteError(
+            f"Could not write {file}: {reason}. Its earlier content is kept (a result file is "
+            "replaced whole or not at all). Free space (or fix the permissions) and run the "
+            "same command again (with --resume where the command has one)."
+        ) from None
+
+
 def write_bytes(file: PathLike, data: bytes) -> None:
-    """Writes `data` to `file` atomically: locally a rename, in an object store one upload."""
-    target = path(file)
+    """Writes `data` to `file` atomically: locally a rename, in an object store one upload.
+
+    Raises:
+      WriteError: no space, quota, size limit, read-only, no permission (`writing`).
+    """
+    with writing(file):
+        _write_bytes(path(file), data)
+
+
+def _write_bytes(target: epath.Path, data: bytes) -> None:
     if is_object_store(target):
         target.write_bytes(data)
         return

@@ -1,10 +1,13 @@
 """A checkpoint that cannot be written (disk full, quota, size limit, read-only, permission):
 one line naming the folder, the step, its size and the checkpoint kept (exit status 4:
-tests/test_divergence.py); the unfinished save's temporary folder deleted at the next start."""
+tests/test_divergence.py); the unfinished save's temporary folder deleted at the next start.
+The same for a result file and metrics.jsonl: one line naming the file, its earlier content
+kept."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import signal
@@ -12,7 +15,8 @@ import signal
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, errors
+from seasoning import checkpoints, errors, metrics
+from seasoning import workdir as workdir_lib
 
 META = {"model": {"name": "test"}}
 
@@ -58,13 +62,31 @@ def test_a_save_that_cannot_be_written_is_one_line_and_keeps_the_last_checkpoint
 
 
 def test_other_errors_are_not_taken_for_write_errors():
-    assert checkpoints.write_error_reason(ValueError("shape mismatch")) is None
+    assert errors.write_error_reason(ValueError("shape mismatch")) is None
     disk = ValueError("RESOURCE_EXHAUSTED: Failed writing [os_error_code='28']")
-    assert checkpoints.write_error_reason(disk) == "no space left on the device"
+    assert errors.write_error_reason(disk) == "no space left on the device"
     try:
         try:
             raise PermissionError(13, "Permission denied")
         except OSError as inner:
             raise RuntimeError("save failed") from inner
     except RuntimeError as outer:
-        assert checkpoints.write_error_reason(outer) == "permission denied"
+        assert errors.write_error_reason(outer) == "permission denied"
+
+
+def test_a_result_or_metrics_file_that_cannot_be_written_is_one_line(tmp_path):
+    result = tmp_path / "eval.json"
+    workdir_lib.write_json(result, {"accuracy": 0.5})
+    with _file_size_limit(1024), pytest.raises(errors.WriteError) as info:
+        workdir_lib.write_json(result, {"rows": ["x" * 4096]})
+    assert str(info.value).startswith(f"Could not write {result}: a file larger than")
+    assert json.loads(result.read_text()) == {"accuracy": 0.5}  # the previous version
+    assert os.listdir(tmp_path) == ["eval.json"]  # no temporary file left
+
+    writer = metrics.MetricWriter(str(tmp_path / "run"), tensorboard=False)
+    writer.write(1, {"loss": 1.0}, prefix="train/")
+    size = (tmp_path / "run" / metrics.METRICS_FILE).stat().st_size
+    with _file_size_limit(size + 64), pytest.raises(errors.WriteError, match="metrics.jsonl"):
+        writer.write_event(2, event="note", message="x" * 4096)
+    lines = (tmp_path / "run" / metrics.METRICS_FILE).read_text().splitlines()
+    assert json.loads(lines[0])["train/loss"] == 1.0

@@ -14,7 +14,7 @@ WITH_TORCH ?= $(if $(PIP_FIND_LINKS),1,0)
 comma := ,
 EXTRAS := $(if $(filter 1,$(WITH_TORCH)),test$(comma)test-torch,test)
 
-.PHONY: install data test test-fast lint bench demo clean
+.PHONY: install data test test-fast lint bench check-extras demo clean
 
 $(VENV)/.installed: setup.py constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ lint: install
 
 bench: install data
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# What `pip install -e '.[cuda]'` (cuda13, tpu) would install on a Linux GPU or TPU machine,
+# for Python 3.11 and 3.12, resolved without installing: a check by hand (~30 s an extra).
+check-extras: install
+	$(PY) .ci/check_extras.py
 
 # FRESH=1 starts over (deletes runs/demo); without it finished stages are reused.
 demo: install data

@@ -10,9 +10,11 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["seasoning", "seasoning.*"]),
-    # Ranges a user can install into; constraints.txt pins the exact versions CI runs.
+    # Ranges a user can install into; constraints.txt pins the exact versions CI runs. JAX:
+    # CI runs 0.10.2 (the newest for Python 3.11); the attack and soup tests passed on GPUs
+    # with 0.11.2 and flax 0.12.10 (Python 3.12), so a machine that has those keeps them.
     install_requires=[
-        "jax>=0.10,<0.11",
+        "jax>=0.10,<0.12",
         "flax>=0.12,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
@@ -51,6 +53,12 @@ setuptools.setup(
         "torch": ["torch>=2.4"],
         # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
         "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],
+        # Accelerators, at the JAX version of the range above that pip picks: JAX's CUDA 12
+        # plugin with its CUDA libraries (runs on CUDA 12 and 13 drivers), the CUDA 13 one
+        # (drivers >= 580), and the TPU runtime. `make check-extras` resolves them.
+        "cuda": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
+        "tpu": ["jax[tpu]"],
         # gs:// workdirs: gcsfs is etils.epath's file system for them (etils uses TensorFlow's
         # gfile instead when TensorFlow is installed); orbax needs google-cloud-storage there.
         "gcs": ["gcsfs>=2026.4", "google-cloud-storage>=2.18"],

@@ -12,7 +12,7 @@
 #   gcloud compute tpus tpu-vm ssh my-v4-32 --zone us-central2-b --worker=all --command "
 #     [ -d seasoning ] || git clone https://github.com/YOU/seasoning.git seasoning
 #     cd seasoning && python3 -m venv .venv
-#     .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
+#     .venv/bin/pip install -q -c constraints.txt -e '.[gcs,tpu]'
 #     .venv/bin/python -m seasoning.train --config=configs/vitb_linf.py \
 #       --workdir=/mnt/runs/vitb_linf --distributed=on"
 # Other drivers (MODULE defaults to seasoning.train; an empty CONFIG passes no --config):
@@ -35,6 +35,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command
   set -e
   [ -d seasoning ] || git clone $(printf %q "$REPO") seasoning
   cd seasoning && python3 -m venv .venv
-  .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
+  .venv/bin/pip install -q -c constraints.txt -e '.[gcs,tpu]'
   $(printf '%q ' "${driver[@]}")
 "

@@ -10,7 +10,7 @@
 #   gcloud compute tpus tpu-vm ssh my-tpu --zone us-central2-b --command "
 #     [ -d seasoning ] || git clone https://github.com/YOU/seasoning.git seasoning
 #     cd seasoning && python3 -m venv .venv
-#     .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
+#     .venv/bin/pip install -q -c constraints.txt -e '.[gcs,tpu]'
 #     .venv/bin/python -m seasoning.train --config=configs/vitb_linf.py --workdir=/mnt/runs/vitb_linf"
 #
 # MODULE picks the driver (default seasoning.train); an empty CONFIG passes no --config, as
@@ -29,6 +29,6 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --command "
   set -e
   [ -d seasoning ] || git clone $(printf %q "$REPO") seasoning
   cd seasoning && python3 -m venv .venv
-  .venv/bin/pip install -q -c constraints.txt -e '.[gcs]' 'jax[tpu]==0.10.2'
+  .venv/bin/pip install -q -c constraints.txt -e '.[gcs,tpu]'
   $(printf '%q ' "${driver[@]}")
 "

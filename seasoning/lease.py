@@ -11,7 +11,8 @@ and started again at once). `force=True` (the drivers' `--force_lease`) takes it
 holder's state.
 
 Taking a lease is one atomic create-if-absent, so of two jobs starting together one wins:
-locally a hard link of a complete file (fails if the name exists); in an object store an
+locally a hard link of a complete file (fails if the name exists; where a file system has no
+hard links, such as gcsfuse, an exclusive create); in an object store an
 upload with the "create" precondition (`fsspec` mode "xb": on gs:// `ifGenerationMatch=0`).
 Taking over a stale lease replaces it; should two jobs take over the same stale lease at once,
 the one whose file was replaced learns it at its next renewal (`lost`) and stops before its
@@ -173,8 +174,23 @@ class Lease:
             os.link(tmp, self.file)  # fails if the name exists
         except FileExistsError:
             return False
+        except OSError:  # no hard links here (e.g. gcsfuse): an exclusive create instead
+            return self._create_exclusive(data)
         finally:
             os.unlink(tmp)
+        return True
+
+    def _create_exclusive(self, data: bytes) -> bool:
+        """`_create` where hard links fail: O_EXCL (for a moment the file is empty, which
+        another job would read as an unreadable lease)."""
+        try:
+            fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         return True
 
     def _write(self) -> None:

@@ -103,3 +103,17 @@ def test_training_on_a_live_workdir_is_refused_before_writing_anything(tmp_path)
         with pytest.raises(errors.BusyError, match=f"{workdir} is in use by another job"):
             train.train_and_evaluate(config, str(workdir))
         assert os.listdir(workdir) == [lease.FILE] and holder.lost is None
+
+
+def test_without_hard_links_the_lease_is_an_exclusive_create(tmp_path, monkeypatch):
+    """Some file systems (gcsfuse, some network mounts) refuse hard links."""
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    with lease.of_workdir(tmp_path / "w") as first:
+        assert _token(first.file) and os.listdir(tmp_path / "w") == [lease.FILE]
+        with pytest.raises(errors.BusyError, match="in use by another job"):
+            lease.of_workdir(tmp_path / "w").acquire()
+    assert os.listdir(tmp_path / "w") == []

@@ -19,15 +19,18 @@ on one random batch (`step_s`, the mean of `--steps` calls; `--apgd_calls` for `
 FLOPs. XLA's cost analysis (`compiled.cost_analysis()['flops']`) counts the body of a while
 loop once, whatever its trip count (checked on XLA:CPU: a `lax.scan` or `fori_loop` of ten
 matmuls reports the FLOPs of one), and a compiled SPMD program reports one device's share.
-So the FLOPs of a step are counted from passes: the cost analysis of one forward pass, one
-forward+backward pass to the input (the attack's gradient) and one clean training step (the
-model's forward+backward to the parameters and the update), each lowered on one device without
-loops, times the number of times the step runs it. An APGD run of n iterations evaluates its
+And XLA:GPU's count of a compiled program leaves out what it hands to cuDNN/cuBLAS. So the
+FLOPs of a step are counted from passes (`seasoning.flops.pass_flops`): the cost analysis of one
+forward pass, one forward+backward pass to the input (the attack's gradient) and one clean
+training step (the model's forward+backward to the parameters and the update), each lowered
+for a CPU device without loops (the same count whatever backend runs the step), times the
+number of times the step runs it. An APGD run of n iterations evaluates its
 start and every iterate: n + 1 forward+backward passes, plus the clean forward; a fully unrolled
 loop (CPU, at most 16 evaluations) skips the last backward: n forward+backward and 2 forwards.
-Where the compiled step has no while loop at all, its own cost analysis (times the device
-count) is exact and is used; `flops_xla` is the raw figure of the compiled step and
-`flops_passes` the count from passes (they agree within ~1-4% where both are exact).
+On XLA:CPU, where the compiled step has no while loop at all, its own cost analysis (times
+the device count) is exact and is used; `flops_xla` is the raw figure of the compiled step
+(on a GPU an undercount, kept to show it) and `flops_passes` the count from passes (they agree
+within ~1-4% where both are exact). No MFU is printed from a count of 0.
 
 Peak. On CPU, the machine's measured float32 matmul rate (a batched `jnp.dot` over every local
 device; fake CPU devices and local processes share the same cores); on GPU and TPU, the dense
@@ -136,57 +139,9 @@ _PEAK_SOURCE = flags.DEFINE_string("peak_source", "", "Internal: where --peak_tf
 # FLOPs and peaks
 
 
-def xla_flops(compiled) -> float:
-    """The FLOPs XLA's cost analysis reports for a compiled (or lowered) program."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):  # older jax: one dict per program
-        cost = cost[0]
-    return float(cost.get("flops", 0.0)) if cost else 0.0
-
-
 def attack_passes(n_iter: int, unrolled: bool) -> tuple[int, int]:
     """(forward+backward passes, forward-only passes) of one APGD run of `n_iter` iterations."""
     return (n_iter, 2) if unrolled else (n_iter + 1, 1)
-
-
-def pass_flops(model, shape: tuple[int, ...], batch: int) -> dict[str, float]:
-    """FLOPs per image of a forward pass, an input gradient and a clean training step.
-
-    Lowered on abstract values (nothing is allocated or run), one device, no loops.
-    """
-    import functools
-
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from seasoning import training
-
-    images = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    state = jax.eval_shape(
-        lambda key: training.create_train_state(model, optax.sgd(0.01, 0.9), key, shape),
-        jax.random.key(0),
-    )
-    variables = state.variables()
-
-    def forward(variables, x):
-        return model.apply(variables, x, train=False)
-
-    def input_grad(variables, x, y):
-        def loss(x):
-            return training.cross_entropy(model.apply(variables, x, train=False), y).sum()
-
-        return jax.grad(loss)(x)
-
-    step = functools.partial(training.train_step, model=model)
-    batch_in = {"image": images, "label": labels}
-    flops = {
-        "forward": jax.jit(forward).lower(variables, images),
-        "input_grad": jax.jit(input_grad).lower(variables, images, labels),
-        "train": jax.jit(step).lower(state, batch_in, jax.random.key(0)),
-    }
-    return {name: xla_flops(lowered) / batch for name, lowered in flops.items()}
 
 
 def step_passes(mode: str, per_image: dict[str, float], apgd_iter: int) -> float:
@@ -271,6 +226,7 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
     import optax
 
     from seasoning import adversarial, attacks, models, parallel, threat, training
+    from seasoning import flops as flops_lib
 
     shape, num_classes = SETTINGS[name][:2]
     model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
@@ -329,7 +285,7 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
     program = program.lower(*args).compile()  # the calls above run this compiled program
     compile_s = time.perf_counter() - t0
     has_loop = "while(" in program.as_text()
-    flops_xla = xla_flops(program) * mesh.size  # one device's share of the SPMD program
+    flops_xla = flops_lib.cost_flops(program) * mesh.size  # one device's share of the SPMD program
     first, seconds = _timed(call, steps)
     return dict(seconds=seconds, first=first, compile=compile_s, flops_xla=flops_xla,
                 has_loop=has_loop)  # fmt: skip
@@ -346,6 +302,7 @@ def run_modes() -> list[dict]:
     """Times every model and mode on this process's devices; process 0 prints JSON lines."""
     import jax
 
+    from seasoning import flops as flops_lib
     from seasoning import models
 
     peak, peak_source = peak_tflops()
@@ -355,11 +312,13 @@ def run_modes() -> list[dict]:
         batch = _BATCH.value or default_batch
         steps = _STEPS.value or default_steps
         model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
-        per_image = pass_flops(model, shape, batch)
+        per_image = flops_lib.pass_flops(model, shape, batch)
         for mode in _MODES.value:
             m = measure(name, mode, batch, _APGD_CALLS.value if mode == "apgd" else steps)
             passes = step_passes(mode, per_image, _APGD_ITER.value) * batch
-            flops = passes if m["has_loop"] else m["flops_xla"]
+            # The compiled step's own count only where it is exact: XLA:CPU, no while loop.
+            exact_xla = jax.default_backend() == "cpu" and not m["has_loop"]
+            flops = m["flops_xla"] if exact_xla else passes
             achieved = flops / m["seconds"] / 1e12
             row = {
                 "benchmark": "scale", "model": name, "mode": mode, "attack": describe(mode),
@@ -370,11 +329,12 @@ def run_modes() -> list[dict]:
                 "images_per_s": round(batch / m["seconds"], 1),
                 "compile_s": round(m["compile"], 2), "first_call_s": round(m["first"], 3),
                 "gflops_per_image": round(flops / batch / 1e9, 4),
-                "flops_method": "passes (while loop)" if m["has_loop"] else "xla (no loop)",
+                "flops_method": "xla, compiled (cpu, no loop)" if exact_xla
+                                else "passes, lowered for the cpu",
                 "flops_xla": m["flops_xla"], "flops_passes": passes,
                 "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4),
                 "peak_source": peak_source,
-                "mfu": round(achieved / peak, 4) if peak else None,
+                "mfu": round(achieved / peak, 4) if peak and flops > 0 else None,
             }  # fmt: skip
             rows.append(row)
             if jax.process_index() == 0:
@@ -476,6 +436,7 @@ def table(rows: list[dict]) -> str:
 
 def estimate() -> None:
     """Lowers each model at its resolution and prints estimated images/s on `ESTIMATES`."""
+    from seasoning import flops as flops_lib
     from seasoning import models
 
     names = _MODELS.value if _MODELS.present else ["vit-b16", "wrn-28-10"]
@@ -491,7 +452,7 @@ def estimate() -> None:
     for name in names:
         shape, num_classes, _, _, epoch = SETTINGS[name]
         model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
-        per_image = pass_flops(model, shape, batch=8)
+        per_image = flops_lib.pass_flops(model, shape, batch=8)
         for n_iter in (int(n) for n in _ESTIMATE_ITER.value):
             grads, forwards = attack_passes(n_iter, unrolled=False)  # a rolled loop
             flops = (

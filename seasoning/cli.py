@@ -6,8 +6,9 @@ Flags live here once, so that several drivers can be imported into one process (
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 from absl import flags, logging
@@ -46,6 +47,26 @@ FORCE_LEASE = flags.DEFINE_bool(
     "e.g. its machine died less than a lease's stale time ago).",
 )  # fmt: skip
 
+COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "auto",
+    "JAX's persistent compilation cache, so that a command run again loads its compiled "
+    "programs instead of compiling them: auto (JAX_COMPILATION_CACHE_DIR if set, else "
+    "$XDG_CACHE_HOME/seasoning/jax, i.e. ~/.cache/seasoning/jax), off, or a folder.",
+)  # fmt: skip
+
+
+def compilation_cache_dir(setting: str, environ: Mapping[str, str]) -> str | None:
+    """The folder of JAX's persistent compilation cache for `--compilation_cache=setting`
+    (None: off); JAX's own variable wins under "auto"."""
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return setting
+    if environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return environ["JAX_COMPILATION_CACHE_DIR"]
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "seasoning", "jax")
+
 
 class _QuietLibraries(std_logging.Filter):
     """Drops the INFO chatter of orbax (a dozen lines per checkpoint) and the tracebacks its
@@ -61,11 +82,16 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def start(batch_size: int) -> None:
-    """Starts JAX for a command: the CPU split (see `parallel.split_cpu`), then jax.distributed.
+    """Starts JAX for a command: the persistent compilation cache (`--compilation_cache`), the
+    CPU split (see `parallel.split_cpu`), then jax.distributed.
 
     Also quiets the INFO logs of the libraries underneath, so that the progress lines show.
     """
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    cache = compilation_cache_dir(COMPILATION_CACHE.value, os.environ)
+    jax.config.update("jax_enable_compilation_cache", cache is not None)
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", cache)
     count = parallel.split_cpu(CPU_DEVICES.value, batch_size)
     if count:
         logging.info("CPU split into %d JAX devices (--cpu_devices).", count)

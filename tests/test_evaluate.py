@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from seasoning import config_lib, data, errors, evaluate, lease, threat, train
+from seasoning import cli, config_lib, data, errors, evaluate, lease, threat, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -180,3 +180,19 @@ def test_a_dataset_with_another_class_count_is_refused(synthetic_run, tmp_path):
 def test_a_dataset_without_radii_needs_threats(synthetic_run, tmp_path):
     with pytest.raises(errors.UserError, match="'synthetic'"):
         evaluate.evaluate_run(synthetic_run, output=str(tmp_path / "x.json"))
+
+
+@pytest.mark.parametrize(
+    "setting, environ, expected",
+    [("auto", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache", "XDG_CACHE_HOME": "/x"}, "/jax/cache"),
+     ("auto", {"XDG_CACHE_HOME": "/x"}, "/x/seasoning/jax"),
+     ("auto", {}, os.path.join(os.path.expanduser("~"), ".cache", "seasoning", "jax")),
+     ("/my/cache", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, "/my/cache"),
+     ("off", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, None)],
+)  # fmt: skip
+def test_the_commands_compilation_cache_is_on_by_default_in_the_users_cache(
+    setting, environ, expected
+):
+    """`--compilation_cache` (every command): JAX's own variable first, then the user's cache
+    folder; a folder given; off."""
+    assert cli.compilation_cache_dir(setting, environ) == expected

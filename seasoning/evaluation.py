@@ -178,6 +178,9 @@ class Evaluation:
         before it, "seconds": attack -> wall-clock seconds, "settings": the resolved attack
         settings} (`still_robust` only; empty otherwise).
       seconds: the whole evaluation's wall-clock seconds.
+      points: threat name -> float32 [N, H, W, C]: per point the adversarial point the
+        attacks returned (the first that broke it, else the first attack's worst case; the
+        clean point where no attack ran), when `run(keep_points=True)` asked for them.
     """
 
     names: list[str]
@@ -186,6 +189,7 @@ class Evaluation:
     loss: np.ndarray | None = None
     details: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    points: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def num_points(self) -> int:
@@ -503,6 +507,7 @@ class Evaluator:
         *,
         key: jax.Array,
         label: str = "",
+        keep_points: bool = False,
     ) -> Evaluation:
         """Evaluates `variables` on the points `indices` of `source`.
 
@@ -512,10 +517,18 @@ class Evaluator:
           indices: the points (`check_points`); every process passes the same.
           key: the attacks' `jax.random` key.
           label: a name for progress lines (e.g. the soup's weights).
+          keep_points: return the adversarial points (`Evaluation.points`; `still_robust`
+            on one process only).
 
         Raises:
           RuntimeError: an attack returned a point outside its threat model (a bug).
+          UserError: `keep_points` with the all_points schedule or several processes.
         """
+        if keep_points and (self.schedule != "still_robust" or jax.process_count() > 1):
+            raise errors.UserError(
+                "keep_points needs the still_robust schedule on one process (the adversarial "
+                "points of several processes stay where they were computed)."
+            )
         start = time.monotonic()
         indices = np.asarray(indices, np.int64)
         source = decoded_once(source)
@@ -525,14 +538,18 @@ class Evaluator:
             return Evaluation(self.names, flags, indices, seconds=time.monotonic() - start)
         size = batch_size_for(self.batch_size, self.mesh, len(indices))
         clean, loss = self._clean_pass(variables, source, indices, size)
-        robust, details = [], {}
+        robust, details, points = [], {}, {}
         for i, tm in enumerate(self.settings.threats):
-            flags, details[str(tm)] = self._attack(
+            flags, details[str(tm)], adversarial = self._attack(
                 variables, source, indices, clean, tm, jax.random.fold_in(key, i), size, label
             )
             robust.append(flags)
+            if keep_points:
+                x, _ = _own_rows(source, indices)  # one process: every point
+                points[str(tm)] = adversarial.get(np.arange(len(indices)), x)
         flags = np.asarray(metric_flags(clean, robust))
-        return Evaluation(self.names, flags, indices, loss, details, time.monotonic() - start)
+        return Evaluation(self.names, flags, indices, loss, details, time.monotonic() - start,
+                          points)  # fmt: skip
 
     def _clean_pass(self, variables, source, indices, size):
         program = _compiled_clean(self.apply_fn, self.mesh)
@@ -545,7 +562,8 @@ class Evaluator:
         return clean, loss
 
     def _attack(self, variables, source, indices, clean, tm, key, size, label):
-        """(robust flags [N], details) of one threat model, attack unit by attack unit."""
+        """(robust flags [N], details, this process's adversarial points) of one threat model,
+        attack unit by attack unit."""
         t0 = time.monotonic()
         settings = self.settings.resolved(tm)
         frozen = tuple(sorted(settings.items()))
@@ -594,7 +612,7 @@ class Evaluator:
             )  # fmt: skip
         details = {"after": after, "seconds": seconds, "wall_seconds": time.monotonic() - t0,
                    "settings": self.settings.resolved_json(tm)}  # fmt: skip
-        return robust & final, details
+        return robust & final, details, adversarial
 
     def _final_pass(self, variables, source, indices, tm, adversarial, size):
         """Re-predicts every returned point in the evaluation's batches; checks the ball."""

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from seasoning import attacks, threat
+from seasoning import attacks, errors, threat
 from seasoning.attacks import autoattack, losses
 from seasoning.attacks.apgd import checkpoints, l1_sparse_direction, large_reps_stages
 from seasoning.attacks.fab import project_to_hyperplane
@@ -573,3 +573,25 @@ def test_l1_apgd_first_sparsity(monkeypatch, large_reps, expected):
         sparsity = np.asarray(apgd_module.l0(start - x)) / x[0].size / 1.5
         np.testing.assert_allclose(first, sparsity, rtol=1e-6)
         assert np.all(first != 0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_run_standard_evaluation_reaches_the_exact_robust_accuracy_on_survivors(norm):
+    """The array call (the reference's `run_standard_evaluation`): the survivors schedule of
+    the evaluator, its points inside the ball and the box, the exact robust accuracy within one
+    point (of the problem's first 100), the clean point returned for a misclassified one."""
+    w, b, x, y = _linear_problem()
+    x, y = x[:100], y[:100]
+    f = _linear_fn(w, b)
+    tm = threat.ThreatModel(norm, EPS[norm])
+    x_adv = attacks.run_standard_evaluation(f, x, y, tm, key=jax.random.key(0), batch_size=64)
+    assert x_adv.shape == x.shape and bool(tm.contains(x_adv, x).all())
+    robust = np.asarray(attacks.correct(f, x_adv, y))
+    exact = _exact_robust(norm)[:100]
+    assert not np.any(exact & ~robust), np.flatnonzero(exact & ~robust)
+    assert robust.sum() - exact.sum() <= 1, (robust.sum(), exact.sum())
+    wrong = ~np.asarray(attacks.correct(f, x, y))
+    np.testing.assert_array_equal(x_adv[wrong], x[wrong])
+    with pytest.raises(errors.UserError, match=r"expected x \[N, H, W, C\] in \[0, 1\]"):
+        attacks.run_standard_evaluation(f, x * 2, y, tm, key=jax.random.key(0))

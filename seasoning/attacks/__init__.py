@@ -12,6 +12,7 @@ from seasoning.attacks.autoattack import (
     auto_attack,
     correct,
     robust_accuracy,
+    run_standard_evaluation,
     union_robust,
 )
 from seasoning.attacks.fab import FabResult, fab, fab_targeted_runs
@@ -30,6 +31,7 @@ __all__ = [
     "losses",
     "pgd",
     "robust_accuracy",
+    "run_standard_evaluation",
     "square",
     "union_robust",
 ]

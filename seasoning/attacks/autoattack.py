@@ -29,6 +29,7 @@ attack failed on it: a later attack never restores a point an earlier one broke.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -266,7 +267,10 @@ def auto_attack(
     Pure and jit/vmap-able (all settings static). Accuracy on the returned points is the robust
     accuracy. Per example: x if x is misclassified; else the first attack's point that
     misclassifies it; else the first attack's highest-loss point. Every attack runs on every
-    point (fixed shapes); `seasoning.evaluation` runs each only on the points still robust.
+    point (fixed shapes): one pure program, what code that must jit or vmap the whole
+    evaluation needs (the compiled soup grid), and the slower choice to evaluate a model:
+    `run_standard_evaluation` (arrays in and out) and `seasoning.evaluation` run each attack
+    only on the points still robust.
 
     Args:
       logits_fn: x [B, ...] -> logits [B, K].
@@ -324,3 +328,92 @@ def auto_attack(
         info = AutoAttackInfo(robust=robust, clean=clean, inside=inside, after=after, each=each)
         return x_out, info
     return x_out
+
+
+def run_standard_evaluation(
+    logits_fn: LogitsFn,
+    x: Any,
+    y: Any,
+    tm: threat.ThreatModel,
+    *,
+    key: jax.Array,
+    version: str = "standard",
+    batch_size: int = 500,
+    **overrides: Any,
+) -> np.ndarray:
+    """AutoAttack as the reference's `run_standard_evaluation(x, y)`: arrays in, arrays out,
+    each attack run only on the points every earlier attack left robust (the fast way; a
+    point broken stays broken). The way to evaluate a model from arrays.
+
+    The attacks run in `seasoning.evaluation.Evaluator`'s still_robust schedule, in batches of
+    `batch_size` sharded over every device of this process; `auto_attack` is the same search
+    as one pure program over every point.
+
+    Args:
+      logits_fn: x [B, H, W, C] -> logits [B, K]: the model, in eval mode. A closure over a
+        big model's weights compiles them in as constants: for such a model use
+        `seasoning.evaluation.Evaluator`, which passes the weights as arguments.
+      x: [N, H, W, C] clean inputs in [0, 1].
+      y: int [N] labels.
+      tm: the threat model.
+      key: `jax.random` key.
+      version: "standard" or "fast".
+      batch_size: points per compiled call.
+      **overrides: `auto_attack` settings replacing the version's (n_iter, n_target_classes,
+        n_restarts, n_queries, ...).
+
+    Returns:
+      float32 [N, H, W, C]: per point, x if it is misclassified; else the first attack's point
+      that misclassifies it; else the first attack's highest-loss point. Each lies in `tm`'s
+      ball around x and in [0, 1].
+
+    Raises:
+      UserError: x not [N, H, W, C] in [0, 1], or x and y of different lengths; several
+        processes (use `seasoning.evaluation.Evaluator`).
+    """
+    from seasoning import evaluation, parallel  # late: the evaluator builds on this package
+
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    if x.ndim != 4 or len(x) != len(y) or not (x.min() >= 0 and x.max() <= 1):
+        raise errors.UserError(
+            f"x {x.shape} in [{x.min()}, {x.max()}], y {y.shape}: expected x [N, H, W, C] in "
+            "[0, 1] and N labels."
+        )
+    shape = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
+    source = _Arrays(x, y, int(jax.eval_shape(logits_fn, shape).shape[-1]))
+    evaluator = evaluation.Evaluator(
+        _ApplyLogits(logits_fn), evaluation.AttackSettings.make([tm], version, **overrides),
+        batch_size=batch_size, mesh=parallel.make_mesh(jax.local_devices()),
+    )  # fmt: skip
+    result = evaluator.run(None, source, np.arange(len(x)), key=key, keep_points=True)
+    return result.points[str(tm)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ApplyLogits:
+    """(variables, x) -> logits_fn(x): a `logits_fn` as the evaluator's apply function."""
+
+    logits_fn: LogitsFn
+
+    def __call__(self, variables: Any, x: jax.Array) -> jax.Array:
+        del variables
+        return self.logits_fn(x)
+
+
+class _Arrays(NamedTuple):
+    """Inputs in [0, 1] and labels as a `data.Source` (float32 images, which the evaluator
+    takes as they are)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    num_classes: int
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[indices], self.labels[indices]

@@ -42,7 +42,9 @@ MAX_STEPS = 2**40
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1]."""
+    """uint8 pixels -> float32 in [0, 1]; float32 images (already in [0, 1]) as they are."""
+    if images.dtype == np.float32:
+        return images
     return images.astype(np.float32) * np.float32(1 / 255)
 
 

@@ -7,7 +7,9 @@
 #   3. benchmarks/autoattack.py: the whole standard AutoAttack beside the reference's, both on
 #      the GPU; benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
 #      benchmarks/scale.py: images/s and MFU of WRN-28-10 and ViT-B/16 clean and adversarial
-#      (APGD-CE 10) training steps in bf16 (peak from the device kind's table);
+#      (APGD-CE 10) training steps in bf16 (peak from the device kind's table; FLOPs lowered
+#      for the CPU, `seasoning.flops`); vit_*: ViT-B/16 with fused attention, per-device
+#      batch 256 and 512, remat on and off;
 #   4. the attack and soup tests on the GPU (correctness of the GPU path: exact robust
 #      accuracies, every adversarial example in its ball and the [0,1] box).
 #
@@ -16,7 +18,8 @@
 # Pure-Python packages the machine lacks (ml_collections, pyautoattack) can sit unpacked in
 # SITE (default .pysite), which goes first on PYTHONPATH. Each step has its own time limit
 # and a failed step does not stop the next; STEPS (default all) names the steps to run, e.g.
-# STEPS="versions input scale tests". Logs: $OUT/log.txt; benchmark JSON lines:
+# STEPS="versions scale vit_fused vit_b256 vit_b256_remat vit_b512_remat tests" (issue 27's
+# figures; about 8 minutes). Logs: $OUT/log.txt; benchmark JSON lines:
 # $OUT/results.jsonl.
 set -u
 OUT=${OUT:-/tmp/seasoning_gpu}
@@ -49,6 +52,15 @@ step input "${INPUT_LIMIT:-200}" "$PY" benchmarks/input.py --seconds=3 --jpegs=1
 # First the figures issue 13 asks for (MFU of bf16 adversarial training), while time is left.
 step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
   --modes=clean,adversarial --compute_dtype=bfloat16 --steps=5
+
+# Issue 27's levers for ViT-B/16 adversarial training (bf16, APGD-CE 10), each against the
+# scale step above: fused attention (cuDNN), a bigger per-device batch, remat on and off.
+vit=("$PY" benchmarks/scale.py --models=vit-b16 --modes=adversarial --compute_dtype=bfloat16
+     --steps=3)
+step vit_fused "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused
+step vit_b256 "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=256
+step vit_b256_remat "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=256 --remat
+step vit_b512_remat "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=512 --remat
 
 step grid_cnn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=cnn-small \
   --soups=66 --chunk=66 --vectorize=1 --points=5000 --robust_points=1000

@@ -109,6 +109,11 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Global batch size (0: the model'
 _STEPS = flags.DEFINE_integer("steps", 0, "Timed calls per mode (0: the model's default).")
 _APGD_ITER = flags.DEFINE_integer("apgd_iter", 100, "APGD iterations of the `apgd` mode.")
 _APGD_CALLS = flags.DEFINE_integer("apgd_calls", 3, "Timed calls of the `apgd` mode.")
+_VIT_ATTENTION = flags.DEFINE_enum(
+    "vit_attention", "einsum", ["einsum", "fused"],
+    "ViT models: Flax's attention, or jax.nn.dot_product_attention (cuDNN's on GPUs).",
+)  # fmt: skip
+_REMAT = flags.DEFINE_bool("remat", False, "Rematerialise every block (models that have remat).")
 _DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                            "The models' compute dtype.")  # fmt: skip
 _CPU_DEVICES = flags.DEFINE_integer(
@@ -229,7 +234,7 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
     from seasoning import flops as flops_lib
 
     shape, num_classes = SETTINGS[name][:2]
-    model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
+    model = models.get_model(name, num_classes=num_classes, **model_options(name))
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh)
     replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
@@ -291,6 +296,16 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
                 has_loop=has_loop)  # fmt: skip
 
 
+def model_options(name: str) -> dict:
+    """`get_model` options of the flags: dtype, remat, and the ViT's attention."""
+    options = {"dtype": _DTYPE.value}
+    if _REMAT.value:
+        options["remat"] = True
+    if name.startswith("vit"):
+        options["attention"] = _VIT_ATTENTION.value
+    return options
+
+
 def describe(mode: str) -> str:
     if mode == "clean":
         return "none"
@@ -311,7 +326,7 @@ def run_modes() -> list[dict]:
         shape, num_classes, default_batch, default_steps, _ = SETTINGS[name]
         batch = _BATCH.value or default_batch
         steps = _STEPS.value or default_steps
-        model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
+        model = models.get_model(name, num_classes=num_classes, **model_options(name))
         per_image = flops_lib.pass_flops(model, shape, batch)
         for mode in _MODES.value:
             m = measure(name, mode, batch, _APGD_CALLS.value if mode == "apgd" else steps)
@@ -323,6 +338,7 @@ def run_modes() -> list[dict]:
             row = {
                 "benchmark": "scale", "model": name, "mode": mode, "attack": describe(mode),
                 "compute_dtype": _DTYPE.value, "batch_size": batch,
+                "model_options": model_options(name),
                 "devices": jax.device_count(), "processes": jax.process_count(),
                 "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
                 "cpu_count": os.cpu_count(), "step_s": round(m["seconds"], 4),
@@ -352,7 +368,8 @@ def _child_argv(cpu_devices: int, peak: float, peak_source: str) -> list[str]:
         f"--models={','.join(_MODELS.value)}", f"--modes={','.join(_MODES.value)}",
         f"--batch_size={_BATCH.value}", f"--steps={_STEPS.value}",
         f"--apgd_iter={_APGD_ITER.value}", f"--apgd_calls={_APGD_CALLS.value}",
-        f"--compute_dtype={_DTYPE.value}",
+        f"--compute_dtype={_DTYPE.value}", f"--vit_attention={_VIT_ATTENTION.value}",
+        f"--remat={_REMAT.value}",
         f"--cpu_devices={cpu_devices}", f"--peak_tflops={peak}", f"--peak_source={peak_source}",
     ]  # fmt: skip
 
@@ -451,7 +468,7 @@ def estimate() -> None:
     ]
     for name in names:
         shape, num_classes, _, _, epoch = SETTINGS[name]
-        model = models.get_model(name, num_classes=num_classes, dtype=_DTYPE.value)
+        model = models.get_model(name, num_classes=num_classes, **model_options(name))
         per_image = flops_lib.pass_flops(model, shape, batch=8)
         for n_iter in (int(n) for n in _ESTIMATE_ITER.value):
             grads, forwards = attack_passes(n_iter, unrolled=False)  # a rolled loop

@@ -216,6 +216,7 @@ def test_unknown_name_lists_the_valid_ones():
         ("wrn-16-4", {"padding": "valid"}, r"padding='valid' is not one of"),
         ("dm-wrn-28-10", {"activation": "relu"}, "activation set by the name"),
         ("vit-ti16", {"gelu_approximate": 1}, "must be True or False"),
+        ("vit-ti16", {"attention": "flash"}, r"attention='flash' is not one of"),
     ],
 )
 def test_bad_arguments_raise_value_errors(name, kwargs, match):
@@ -234,6 +235,25 @@ def test_vit_rejects_other_image_sizes():
     model = models.get_model("vit-ti16", num_classes=10, **TINY_VIT)
     with pytest.raises(ValueError, match="pass image_size=64"):
         jax.eval_shape(model.init, KEY, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+
+
+def test_vit_fused_attention_equals_flax_attention_and_its_gradient():
+    """`attention="fused"` (`jax.nn.dot_product_attention`, cuDNN's on GPUs, XLA's here):
+    the same parameters, and in float32 the same logits and input gradient to rounding."""
+    einsum = models.get_model("vit-ti16", num_classes=10, **TINY_VIT)
+    fused = models.get_model("vit-ti16", num_classes=10, attention="fused", **TINY_VIT)
+    x = _images((32, 32, 3), batch=4)
+    variables = einsum.init(KEY, x)
+    assert jax.tree.structure(fused.init(KEY, x)) == jax.tree.structure(variables)
+
+    def loss(model, x):
+        return model.apply(variables, x).sum()
+
+    np.testing.assert_allclose(fused.apply(variables, x), einsum.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(jax.grad(functools.partial(loss, fused))(x),
+                               jax.grad(functools.partial(loss, einsum))(x),
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
 
 
 def test_param_count_of_arrays_and_shapes():

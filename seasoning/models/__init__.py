@@ -26,7 +26,9 @@ Names (`MODEL_NAMES`), with the keyword arguments each accepts besides `mean`, `
 - "resnet-50": `ResNet` (v1.5, torchvision's) for ImageNet-sized images; `remat`.
 - "vit-ti16", "vit-s16", "vit-b16": `VisionTransformer`; `image_size` (default 224),
   `patch_size`, `hidden_size`, `depth`, `num_heads`, `mlp_ratio`, `head_zero_init` override
-  the named size; `gelu_approximate` (False: exact GELU, as timm's); `remat`. A tiny ViT for tests:
+  the named size; `gelu_approximate` (False: exact GELU, as timm's); `remat`; `attention`
+  ("einsum", Flax's; "fused": `jax.nn.dot_product_attention`, cuDNN's fused attention on
+  GPUs). A tiny ViT for tests:
   `get_model("vit-ti16", num_classes=10, image_size=32, patch_size=8, depth=2)`.
 
 `remat=True` (a config's `model.remat`) rematerialises every residual block (`nn.remat`):
@@ -57,7 +59,7 @@ from seasoning.models import normalization
 from seasoning.models.cnn import SmallCNN
 from seasoning.models.preact_resnet import ACTIVATIONS, PADDINGS, PreActResNet18
 from seasoning.models.resnet import CifarResNet, ResNet
-from seasoning.models.vit import SIZES, VisionTransformer
+from seasoning.models.vit import ATTENTIONS, SIZES, VisionTransformer
 from seasoning.models.wide_resnet import WideResNet, check_shape
 
 __all__ = [
@@ -197,6 +199,7 @@ _CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
     "gelu_approximate": _bool,
     "activation": _choice(tuple(ACTIVATIONS)),
     "padding": _choice(PADDINGS),
+    "attention": _choice(ATTENTIONS),
 }
 
 

@@ -20,6 +20,16 @@ from seasoning.models import conv, normalization
 SIZES = {"ti": (192, 12, 3), "s": (384, 12, 6), "b": (768, 12, 12)}
 
 
+ATTENTIONS = ("einsum", "fused")
+
+
+def fused_attention(query, key, value, bias=None, mask=None, **unused):
+    """Flax's `attention_fn` through `jax.nn.dot_product_attention`: on GPUs cuDNN's fused
+    (flash) attention where it applies, XLA's elsewhere. No dropout (the ViT has none)."""
+    del unused  # dropout settings, dtype, precision, module: Flax's, for its own function
+    return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
 class EncoderBlock(nn.Module):
     """x + MHSA(LN(x)), then x + MLP(LN(x)).
 
@@ -29,12 +39,15 @@ class EncoderBlock(nn.Module):
       dtype: compute dtype.
       gelu_approximate: GELU's tanh approximation (Flax's default, big_vision's) or the exact
         erf form (PyTorch's `nn.GELU`, timm's).
+      attention: "einsum" (Flax's attention: two einsums and a softmax) or "fused"
+        (`fused_attention`).
     """
 
     num_heads: int
     mlp_dim: int
     dtype: DTypeLike = jnp.float32
     gelu_approximate: bool = True
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -47,6 +60,7 @@ class EncoderBlock(nn.Module):
             deterministic=True,
             dtype=self.dtype,
             param_dtype=jnp.float32,
+            attention_fn=fused_attention if self.attention == "fused" else nn.dot_product_attention,
             name="attention",
         )(y, y)
         x = x + y
@@ -94,6 +108,8 @@ class VisionTransformer(nn.Module):
       remat: rematerialise each encoder block (`nn.remat`): its activations are recomputed
         in the backward pass instead of stored, so only the blocks' inputs stay in memory,
         for about one more forward pass of compute. Same parameters and outputs.
+      attention: "einsum" (Flax's) or "fused" (`jax.nn.dot_product_attention`: cuDNN's fused
+        attention on GPUs). Same parameters; outputs equal to float32 rounding.
     """
 
     num_classes: int
@@ -109,6 +125,7 @@ class VisionTransformer(nn.Module):
     dtype: DTypeLike = jnp.float32
     gelu_approximate: bool = True
     remat: bool = False
+    attention: str = "einsum"
 
     def check_shape(self, image_shape: Sequence[int] | None = None) -> None:
         """Raises ValueError if the sizes are inconsistent, or if [H, W, C] does not fit them."""
@@ -161,6 +178,7 @@ class VisionTransformer(nn.Module):
                 self.mlp_ratio * hidden,
                 dtype=self.dtype,
                 gelu_approximate=self.gelu_approximate,
+                attention=self.attention,
                 name=f"block{i + 1}",
             )(x)
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name="encoder_norm")(x)

@@ -5,10 +5,10 @@
 
 Both sides attack the same batch with the same weights (the PyTorch twin of the Flax model,
 `seasoning.reference`), the same threat model and the same budget (1 restart, `n_iter`
-iterations), on this machine's CPU, after one warm-up call each (ours compiles in it). The
-labels are the model's own predictions, so the reference (which only attacks correctly
-classified points) attacks the whole batch, as ours does. Prints one JSON line per model.
-Run by hand; results go into README.
+iterations), on this machine (the reference on the GPU when there is one, `--torch_device`),
+after one warm-up call each (ours compiles in it). The labels are the model's own predictions,
+so the reference (which only attacks correctly classified points) attacks the whole batch, as
+ours does. Prints one JSON line per model. Run by hand; results go into README.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from absl import app, flags
 SETTINGS = {
     "cnn-small": (128, (28, 28, 1)),
     "wrn-16-4": (32, (32, 32, 3)),
+    "wrn-28-10": (500, (32, 32, 3)),  # the models users evaluate (a GPU's sizes)
+    "preact-resnet-18": (500, (32, 32, 3)),
 }
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}
 
@@ -36,6 +38,9 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Batch size (0: the model's defau
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per side (the median is reported).")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count()).")
 _UNROLL = flags.DEFINE_string("unroll", "auto", "Our APGD loop: auto, true, or k >= 1.")
+_TORCH_DEVICE = flags.DEFINE_enum(
+    "torch_device", "auto", ["auto", "cpu", "cuda"], "The reference's device (auto: cuda if any)."
+)
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -47,7 +52,7 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll) -> dict:
+def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll, device: str) -> dict:
     """Seconds per APGD-CE call (ours, first call, reference) on one model and batch."""
     import jax
     import jax.numpy as jnp
@@ -78,14 +83,21 @@ def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll) -> dict:
     first_s = time.perf_counter() - t0
     ours_s = _median_seconds(run_ours, _REPEATS.value)
 
-    twin = reference.torch_model(name, variables, num_classes=10)
+    twin = reference.torch_model(name, variables, num_classes=10).to(device)
     apgd = APGDAttack(
         twin, n_iter=_N_ITER.value, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[tm.norm],
-        n_restarts=1, eps=tm.eps, seed=0, loss="ce", device="cpu",
+        n_restarts=1, eps=tm.eps, seed=0, loss="ce", device=device,
     )  # fmt: skip
-    x_t, y_t = reference.to_torch(x), torch.from_numpy(np.asarray(y, np.int64))
-    apgd.perturb(x_t, y_t)
-    reference_s = _median_seconds(lambda: apgd.perturb(x_t, y_t), _REPEATS.value)
+    x_t = reference.to_torch(x).to(device)
+    y_t = torch.from_numpy(np.asarray(y, np.int64)).to(device)
+
+    def run_reference():
+        apgd.perturb(x_t, y_t)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    run_reference()
+    reference_s = _median_seconds(run_reference, _REPEATS.value)
     return dict(ours=ours_s, first=first_s, reference=reference_s)
 
 
@@ -98,6 +110,9 @@ def main(argv):
 
     threads = _THREADS.value or os.cpu_count()
     torch.set_num_threads(threads)
+    device = _TORCH_DEVICE.value
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     unroll = {"auto": None, "true": True}.get(_UNROLL.value.lower())
     if unroll is None and _UNROLL.value.lower() != "auto":
         unroll = int(_UNROLL.value)
@@ -108,12 +123,12 @@ def main(argv):
             raise app.UsageError(f"Unknown model {name!r}; choose from {list(SETTINGS)}.")
         default_batch, shape = SETTINGS[name]
         batch = _BATCH.value or default_batch
-        s = bench(name, batch, shape, tm, unroll)
+        s = bench(name, batch, shape, tm, unroll, device)
         print(json.dumps({
             "benchmark": "apgd-ce", "model": name, "batch_size": batch, "image_shape": shape,
             "norm": _NORM.value, "eps": round(eps, 6), "n_iter": _N_ITER.value,
             "unroll": _UNROLL.value, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "cpu_count": os.cpu_count(), "torch_threads": threads, "torch_device": device,
             "ours_images_per_s": round(batch / s["ours"], 1),
             "reference_images_per_s": round(batch / s["reference"], 1),
             "ratio": round(s["reference"] / s["ours"], 3),

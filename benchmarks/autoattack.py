@@ -2,17 +2,22 @@
 
   .venv/bin/python benchmarks/autoattack.py [--models=mlp,cnn-small] [--norms=linf,l2,l1]
       [--n_points=500] [--version=standard] [--train_steps=300] [--threads=0]
+  python benchmarks/autoattack.py --models=wrn-28-10,preact-resnet-18 --n_points=500  # a GPU
 
-For each model: a short nominal training on Fashion-MNIST (SGD, `train_steps` batches of 128),
-then per norm, back to back in this one process: ours (`evaluation.Evaluator`, still_robust: what
-`seasoning.evaluate` runs: each restart and target class only on the points still robust, the
-CPU split into JAX devices as the drivers split it) and the reference's
-`AutoAttack(version=...).run_standard_evaluation` on the PyTorch twin with the same weights
-(on the GPU when there is one, `--torch_device`). Both
-start cold: our time includes tracing and compiling every attack (no persistent cache), the
-reference's its first call. Prints one JSON line per model and norm: robust accuracy of each,
-seconds of each, and their ratio. The radii leave a mid-range robust accuracy on these briefly
-trained models (those of tests/test_reference.py). Run by hand; results go into README.
+For the Fashion-MNIST models (mlp, cnn-small): a short nominal training (SGD, `train_steps`
+batches of 128). For the CIFAR-shaped ones (wrn-28-10, preact-resnet-18, what users evaluate):
+random weights, random 32x32x3 images, and as labels the model's own predictions, so that every
+point starts correctly classified and the first attack runs on all of them (speed only: such a
+model is broken almost at once, so later attacks run on few points; each row says how many
+points each attack ran on). Then per norm, back to back in this one process: ours
+(`evaluation.Evaluator`, still_robust: what `seasoning.evaluate` runs: each restart and
+target class only on the points still robust, the CPU split into JAX devices as the drivers
+split it) and the reference's `AutoAttack(version=...).run_standard_evaluation` on the PyTorch
+twin with the same weights (on the GPU when there is one, `--torch_device`). Both start cold:
+our time includes tracing and compiling every attack (no persistent cache), the reference's
+its first call. Prints one JSON line per model and norm: robust accuracy of each, seconds of
+each, and their ratio. The Fashion-MNIST radii leave a mid-range robust accuracy on these
+briefly trained models (those of tests/test_reference.py). Run by hand; results go into README.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import time
 from absl import app, flags
 
 EPS = {"linf": 0.03, "l2": 0.5, "l1": 4.0}
-MODELS = ("mlp", "cnn-small")
+CIFAR_EPS = {"linf": 8 / 255, "l2": 0.5, "l1": 12.0}  # the usual CIFAR-10 radii
+CIFAR_MODELS = ("wrn-28-10", "preact-resnet-18")
+MODELS = ("mlp", "cnn-small", *CIFAR_MODELS)
 # cnn-small at a quarter of its default widths, as tests/test_reference.py uses it.
 CNN = dict(features=(16, 32, 32), hidden=64)
 MLP_WIDTHS = (256, 256)
@@ -130,6 +137,39 @@ def _train(name: str, steps: int):
     return _mlp_apply, params, _mlp_twin(params)
 
 
+def _cifar_shaped(name: str, n: int):
+    """(apply_fn, variables, twin, ArraySource of n random images labelled by the model)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from seasoning import data, models, reference
+
+    model = models.get_model(name, num_classes=10)
+    variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+
+    def apply_fn(v, x):
+        return model.apply(v, x, train=False)
+
+    images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    predict = jax.jit(apply_fn)
+    labels = np.concatenate([
+        np.argmax(predict(variables, data.to_float(images[i : i + 250])), -1)
+        for i in range(0, n, 250)
+    ]).astype(np.int32)  # fmt: skip
+    twin = reference.torch_model(name, variables, num_classes=10)
+    return apply_fn, variables, twin, data.ArraySource(images, labels, num_classes=10)
+
+
+def points_attacked(detail: dict, clean: float, n: int) -> dict[str, int]:
+    """Attack -> how many points it ran on (those every earlier attack left robust)."""
+    out, robust = {}, clean
+    for name, after in detail["after"].items():
+        out[name] = round(robust * n)
+        robust = after
+    return out
+
+
 def main(argv):
     del argv
     import numpy as np
@@ -150,17 +190,22 @@ def main(argv):
     device = _TORCH_DEVICE.value
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    test = fashion_mnist.load("test")
     n = _N_POINTS.value
-    x = test.images[:n].astype(np.float32) / 255
-    y = test.labels[:n].astype(np.int32)
     for name in _MODELS.value:
         if name not in MODELS:
             raise app.UsageError(f"Unknown model {name!r}; choose from {list(MODELS)}.")
-        apply_fn, variables, twin = _train(name, _TRAIN_STEPS.value)
+        if name in CIFAR_MODELS:
+            apply_fn, variables, twin, test = _cifar_shaped(name, n)
+            radii = CIFAR_EPS
+        else:
+            test = fashion_mnist.load("test")
+            apply_fn, variables, twin = _train(name, _TRAIN_STEPS.value)
+            radii = EPS
+        x = test.images[:n].astype(np.float32) / 255
+        y = test.labels[:n].astype(np.int32)
         twin = twin.to(device)
         for norm in _NORMS.value:
-            tm = threat.ThreatModel(norm, EPS[norm])
+            tm = threat.ThreatModel(norm, radii[norm])
             t0 = time.perf_counter()
             evaluator = evaluation.Evaluator(
                 apply_fn, evaluation.AttackSettings.make([tm], _VERSION.value),
@@ -189,6 +234,9 @@ def main(argv):
                 "reference_robust_accuracy": round(float(ref_robust.mean()), 4),
                 "ours_after": {k: round(v, 4) for k, v in detail["after"].items()},
                 "ours_attack_s": {k: round(v, 1) for k, v in detail["seconds"].items()},
+                "ours_points_attacked": points_attacked(detail, accuracy["clean"], n),
+                "weights": "random, labels = its predictions" if name in CIFAR_MODELS
+                           else f"{_TRAIN_STEPS.value} nominal SGD steps",
                 "ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
                 "speedup": round(ref_s / ours_s, 2), "jax_cpu_devices": devices or 1,
                 "torch_threads": threads, "torch_device": device, "jax": jax.default_backend(),

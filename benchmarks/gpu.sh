@@ -18,8 +18,8 @@
 # Pure-Python packages the machine lacks (ml_collections, pyautoattack) can sit unpacked in
 # SITE (default .pysite), which goes first on PYTHONPATH. Each step has its own time limit
 # and a failed step does not stop the next; STEPS (default all) names the steps to run, e.g.
-# STEPS="versions scale vit_fused vit_b256 vit_b256_remat vit_b512_remat tests" (issue 27's
-# figures; about 8 minutes). Logs: $OUT/log.txt; benchmark JSON lines:
+# STEPS="versions scale vit_fused vit_b256 vit_b256_remat vit_b512_remat", then
+# STEPS="autoattack_cifar apgd_cifar tests" (issue 27's figures, two calls). Logs: $OUT/log.txt; benchmark JSON lines:
 # $OUT/results.jsonl.
 set -u
 OUT=${OUT:-/tmp/seasoning_gpu}
@@ -50,17 +50,17 @@ step input "${INPUT_LIMIT:-200}" "$PY" benchmarks/input.py --seconds=3 --jpegs=1
   --pipelines=pil_one_thread,imagenet_train,imagenet_eval,cifar10_train --workers=0,1,2,4,8,16
 
 # First the figures issue 13 asks for (MFU of bf16 adversarial training), while time is left.
-step scale "${SCALE_LIMIT:-300}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
+step scale "${SCALE_LIMIT:-180}" "$PY" benchmarks/scale.py --models=wrn-28-10,vit-b16 \
   --modes=clean,adversarial --compute_dtype=bfloat16 --steps=5
 
 # Issue 27's levers for ViT-B/16 adversarial training (bf16, APGD-CE 10), each against the
 # scale step above: fused attention (cuDNN), a bigger per-device batch, remat on and off.
 vit=("$PY" benchmarks/scale.py --models=vit-b16 --modes=adversarial --compute_dtype=bfloat16
      --steps=3)
-step vit_fused "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused
-step vit_b256 "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=256
-step vit_b256_remat "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=256 --remat
-step vit_b512_remat "${VIT_LIMIT:-90}" "${vit[@]}" --vit_attention=fused --batch_size=512 --remat
+step vit_fused "${VIT_LIMIT:-70}" "${vit[@]}" --vit_attention=fused
+step vit_b256 "${VIT_LIMIT:-70}" "${vit[@]}" --vit_attention=fused --batch_size=256
+step vit_b256_remat "${VIT_LIMIT:-70}" "${vit[@]}" --vit_attention=fused --batch_size=256 --remat
+step vit_b512_remat "${VIT_LIMIT:-70}" "${vit[@]}" --vit_attention=fused --batch_size=512 --remat
 
 step grid_cnn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=cnn-small \
   --soups=66 --chunk=66 --vectorize=1 --points=5000 --robust_points=1000
@@ -71,6 +71,12 @@ step grid_wrn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=wrn-16-4 \
 
 step autoattack "${AA_LIMIT:-240}" "$PY" benchmarks/autoattack.py --models=mlp,cnn-small \
   --n_points=1000 --batch_size=1000
+# Issue 27: AutoAttack and APGD-CE on the CIFAR-shaped models users evaluate, both sides on
+# the GPU (random weights, labels = the model's predictions; rows say the points attacked).
+step autoattack_cifar "${AA_CIFAR_LIMIT:-200}" "$PY" benchmarks/autoattack.py \
+  --models=wrn-28-10,preact-resnet-18 --n_points=500 --batch_size=500
+step apgd_cifar "${APGD_LIMIT:-120}" "$PY" benchmarks/attacks.py \
+  --models=wrn-28-10,preact-resnet-18 --n_iter=100 --norm=linf --batch_size=500
 step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wrn-16-4 \
   --modes=nominal,linf --batch_size=128 --steps=20
 # Several test processes share the GPU: no up-front 75% allocation each. XLA:GPU of jax 0.11.2

@@ -41,6 +41,11 @@ HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     lower_bound=1,
 )
 
+RESUME = flags.DEFINE_bool(
+    "resume", False,
+    "Continue an unfinished job of the same settings in --workdir: a soup sweep, a shift run, "
+    "or an evaluation stopped by SIGTERM (its finished threat models are kept).",
+)  # fmt: skip
 FORCE_LEASE = flags.DEFINE_bool(
     "force_lease", False,
     "Take the workdir's lease even from a job that looks alive (only when it is surely gone, "

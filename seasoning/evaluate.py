@@ -11,7 +11,8 @@ clean accuracy, robust accuracy per threat model and after each attack, the unio
 counts only if it survives every threat model), the dataset, the settings and the time taken.
 Prints a table. The dataset defaults to the run's own; `--dataset` evaluates on another one of
 the registry with the same class count. An `eval.json` with the same checkpoint and settings is
-reused; one with other settings is never replaced without `--overwrite`.
+reused; one with other settings is never replaced without `--overwrite`. SIGTERM stops it after
+the threat model it is in, which eval.json keeps (`complete: false`); `--resume` goes on.
 
 Runs unchanged as N processes (`jax.distributed` from the environment): each process feeds its
 rows of every batch, the counts are global, and only process 0 writes.
@@ -24,10 +25,11 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from seasoning import cli, data, errors, evaluation, models, parallel, runs, threat
+from seasoning import cli, data, errors, evaluation, models, parallel, preemption, runs, threat
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.attacks import autoattack
@@ -80,6 +82,7 @@ def evaluate_run(
     compute_dtype: str = "float32",
     mesh: Mesh | None = None,
     force_lease: bool = False,
+    resume: bool = False,
     **attack_overrides: Any,
 ) -> dict[str, Any]:
     """Attacks a run's latest checkpoint and writes `output` (eval.json) into its workdir.
@@ -100,6 +103,8 @@ def evaluate_run(
       mesh: the devices to use (default: every device of every process).
       force_lease: take the output's lease (`<output>.lease`, held while it runs) even from
         a job that looks alive.
+      resume: continue an evaluation stopped by SIGTERM: `output` keeps each threat model as
+        it finishes (`complete: false`), and those are not attacked again.
       **attack_overrides: `auto_attack` settings (n_iter, n_restarts, n_target_classes,
         n_queries) replacing the version's, recorded in the result.
 
@@ -111,6 +116,8 @@ def evaluate_run(
         or image shape is not the model's, or an `output` holding another evaluation.
       MissingInputError: the run or its data is missing.
       BusyError: another live job is writing `output`.
+      PreemptedError: SIGTERM, after saving the threat models finished (`resume=True` goes
+        on).
     """
     errors.check_count("n_examples", n_examples, 0)
     errors.check_count("batch_size", batch_size, 1)
@@ -133,12 +140,17 @@ def evaluate_run(
         "overrides": dict(attack_settings.overrides),
     }
     out_path = workdir_lib.path(workdir, output)  # an absolute output or a URI stays as given
-    with lease_lib.hold(lease_lib.of_file(out_path, force=force_lease)):
-        existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite)
-        if existing is not None:
+    with (
+        lease_lib.hold(lease_lib.of_file(out_path, force=force_lease)),
+        preemption.Watcher() as watcher,
+    ):
+        existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite,
+                                                 resume=resume)  # fmt: skip
+        if existing is not None and existing.get("complete", True):
             logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
                          out_path)  # fmt: skip
             return existing
+        saved = dict(existing["finished"]) if existing else {}
 
         source = data.get_source(dataset_cfg, split, seed=run.config.seed)
         run.check_source(source, f"{dataset_cfg.name}/{split}")
@@ -148,8 +160,31 @@ def evaluate_run(
         logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)",
                      workdir, run.step, len(indices), dataset_cfg.name, split,
                      jax.process_count())  # fmt: skip
+        finished = {}
+        for name, entry in saved.items():
+            flags = np.zeros(len(indices), bool)
+            flags[entry["robust"]] = True
+            finished[name] = (flags, entry["details"])
+        if finished:
+            logging.info("Resuming: %s already evaluated.", ", ".join(finished))
+
+        def save_threat(name: str, flags: np.ndarray, detail: dict[str, Any]) -> None:
+            """Keeps a finished threat model in `output` (complete: false); stops on SIGTERM."""
+            saved[name] = {"robust": np.flatnonzero(flags).tolist(), "details": detail}
+            if jax.process_index() == 0:
+                workdir_lib.write_json(
+                    out_path, {"settings": settings, "complete": False, "finished": saved}
+                )
+            if watcher.reached(len(saved)) and len(saved) < len(threats):
+                raise errors.PreemptedError(
+                    f"Stopped by SIGTERM after {len(saved)} of {len(threats)} threat models "
+                    f"({', '.join(saved)}), saved in {out_path}: run the same command with "
+                    "--resume to go on."
+                )
+
         start = time.monotonic()
-        result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed))
+        result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed),
+                               finished=finished, on_threat=save_threat)  # fmt: skip
         accuracy = result.accuracies()
         per_threat = {}
         for tm in threats:
@@ -230,7 +265,7 @@ def main(argv) -> None:
             batch_size=_BATCH.value, seed=_SEED.value, dataset=cli.DATASET.value,
             split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
             overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
-            force_lease=cli.FORCE_LEASE.value, n_iter=_N_ITER.value,
+            force_lease=cli.FORCE_LEASE.value, resume=cli.RESUME.value, n_iter=_N_ITER.value,
             n_target_classes=_N_TARGETS.value,
         )  # fmt: skip
         if jax.process_index() == 0:

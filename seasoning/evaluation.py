@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -508,6 +508,8 @@ class Evaluator:
         key: jax.Array,
         label: str = "",
         keep_points: bool = False,
+        finished: Mapping[str, tuple[np.ndarray, dict[str, Any]]] | None = None,
+        on_threat: Callable[[str, np.ndarray, dict[str, Any]], None] | None = None,
     ) -> Evaluation:
         """Evaluates `variables` on the points `indices` of `source`.
 
@@ -519,6 +521,11 @@ class Evaluator:
           label: a name for progress lines (e.g. the soup's weights).
           keep_points: return the adversarial points (`Evaluation.points`; `still_robust`
             on one process only).
+          finished: threat name -> (robust flags [N], details) of threat models already
+            evaluated with these settings and key (a resumed evaluation): not attacked again.
+          on_threat: called with (threat name, robust flags, details) after each threat
+            model it attacks, on every process (to save work as it is done; it may raise to
+            stop the evaluation there).
 
         Raises:
           RuntimeError: an attack returned a point outside its threat model (a bug).
@@ -540,10 +547,16 @@ class Evaluator:
         clean, loss = self._clean_pass(variables, source, indices, size)
         robust, details, points = [], {}, {}
         for i, tm in enumerate(self.settings.threats):
+            if finished and str(tm) in finished and not keep_points:
+                flags, details[str(tm)] = finished[str(tm)]
+                robust.append(np.asarray(flags, bool))
+                continue
             flags, details[str(tm)], adversarial = self._attack(
                 variables, source, indices, clean, tm, jax.random.fold_in(key, i), size, label
             )
             robust.append(flags)
+            if on_threat is not None:
+                on_threat(str(tm), flags, details[str(tm)])
             if keep_points:
                 x, _ = _own_rows(source, indices)  # one process: every point
                 points[str(tm)] = adversarial.get(np.arange(len(indices)), x)

@@ -3,6 +3,7 @@ up to date and never silently replaced; other datasets; threat specs; the CLI's 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from seasoning import cli, config_lib, data, errors, evaluate, lease, threat, train
+from seasoning import cli, config_lib, data, errors, evaluate, evaluation, lease, threat, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -78,6 +79,42 @@ def test_bad_sizes_are_refused_before_anything_is_written(runs, kwargs, message)
     with pytest.raises(errors.UserError, match=message):
         evaluate.evaluate_run(runs["run"], [LINF], output="bad.json", **kwargs)
     assert not os.path.exists(os.path.join(runs["run"], "bad.json"))
+
+
+@pytest.mark.slow
+def test_an_evaluation_stopped_by_sigterm_resumes_to_the_same_result(runs, tmp_path, monkeypatch):
+    """SIGTERM during the first of two threat models: the evaluation stops after it (exit 5
+    from the CLI) with that threat model saved (`complete: false`), refuses to go on without
+    --resume, and resumed does not attack it again and ends with the uninterrupted result."""
+    threats = [LINF, threat.parse("l2:0.8")]
+    settings = dict(version="fast", n_iter=5, n_examples=48, batch_size=8)
+    whole = evaluate.evaluate_run(runs["run"], threats, output=str(tmp_path / "whole.json"),
+                                  **settings)  # fmt: skip
+    output = str(tmp_path / "stopped.json")
+    real = evaluation.Evaluator._attack
+    attacked = []
+
+    def attack(self, variables, source, indices, clean, tm, *args):
+        attacked.append(str(tm))
+        if len(attacked) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return real(self, variables, source, indices, clean, tm, *args)
+
+    monkeypatch.setattr(evaluation.Evaluator, "_attack", attack)
+    with pytest.raises(errors.PreemptedError, match=r"after 1 of 2 threat models \(linf:0.1\)"):
+        evaluate.evaluate_run(runs["run"], threats, output=output, **settings)
+    with open(output) as f:
+        partial = json.load(f)
+    assert not partial["complete"] and list(partial["finished"]) == ["linf:0.1"]
+    with pytest.raises(errors.UserError, match="pass --resume"):
+        evaluate.evaluate_run(runs["run"], threats, output=output, **settings)
+    resumed = evaluate.evaluate_run(runs["run"], threats, output=output, resume=True, **settings)
+    assert attacked == ["linf:0.1", "l2:0.8"]  # linf not attacked again
+    for key in ("clean_accuracy", "union", "settings"):
+        assert resumed[key] == whole[key], key
+    for name, entry in whole["threat_models"].items():  # all but the times
+        for key in ("robust_accuracy", "robust_count", "after", "settings"):
+            assert resumed["threat_models"][name][key] == entry[key], (name, key)
 
 
 @pytest.mark.slow

@@ -17,7 +17,6 @@ from seasoning import cli, config_lib
 from seasoning import workdir as workdir_lib
 from seasoning.shift import run as run_lib
 
-_RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted run in --workdir.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace a shift.json of other settings (or an unfinished run)."
 )
@@ -32,7 +31,7 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
     def go():
         cli.start(max(config.batch_size, 1))
         run_lib.run_shift(
-            config, cli.WORKDIR.value, resume=_RESUME.value, overwrite=_OVERWRITE.value,
+            config, cli.WORKDIR.value, resume=cli.RESUME.value, overwrite=_OVERWRITE.value,
             force_lease=cli.FORCE_LEASE.value,
         )  # fmt: skip
         if jax.process_index() == 0:

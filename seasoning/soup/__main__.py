@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import jax
 import ml_collections
-from absl import app, flags
+from absl import app
 
 from seasoning import cli, config_lib
 from seasoning.soup import sweep
-
-_RESUME = flags.DEFINE_bool("resume", False, "Continue an interrupted sweep in --workdir.")
 
 
 def main(argv, config: ml_collections.ConfigDict) -> None:
@@ -27,7 +25,7 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
     def run():
         cli.start(max(config.eval.batch_size, 1))
         result = sweep.run_sweep(
-            config, cli.WORKDIR.value, resume=_RESUME.value, force_lease=cli.FORCE_LEASE.value
+            config, cli.WORKDIR.value, resume=cli.RESUME.value, force_lease=cli.FORCE_LEASE.value
         )
         if jax.process_index() == 0:
             settings = result["settings"]

@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from seasoning import checkpoints, cli, config_lib, errors, parallel, train
+from seasoning import checkpoints, cli, config_lib, errors, lease, parallel, train
 
 pytestmark = pytest.mark.slow  # two-process training
 
@@ -101,7 +101,8 @@ def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_p
     writes metrics, and the eval accuracy it logs last is the 1-process evaluation of the
     final parameters. The restarted job is then sent SIGTERM on both processes (a preempted
     pod): both stop at the same step after a checkpoint of it, exit 5, and a third start
-    finishes the run (replayed like the rest)."""
+    finishes the run (replayed like the rest). Last, a start on the workdir while another job
+    holds its lease: both processes exit 6."""
     heartbeat = 5
     # An evaluation every step slows the run enough to kill it mid-way.
     overrides = ["max_steps=10", "eval_every_steps=1", "dataset.num_eval_examples=200",
@@ -172,6 +173,18 @@ def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_p
     assert two["step"] == setup.num_steps
     assert two["eval/accuracy"] == one["accuracy"]
     assert 0.0 < one["accuracy"] <= 1.0
+
+    # Another job holds the workdir: process 0 is refused, and so is process 1 (told by
+    # process 0, instead of waiting for it in a collective); both exit 6, nothing written.
+    before = sorted(os.listdir(workdir))
+    with lease.of_workdir(workdir):
+        job = jobs.start("seasoning.train", args, str(tmp_path))
+        codes = jobs.wait(job, timeout=120)
+        outputs = [p.output() for p in job]
+    assert codes == [6, 6], outputs[1][-4000:]
+    assert f"{workdir} is in use by another job: pid {os.getpid()}" in outputs[0]
+    assert "process 0 found it held by another live job" in outputs[1]
+    assert sorted(os.listdir(workdir)) == before
 
 
 def test_heartbeat_timeout_is_range_checked():

@@ -333,7 +333,7 @@ def _train(
                 progress.input_wait = summary["input_wait"]
                 writer.write(done, summary, prefix="train/")
                 pending, checked, window_start = [], 0, time.monotonic()
-            lease.check()  # another job took the workdir over: write nothing more
+            lease.check()  # another job took the workdir over: no checkpoint from this one
             if save:
                 ckpt.save(done, state.checkpoint_items(), setup.meta)
                 guard.last_saved = done

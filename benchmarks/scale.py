@@ -289,11 +289,14 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
     t0 = time.perf_counter()
     program = program.lower(*args).compile()  # the calls above run this compiled program
     compile_s = time.perf_counter() - t0
-    has_loop = "while(" in program.as_text()
+    hlo = program.as_text()
+    has_loop = "while(" in hlo
+    # What the backend made of the step: XLA fusions, and library calls (cuDNN, cuBLAS, ...).
+    counts = {"fusions": hlo.count(" fusion("), "custom_calls": hlo.count(" custom-call(")}
     flops_xla = flops_lib.cost_flops(program) * mesh.size  # one device's share of the SPMD program
     first, seconds = _timed(call, steps)
     return dict(seconds=seconds, first=first, compile=compile_s, flops_xla=flops_xla,
-                has_loop=has_loop)  # fmt: skip
+                has_loop=has_loop, hlo=counts)  # fmt: skip
 
 
 def model_options(name: str) -> dict:
@@ -338,7 +341,7 @@ def run_modes() -> list[dict]:
             row = {
                 "benchmark": "scale", "model": name, "mode": mode, "attack": describe(mode),
                 "compute_dtype": _DTYPE.value, "batch_size": batch,
-                "model_options": model_options(name),
+                "model_options": model_options(name), "hlo": m["hlo"],
                 "devices": jax.device_count(), "processes": jax.process_count(),
                 "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
                 "cpu_count": os.cpu_count(), "step_s": round(m["seconds"], 4),

@@ -59,8 +59,6 @@ class ModelMismatchError(errors.UserError):
     """A checkpoint was saved from a different model than the one asked for."""
 
 
-# The errors of a save that a user fixes on the machine (tensorstore reports the OS error's
-# number as `[os_error_code='28']`, Python as OSError.errno).
 class Checkpointer:
     """Keep-last-N checkpoints of one run directory, saved asynchronously.
 

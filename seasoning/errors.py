@@ -15,6 +15,8 @@ import errno
 import re
 from typing import Any
 
+# The errors of a write that a user fixes on the machine (tensorstore reports the OS error's
+# number as `[os_error_code='28']`, Python as OSError.errno).
 _WRITE_ERRORS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",

@@ -175,12 +175,10 @@ def evaluate_run(
                 workdir_lib.write_json(
                     out_path, {"settings": settings, "complete": False, "finished": saved}
                 )
-            if watcher.reached(len(saved)) and len(saved) < len(threats):
-                raise errors.PreemptedError(
-                    f"Stopped by SIGTERM after {len(saved)} of {len(threats)} threat models "
-                    f"({', '.join(saved)}), saved in {out_path}: run the same command with "
-                    "--resume to go on."
-                )
+            watcher.stop_if_reached(
+                len(saved), finished=len(saved) == len(threats), saved_in=out_path,
+                progress=f"{len(saved)} of {len(threats)} threat models ({', '.join(saved)})",
+            )  # fmt: skip
 
         start = time.monotonic()
         result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed),

@@ -213,7 +213,7 @@ class Lease:
                 return
             try:
                 self._write()
-            except OSError as e:  # a full disk must not kill the job from here: say it
+            except (OSError, errors.WriteError) as e:  # a full disk must not end the renewals
                 logging.warning("Could not renew the lease %s: %s", self.file, e)
 
     def _stale_reason(self, held: dict[str, Any] | None) -> str | None:

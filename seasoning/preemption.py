@@ -18,6 +18,8 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from seasoning import errors
+
 
 class Watcher:
     """Whether a job should stop after its current step, between `start` and `stop` (or in a
@@ -60,6 +62,19 @@ class Watcher:
         if jax.process_count() > 1:
             return multihost_utils.reached_preemption_sync_point(step)
         return self.requested
+
+    def stop_if_reached(self, step: int, *, finished: bool, progress: str, saved_in) -> None:
+        """At save number `step` of a job that `--resume` continues (the soup sweep, the shift
+        run, an evaluation): stops it there if `reached(step)` and it is not `finished`.
+
+        Raises:
+          PreemptedError: naming `progress` (what is done) and where it was saved.
+        """
+        if self.reached(step) and not finished:  # reached first: every process asks
+            raise errors.PreemptedError(
+                f"Stopped by SIGTERM after {progress}, saved in {saved_in}: run the same "
+                "command with --resume to go on."
+            )
 
     def _note(self, signum, frame) -> None:
         del signum, frame

@@ -117,3 +117,22 @@ def test_without_hard_links_the_lease_is_an_exclusive_create(tmp_path, monkeypat
         with pytest.raises(errors.BusyError, match="in use by another job"):
             lease.of_workdir(tmp_path / "w").acquire()
     assert os.listdir(tmp_path / "w") == []
+
+
+def test_a_renewal_that_cannot_be_written_is_a_warning_and_renewing_goes_on(
+    tmp_path, monkeypatch, caplog
+):
+    """A full disk during the job: the heartbeat thread says so and keeps trying."""
+    held = lease.of_workdir(tmp_path / "w", renew_seconds=0.05, stale_seconds=1.0)
+    held.acquire()
+
+    def full(file, data):
+        raise errors.WriteError(f"Could not write {file}: no space left on the device.")
+
+    with caplog.at_level(logging.WARNING):
+        monkeypatch.setattr(workdir_lib, "write_bytes", full)
+        time.sleep(0.3)
+        assert held._thread.is_alive() and held.lost is None
+    monkeypatch.undo()
+    held.release()
+    assert "Could not renew the lease" in caplog.text and not held.file.exists()

@@ -166,11 +166,9 @@ class _Files:
             workdir_lib.write_arrays(self.arrays_path, self.arrays)
             workdir_lib.write_json(self.json_path, self.result)
         self._saves += 1
-        if self._watcher.reached(self._saves) and not self.result.get("complete"):
-            raise errors.PreemptedError(
-                f"Stopped by SIGTERM after saving the stages done in {self.json_path}: run the "
-                "same command with --resume to go on."
-            )
+        self._watcher.stop_if_reached(self._saves, finished=bool(self.result.get("complete")),
+                                      progress="the stages done so far",
+                                      saved_in=self.json_path)  # fmt: skip
 
 
 @dataclasses.dataclass

@@ -139,11 +139,9 @@ def run_sweep(
                     out_path,
                     {"settings": record, "rows": rows, "complete": len(rows) == len(weights)},
                 )
-            if watcher.reached(len(rows)) and len(rows) < len(weights):
-                raise errors.PreemptedError(
-                    f"Stopped by SIGTERM after {len(rows)} of {len(weights)} soups, saved in "
-                    f"{out_path}: run the same command with --resume to go on."
-                )
+            watcher.stop_if_reached(len(rows), finished=len(rows) == len(weights),
+                                    progress=f"{len(rows)} of {len(weights)} soups",
+                                    saved_in=out_path)  # fmt: skip
 
         if len(rows) < len(weights):
             logging.info(

@@ -2,6 +2,7 @@
 
   .venv/bin/python benchmarks/autoattack.py [--models=mlp,cnn-small] [--norms=linf,l2,l1]
       [--n_points=500] [--version=standard] [--train_steps=300] [--threads=0]
+      [--search_dtypes=float32,bfloat16] [--noreference]
   python benchmarks/autoattack.py --models=wrn-28-10,preact-resnet-18 --n_points=500  # a GPU
 
 For the Fashion-MNIST models (mlp, cnn-small): a short nominal training (SGD, `train_steps`
@@ -44,6 +45,13 @@ _VERSION = flags.DEFINE_enum("version", "standard", ["standard", "fast"], "AutoA
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "Nominal SGD steps before attacking.")
 _THREADS = flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: os.cpu_count()).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Our points per compiled call.")
+_SEARCH_DTYPES = flags.DEFINE_list(
+    "search_dtypes",
+    ["float32"],
+    "Our attacks' search dtypes, one row each (the float32 model judges every point; a "
+    "bfloat16 row also counts the points only one of the two searches broke).",
+)
+_REFERENCE = flags.DEFINE_bool("reference", True, "Also run the reference (pyautoattack).")
 _TORCH_DEVICE = flags.DEFINE_enum(
     "torch_device", "auto", ["auto", "cpu", "cuda"], "The reference's device (auto: cuda if any)."
 )
@@ -72,15 +80,34 @@ def _mlp_twin(params):
     return Twin().eval()
 
 
-def _mlp_apply(params, x):
+def _mlp_apply(params, x, dtype="float32"):
     import jax
 
-    h = x.reshape(x.shape[0], -1)
+    h = x.reshape(x.shape[0], -1).astype(dtype)
     for i, layer in enumerate(params):
-        h = h @ layer["w"] + layer["b"]
+        h = h @ layer["w"].astype(dtype) + layer["b"].astype(dtype)
         if i < len(params) - 1:
             h = jax.nn.relu(h)
-    return h
+    return h.astype("float32")
+
+
+def _in_dtype(name: str, dtype: str):
+    """The apply function of model `name` (same variables) computing in `dtype`."""
+    import functools
+
+    import jax.numpy as jnp
+
+    from seasoning import models
+
+    if name == "mlp":
+        return functools.partial(_mlp_apply, dtype=dtype)
+    widths = CNN if name == "cnn-small" else {}
+    model = models.get_model(name, num_classes=10, dtype=jnp.dtype(dtype), **widths)
+    return functools.partial(_apply_eval, model)
+
+
+def _apply_eval(model, v, x):
+    return model.apply(v, x, train=False)
 
 
 def _train(name: str, steps: int):
@@ -109,9 +136,7 @@ def _train(name: str, steps: int):
             state, _ = step(state, batch, jax.random.key(i))
         variables = jax.device_get(state.variables())
 
-        def apply_fn(v, x):
-            return model.apply(v, x, train=False)
-
+        apply_fn = functools.partial(_apply_eval, model)
         twin = reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
         return apply_fn, variables, twin
     sizes = (784, *MLP_WIDTHS, 10)
@@ -139,6 +164,8 @@ def _train(name: str, steps: int):
 
 def _cifar_shaped(name: str, n: int):
     """(apply_fn, variables, twin, ArraySource of n random images labelled by the model)."""
+    import functools
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -148,9 +175,7 @@ def _cifar_shaped(name: str, n: int):
     model = models.get_model(name, num_classes=10)
     variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
-    def apply_fn(v, x):
-        return model.apply(v, x, train=False)
-
+    apply_fn = functools.partial(_apply_eval, model)
     images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     predict = jax.jit(apply_fn)
     labels = np.concatenate([
@@ -206,42 +231,57 @@ def main(argv):
         twin = twin.to(device)
         for norm in _NORMS.value:
             tm = threat.ThreatModel(norm, radii[norm])
-            t0 = time.perf_counter()
-            evaluator = evaluation.Evaluator(
-                apply_fn, evaluation.AttackSettings.make([tm], _VERSION.value),
-                batch_size=_BATCH.value,
-            )  # fmt: skip
-            result = evaluator.run(variables, test, np.arange(n), key=jax.random.key(0))
-            ours_s = time.perf_counter() - t0
-            detail, accuracy = result.details[str(tm)], result.accuracies()
-            adversary = AutoAttack(
-                twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
-                version=_VERSION.value, seed=0, device=device,
-            )  # fmt: skip
-            t0 = time.perf_counter()
-            _, y_adv = adversary.run_standard_evaluation(
-                reference.to_torch(x).to(device),
-                torch.from_numpy(y.astype(np.int64)).to(device),
-                batch_size=n,
-            )
-            ref_s = time.perf_counter() - t0
-            ref_robust = y_adv.cpu().numpy() == y
-            print(json.dumps({
-                "benchmark": "autoattack", "version": _VERSION.value, "model": name,
-                "norm": norm, "eps": tm.eps, "n_points": n, "train_steps": _TRAIN_STEPS.value,
-                "clean_accuracy": round(accuracy["clean"], 4),
-                "ours_robust_accuracy": round(accuracy[str(tm)], 4),
-                "reference_robust_accuracy": round(float(ref_robust.mean()), 4),
-                "ours_after": {k: round(v, 4) for k, v in detail["after"].items()},
-                "ours_attack_s": {k: round(v, 1) for k, v in detail["seconds"].items()},
-                "ours_points_attacked": points_attacked(detail, accuracy["clean"], n),
-                "weights": "random, labels = its predictions" if name in CIFAR_MODELS
-                           else f"{_TRAIN_STEPS.value} nominal SGD steps",
-                "ours_s": round(ours_s, 1), "reference_s": round(ref_s, 1),
-                "speedup": round(ref_s / ours_s, 2), "jax_cpu_devices": devices or 1,
-                "torch_threads": threads, "torch_device": device, "jax": jax.default_backend(),
-                "cpu_count": os.cpu_count(),
-            }), flush=True)  # fmt: skip
+            ref = {}
+            if _REFERENCE.value:
+                adversary = AutoAttack(
+                    twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
+                    version=_VERSION.value, seed=0, device=device,
+                )  # fmt: skip
+                t0 = time.perf_counter()
+                _, y_adv = adversary.run_standard_evaluation(
+                    reference.to_torch(x).to(device),
+                    torch.from_numpy(y.astype(np.int64)).to(device),
+                    batch_size=n,
+                )
+                ref["s"] = time.perf_counter() - t0
+                ref["robust"] = float(np.mean(y_adv.cpu().numpy() == y))
+            float32_flags = None
+            for search_dtype in _SEARCH_DTYPES.value:
+                t0 = time.perf_counter()
+                evaluator = evaluation.Evaluator(
+                    apply_fn, evaluation.AttackSettings.make([tm], _VERSION.value),
+                    batch_size=_BATCH.value, search_apply_fn=_in_dtype(name, search_dtype),
+                )  # fmt: skip
+                result = evaluator.run(variables, test, np.arange(n), key=jax.random.key(0))
+                ours_s = time.perf_counter() - t0
+                detail, accuracy = result.details[str(tm)], result.accuracies()
+                flags_now = result.flags[result.names.index(str(tm))]
+                row = {
+                    "benchmark": "autoattack", "version": _VERSION.value, "model": name,
+                    "norm": norm, "eps": tm.eps, "n_points": n, "search_dtype": search_dtype,
+                    "train_steps": _TRAIN_STEPS.value,
+                    "clean_accuracy": round(accuracy["clean"], 4),
+                    "ours_robust_accuracy": round(accuracy[str(tm)], 4),
+                    "ours_after": {k: round(v, 4) for k, v in detail["after"].items()},
+                    "ours_attack_s": {k: round(v, 1) for k, v in detail["seconds"].items()},
+                    "ours_points_attacked": points_attacked(detail, accuracy["clean"], n),
+                    "weights": "random, labels = its predictions" if name in CIFAR_MODELS
+                               else f"{_TRAIN_STEPS.value} nominal SGD steps",
+                    "ours_s": round(ours_s, 1), "jax_cpu_devices": devices or 1,
+                    "jax": jax.default_backend(), "cpu_count": os.cpu_count(),
+                }  # fmt: skip
+                if search_dtype == "float32":
+                    float32_flags = flags_now
+                elif float32_flags is not None:  # points broken by one search only
+                    row["broken_by_float32_only"] = int(np.sum(~float32_flags & flags_now))
+                    row["broken_by_this_only"] = int(np.sum(float32_flags & ~flags_now))
+                if ref:
+                    row.update({
+                        "reference_robust_accuracy": round(ref["robust"], 4),
+                        "reference_s": round(ref["s"], 1), "speedup": round(ref["s"] / ours_s, 2),
+                        "torch_threads": threads, "torch_device": device,
+                    })  # fmt: skip
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

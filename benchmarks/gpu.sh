@@ -5,7 +5,7 @@
 #      worker processes on the host's cores (ImageNet-like JPEGs, CIFAR-like PNGs);
 #   2. benchmarks/grid.py: clean and robust soup grids, vmapped side by side or not;
 #   3. benchmarks/autoattack.py: the whole standard AutoAttack beside the reference's, both on
-#      the GPU; benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
+#      the GPU, ours searching in float32 and in bfloat16 (`--search_dtype`); benchmarks/train.py: adversarial-training images/s beside the PyTorch loop on the GPU;
 #      benchmarks/scale.py: images/s and MFU of WRN-28-10 and ViT-B/16 clean and adversarial
 #      (APGD-CE 10) training steps in bf16 (peak from the device kind's table; FLOPs lowered
 #      for the CPU, `seasoning.flops`); vit_*: ViT-B/16 with fused attention, per-device
@@ -70,11 +70,13 @@ step grid_wrn_v1 "${GRID_LIMIT:-90}" "$PY" benchmarks/grid.py --model=wrn-16-4 \
   --soups=11 --chunk=11 --vectorize=1 --points=2000 --robust_points=500
 
 step autoattack "${AA_LIMIT:-240}" "$PY" benchmarks/autoattack.py --models=mlp,cnn-small \
-  --n_points=1000 --batch_size=1000
+  --n_points=1000 --batch_size=1000 --search_dtypes=float32,bfloat16
 # Issue 27: AutoAttack and APGD-CE on the CIFAR-shaped models users evaluate, both sides on
-# the GPU (random weights, labels = the model's predictions; rows say the points attacked).
-step autoattack_cifar "${AA_CIFAR_LIMIT:-200}" "$PY" benchmarks/autoattack.py \
-  --models=wrn-28-10,preact-resnet-18 --n_points=500 --batch_size=500
+# the GPU (random weights, labels = the model's predictions; rows say the points attacked),
+# ours searching in float32 (TF32) and in bfloat16, every point judged in full float32.
+step autoattack_cifar "${AA_CIFAR_LIMIT:-260}" "$PY" benchmarks/autoattack.py \
+  --models=wrn-28-10,preact-resnet-18 --n_points=500 --batch_size=500 \
+  --search_dtypes=float32,bfloat16
 step apgd_cifar "${APGD_LIMIT:-120}" "$PY" benchmarks/attacks.py \
   --models=wrn-28-10,preact-resnet-18 --n_iter=100 --norm=linf --batch_size=500
 step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wrn-16-4 \

@@ -48,6 +48,12 @@ _DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", list(models.COMPUTE_DTYPES),
     "The model's compute dtype during the attacks (float32 whatever the run trained in).",
 )  # fmt: skip
+_SEARCH_DTYPE = flags.DEFINE_enum(
+    "search_dtype", "same", list(evaluation.SEARCH_DTYPES),
+    "The dtype the attacks search in (losses, gradients, steps); the --compute_dtype model "
+    "judges every point at full float32 precision. same: the compute dtype. bfloat16 is faster "
+    "on GPUs and TPUs and slightly weaker (README, Evaluation).",
+)  # fmt: skip
 _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the split (0: all).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Global points per compiled attack call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
@@ -80,6 +86,7 @@ def evaluate_run(
     output: str = EVAL_FILE,
     overwrite: bool = False,
     compute_dtype: str = "float32",
+    search_dtype: str = "same",
     mesh: Mesh | None = None,
     force_lease: bool = False,
     resume: bool = False,
@@ -99,7 +106,10 @@ def evaluate_run(
       schedule: the evaluator's schedule (`evaluation.SCHEDULES`).
       output: the result file's name inside the workdir, or an absolute path.
       overwrite: replace an output file that holds an evaluation with other settings.
-      compute_dtype: the model's compute dtype during the attacks, recorded in the result.
+      compute_dtype: the compute dtype of the model evaluated (the one that decides which
+        points are classified correctly), recorded in the result.
+      search_dtype: the dtype of the model the attacks search with (`evaluation.SEARCH_DTYPES`;
+        "same": `compute_dtype`), recorded in the result when it is not `compute_dtype`.
       mesh: the devices to use (default: every device of every process).
       force_lease: take the output's lease (`<output>.lease`, held while it runs) even from
         a job that looks alive.
@@ -121,6 +131,7 @@ def evaluate_run(
     """
     errors.check_count("n_examples", n_examples, 0)
     errors.check_count("batch_size", batch_size, 1)
+    search_dtype = evaluation.search_dtype_for(search_dtype, compute_dtype)
     run = runs.load(workdir, compute_dtype=compute_dtype)
     dataset_cfg, split = data.eval_dataset(run.config.dataset, dataset, split)
     threats = list(threats or data.default_threats(dataset_cfg.name))
@@ -139,6 +150,8 @@ def evaluate_run(
         "threats": [str(tm) for tm in threats],
         "overrides": dict(attack_settings.overrides),
     }
+    if search_dtype != compute_dtype:  # (results of earlier versions searched in compute_dtype)
+        settings["search_dtype"] = search_dtype
     out_path = workdir_lib.path(workdir, output)  # an absolute output or a URI stays as given
     with (
         lease_lib.hold(lease_lib.of_file(out_path, force=force_lease)),
@@ -155,8 +168,10 @@ def evaluate_run(
         source = data.get_source(dataset_cfg, split, seed=run.config.seed)
         run.check_source(source, f"{dataset_cfg.name}/{split}")
         indices = evaluation.check_points(None, source, n_examples)
-        evaluator = evaluation.Evaluator(run.apply_fn, attack_settings, schedule=schedule,
-                                         batch_size=batch_size, mesh=mesh)  # fmt: skip
+        evaluator = evaluation.Evaluator(
+            run.apply_fn, attack_settings, schedule=schedule, batch_size=batch_size, mesh=mesh,
+            search_apply_fn=run.apply_fn_in(search_dtype),
+        )  # fmt: skip
         logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)",
                      workdir, run.step, len(indices), dataset_cfg.name, split,
                      jax.process_count())  # fmt: skip
@@ -231,7 +246,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['model']} on {result['dataset']}/{settings['split']}, {result['n_examples']} "
         f"points, AutoAttack {settings['version']} ({settings.get('schedule', 'still_robust')}), "
         f"checkpoint step {settings['checkpoint_step']}, "
-        f"{settings.get('compute_dtype', 'float32')}",
+        f"{settings.get('compute_dtype', 'float32')}"
+        + (f", search in {settings['search_dtype']}" if "search_dtype" in settings else ""),
         header,
         f"{'clean':<16}{100 * result['clean_accuracy']:>10.2f}",
     ]
@@ -263,6 +279,7 @@ def main(argv) -> None:
             batch_size=_BATCH.value, seed=_SEED.value, dataset=cli.DATASET.value,
             split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
             overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
+            search_dtype=_SEARCH_DTYPE.value,
             force_lease=cli.FORCE_LEASE.value, resume=cli.RESUME.value, n_iter=_N_ITER.value,
             n_target_classes=_N_TARGETS.value,
         )  # fmt: skip

@@ -24,6 +24,12 @@ Two schedules:
 Both schedules run the same attacks with the same budgets; they differ in which points a later
 attack sees, and so in the random draws (starting points, Square's windows) each point gets.
 
+Search and decision: the attacks take their losses, gradients and steps from `search_apply_fn`
+(default `apply_fn`; e.g. the same model computing in bfloat16), while every decision that makes
+a number (is this point classified correctly, clean or at a returned point) is `apply_fn`'s at
+full float32 precision (`autoattack.full_precision`). A cruder search model can make the attacks
+weaker, never count a robust point broken.
+
 Multi-host: the points are cut into global batches of `batch_size` (the same batches whatever
 the number of processes), each process loads and feeds only its rows of each batch
 (`jax.make_array_from_process_local_data`), the programs return the batch's flags replicated,
@@ -55,6 +61,8 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x [B, H, W, C]) -
 FlagsFn = Callable[[Any, jax.Array, jax.Array, jax.Array], jax.Array]
 
 SCHEDULES = ("still_robust", "all_points")
+# The dtypes the attacks may search in ("same": the evaluated model's own compute dtype).
+SEARCH_DTYPES = ("same", "float32", "bfloat16")
 # The attacks' loops run rolled (`lax.scan`, one iteration a loop body) on every backend. On
 # CPU the default (`attacks.apgd`'s `unroll=None`) unrolls budgets of up to 16 model
 # evaluations, which the training attack gains from; an evaluation does not: rolled, it compiles
@@ -64,6 +72,17 @@ UNROLL = 1
 # attack's few points do not cost a whole batch, and each attack compiles for at most this
 # many batch shapes.
 SURVIVOR_QUANTA = 8
+
+
+def search_dtype_for(search_dtype: str, compute_dtype: str) -> str:
+    """The dtype the attacks search in: `search_dtype`, or `compute_dtype` for "same".
+
+    Raises:
+      UserError: a dtype not in `SEARCH_DTYPES`.
+    """
+    if search_dtype not in SEARCH_DTYPES:
+        raise errors.UserError(f"search_dtype={search_dtype!r} is not one of {SEARCH_DTYPES}.")
+    return compute_dtype if search_dtype == "same" else search_dtype
 
 
 def metric_names(threats: Sequence[threat.ThreatModel]) -> list[str]:
@@ -217,30 +236,36 @@ def point_flags(
     key: jax.Array,
     *,
     settings: AttackSettings,
+    search_logits_fn: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """bool [M, B]: the `all_points` flags of one batch (pure, jit- and vmap-able).
 
     Every attack of `settings` runs on every point (`attacks.auto_attack`); threat model i
-    uses fold_in(key, i).
+    uses fold_in(key, i). The attacks search with `search_logits_fn` (default `logits_fn`);
+    `logits_fn` at full float32 precision decides every flag.
     """
-    clean = autoattack.correct(logits_fn, x, y)
+    clean = autoattack.decided_correct(logits_fn, x, y)
     robust = []
     for i, tm in enumerate(settings.threats):
         _, info = autoattack.auto_attack(
             logits_fn, x, y, tm, key=jax.random.fold_in(key, i), version=settings.version,
-            unroll=UNROLL, return_info=True, **dict(settings.overrides),
+            unroll=UNROLL, return_info=True, search_logits_fn=search_logits_fn,
+            **dict(settings.overrides),
         )  # fmt: skip
         robust.append(info.robust)
     return metric_flags(clean, robust)
 
 
 @functools.lru_cache(maxsize=64)
-def _model_flags(apply_fn: ApplyFn, settings: AttackSettings) -> FlagsFn:
-    """A FlagsFn whose model argument is the variables of `apply_fn` (one per pair, so that
-    its compiled program is shared by every Evaluator of the pair)."""
+def _model_flags(apply_fn: ApplyFn, settings: AttackSettings, search_apply_fn: ApplyFn) -> FlagsFn:
+    """A FlagsFn whose model argument is the variables of `apply_fn` (one per triple, so that
+    its compiled program is shared by every Evaluator of the triple)."""
 
     def flags_fn(variables, x, y, key):
-        return point_flags(functools.partial(apply_fn, variables), x, y, key, settings=settings)
+        return point_flags(
+            functools.partial(apply_fn, variables), x, y, key, settings=settings,
+            search_logits_fn=functools.partial(search_apply_fn, variables),
+        )  # fmt: skip
 
     return flags_fn
 
@@ -372,22 +397,23 @@ def run_all_points(
 
 
 def _clean(apply_fn, variables, x, y):
-    logits = apply_fn(variables, x).astype(jnp.float32)
+    with autoattack.full_precision():
+        logits = apply_fn(variables, x).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return jnp.argmax(logits, axis=-1) == y, loss
 
 
-def _one_unit(apply_fn, variables, x, y, key, unit, *, tm, name, frozen):
-    logits_fn = functools.partial(apply_fn, variables)
-    x_adv = autoattack.attack_unit(logits_fn, x, y, tm, name, key=key, cfg=dict(frozen),
+def _one_unit(apply_fn, search_apply_fn, variables, x, y, key, unit, *, tm, name, frozen):
+    search_fn = functools.partial(search_apply_fn, variables)
+    x_adv = autoattack.attack_unit(search_fn, x, y, tm, name, key=key, cfg=dict(frozen),
                                    rank=unit, unroll=UNROLL)  # fmt: skip
-    return x_adv, autoattack.correct(logits_fn, x_adv, y), tm.contains(x_adv, x)
+    ok = autoattack.decided_correct(functools.partial(apply_fn, variables), x_adv, y)
+    return x_adv, ok, tm.contains(x_adv, x)
 
 
 def _final(apply_fn, variables, x_adv, x, y, *, tm):
-    return autoattack.correct(functools.partial(apply_fn, variables), x_adv, y), tm.contains(
-        x_adv, x
-    )
+    ok = autoattack.decided_correct(functools.partial(apply_fn, variables), x_adv, y)
+    return ok, tm.contains(x_adv, x)
 
 
 @functools.lru_cache(maxsize=64)
@@ -396,8 +422,10 @@ def _compiled_clean(apply_fn: ApplyFn, mesh: Mesh) -> Callable:
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled_unit(apply_fn: ApplyFn, mesh: Mesh, tm, name: str, frozen: tuple) -> Callable:
-    fn = functools.partial(_one_unit, apply_fn, tm=tm, name=name, frozen=frozen)
+def _compiled_unit(
+    apply_fn: ApplyFn, search_apply_fn: ApplyFn, mesh: Mesh, tm, name: str, frozen: tuple
+) -> Callable:
+    fn = functools.partial(_one_unit, apply_fn, search_apply_fn, tm=tm, name=name, frozen=frozen)
     return _replicated_jit(fn, mesh, n_sharded=2, n_after=2)
 
 
@@ -471,10 +499,15 @@ class Evaluator:
 
     Args:
       apply_fn: (variables, x) -> logits, eval mode (BatchNorm running statistics); pure.
+        It decides every flag (correctly classified, clean and at each adversarial point),
+        its matmuls and convolutions at full float32 precision (`autoattack.full_precision`).
       settings: the threat models and AutoAttack settings (no threat models: clean only).
       schedule: "still_robust" or "all_points".
       batch_size: global points per compiled call (rounded up to the device count).
       mesh: the device mesh (default: every device of every process).
+      search_apply_fn: the model the attacks search with (their losses, gradients and
+        steps), taking the same variables: e.g. the model computing in bfloat16
+        (`runs.Run.apply_fn_in`); default `apply_fn`. Its points are judged by `apply_fn`.
 
     Raises:
       UserError: an unknown schedule or a bad batch size.
@@ -488,16 +521,22 @@ class Evaluator:
         schedule: str = "still_robust",
         batch_size: int = 256,
         mesh: Mesh | None = None,
+        search_apply_fn: ApplyFn | None = None,
     ):
         if schedule not in SCHEDULES:
             raise errors.UserError(f"Unknown schedule {schedule!r}; expected one of {SCHEDULES}.")
         self.apply_fn = apply_fn
+        self.search_apply_fn = apply_fn if search_apply_fn is None else search_apply_fn
         self.settings = settings
         self.schedule = schedule
         self.mesh = parallel.make_mesh() if mesh is None else mesh
         self.batch_size = batch_size_for(batch_size, self.mesh)
         self.names = metric_names(settings.threats)
-        self._flags_fn = _model_flags(apply_fn, settings) if schedule == "all_points" else None
+        self._flags_fn = (
+            _model_flags(apply_fn, settings, self.search_apply_fn)
+            if schedule == "all_points"
+            else None
+        )
 
     def run(
         self,
@@ -593,7 +632,9 @@ class Evaluator:
             if name is None:
                 continue
             started = time.monotonic()
-            program = _compiled_unit(self.apply_fn, self.mesh, tm, name, frozen)
+            program = _compiled_unit(
+                self.apply_fn, self.search_apply_fn, self.mesh, tm, name, frozen
+            )
             units = autoattack.n_units(name, settings, num_classes)
             for u in range(units):
                 todo = np.flatnonzero(robust)

@@ -69,6 +69,16 @@ class Run:
         """The model in eval mode, (variables, x) -> logits (see `eval_apply_fn`)."""
         return eval_apply_fn(self.model)
 
+    def apply_fn_in(self, compute_dtype: str) -> Callable[[Any, Any], Any]:
+        """`apply_fn` of the same model computing in `compute_dtype` (same variables): what
+        an evaluation's attacks search with (`evaluation.Evaluator`'s `search_apply_fn`).
+
+        Raises:
+          UserError: an unknown compute dtype.
+        """
+        model = models.from_config(self.config, self.num_classes, compute_dtype)
+        return eval_apply_fn(model)
+
 
 @functools.lru_cache(maxsize=64)
 def eval_apply_fn(model: nn.Module) -> Callable[[Any, Any], Any]:

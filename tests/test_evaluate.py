@@ -189,12 +189,13 @@ def test_cli_errors_are_one_line_and_exit_2(runs, capsys, args, message):
 @pytest.mark.slow
 def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
     """A model of 32x32 RGB images of 10 classes on CIFAR-10 (TFDS mock data): it runs, with
-    CIFAR-10's radii from the registry, and eval.json says which dataset it measured."""
+    CIFAR-10's radii from the registry, and eval.json says which dataset it measured (and that
+    the attacks searched in bfloat16)."""
     output = str(tmp_path / "cifar.json")
     with tfds.testing.mock_data(num_examples=24):
         result = evaluate.evaluate_run(
             synthetic_run, dataset="cifar10", version="fast", n_examples=16, batch_size=16,
-            output=output, n_iter=2, n_target_classes=1,
+            output=output, n_iter=2, n_target_classes=1, search_dtype="bfloat16",
         )  # fmt: skip
     with open(output) as f:
         on_disk = json.load(f)
@@ -202,6 +203,8 @@ def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
     assert on_disk["dataset"] == "cifar10" and on_disk["settings"]["dataset"] == "cifar10"
     assert on_disk["settings"]["split"] == "test" and on_disk["n_examples"] == 16
     assert on_disk["settings"]["threats"] == [str(t) for t in data.default_threats("cifar10")]
+    assert on_disk["settings"]["search_dtype"] == "bfloat16"
+    assert "float32, search in bfloat16" in evaluate.format_table(on_disk)
 
 
 @pytest.mark.slow

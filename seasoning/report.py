@@ -15,7 +15,7 @@ from typing import Any
 
 from absl import app, flags
 
-from seasoning import cli, errors, metrics
+from seasoning import cli, errors, metrics, stats
 from seasoning import workdir as workdir_lib
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Evaluated runs, comma-separated.")
@@ -92,12 +92,14 @@ def table(workdirs: list[str], eval_file: str = "eval.json") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     first = rows[0][2] if rows else {}
     settings = first.get("settings", {})
-    note = (
-        f"\nAccuracy in % on the first {first.get('n_examples')} images of "
-        f"{first.get('dataset')}/{settings.get('split')}, AutoAttack {settings.get('version')}."
-        if rows
-        else ""
-    )
+    note = ""
+    if rows:
+        n = first.get("n_examples")
+        note = (
+            f"\nAccuracy in % on the first {n} images of {first.get('dataset')}/"
+            f"{settings.get('split')}, AutoAttack {settings.get('version')}; each within a 95% "
+            f"interval of at most +-{100 * stats.half_width(n):.1f} points (Clopper-Pearson)."
+        )
     return "\n".join(lines) + note
 
 

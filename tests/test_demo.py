@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from seasoning import config_lib, errors
+from seasoning import config_lib, errors, stats
 from seasoning.demo import report, selection, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +120,7 @@ def test_every_number_of_the_report_is_the_one_in_the_json_files(demo):
         assert cells[0] == row["name"]
         assert cells[2:-1] == [f"{100 * row['unseen'][c]:.2f}" for c in columns]
     # Every verdict names the numbers of the re-check.
-    for line in report.verdicts(recheck["rows"], labels, metrics):
+    for line in report.verdicts(recheck["rows"], labels, metrics, recheck["n_points"]):
         assert line in text
 
 
@@ -178,11 +178,38 @@ def test_verdicts_say_where_a_soup_won_and_where_none_did():
     labels = ["linf", "l2"]
     rows = [_row([1.0, 0.0], a=0.5, b=0.3), _row([0.0, 1.0], a=0.4, b=0.6),
             _row([0.5, 0.5], a=0.45, b=0.65)]  # fmt: skip
-    lines = report.verdicts(rows, labels, ["a", "b"])
+    lines = report.verdicts(rows, labels, ["a", "b"], 20)
     assert lines[0].startswith("- **a**: no soup beat every ingredient")
     assert "0.50 linf + 0.50 l2 45.0" not in lines[0] and "(linf) 50.0" in lines[0]
     assert lines[1] == ("- **b**: a soup beat every ingredient: 0.50 linf + 0.50 l2 65.0 vs 60.0 "
-                        "for the best ingredient (l2), +5.0 points.")  # fmt: skip
+                        "for the best ingredient (l2), +5.0 points (per-point flags not "
+                        "recorded: not tested against noise).")  # fmt: skip
+
+
+def test_a_verdict_tests_the_gap_on_the_points_only_one_model_gets_right():
+    """+5 points on 20 shared points is one point that changed (within the noise); +30 points
+    with no point lost is 6 against 0 (exact McNemar p = 2 / 2^6: not noise)."""
+    ingredient = np.zeros(20, bool)
+    ingredient[:12] = True
+    close, far = ingredient.copy(), ingredient.copy()
+    close[12] = True  # 13 of 20
+    far[12:18] = True  # 18 of 20
+    other = np.zeros(20, bool)
+
+    def row(weights, flags):
+        return {
+            "weights": weights,
+            "b": float(flags.mean()),
+            "flags": {"b": stats.pack_flags(flags)},
+        }
+
+    for soup, expected in ((close, "1 point only the soup gets right, 0 only the ingredient "
+                                   "(exact McNemar p = 1: within the noise of 20 points)"),
+                           (far, "6 points only the soup gets right, 0 only the ingredient "
+                                 "(exact McNemar p = 0.031: unlikely to be noise)")):  # fmt: skip
+        rows = [row([1.0, 0.0], ingredient), row([0.0, 1.0], other), row([0.5, 0.5], soup)]
+        (line,) = report.verdicts(rows, ["linf", "l2"], ["b"], 20)
+        assert line.endswith(f"points: {expected}."), line
 
 
 def test_sweep_weights_hold_each_family_once():

@@ -11,7 +11,18 @@ import pytest
 import tensorflow_datasets as tfds
 from absl import flags
 
-from seasoning import cli, config_lib, data, errors, evaluate, evaluation, lease, threat, train
+from seasoning import (
+    cli,
+    config_lib,
+    data,
+    errors,
+    evaluate,
+    evaluation,
+    lease,
+    stats,
+    threat,
+    train,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs/fmnist_cnn_linf.py")
@@ -53,8 +64,14 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
     assert on_disk["clean_count"] == round(64 * on_disk["clean_accuracy"])
     per_threat = [e["robust_accuracy"] for e in on_disk["threat_models"].values()]
     assert on_disk["union"]["robust_accuracy"] <= min(per_threat)
+    # Every accuracy with its 95% interval, in the file and in the table.
+    for entry in (*on_disk["threat_models"].values(), on_disk["union"]):
+        assert entry["robust_interval"] == stats.accuracy_interval(entry["robust_accuracy"], 64)
+    low, high = on_disk["clean_interval"]
+    assert 0 <= low < on_disk["clean_accuracy"] < high <= 1 and "Clopper" in on_disk["intervals"]
     table = evaluate.format_table(on_disk)
     assert "union" in table and "l2:0.8" in table and "apgd-t" in table
+    assert f"{100 * low:.1f}-{100 * high:.1f}" in table and "95% CI" in table
 
     # Other settings into the same file: refused, naming the difference; then on request.
     with pytest.raises(ValueError, match=r"other settings.*\n.*n_examples: 64 -> 32"):

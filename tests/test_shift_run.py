@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, errors, lease, workdir
+from seasoning import config_lib, data, errors, lease, stats, workdir
 from seasoning.shift import run as run_lib
 from seasoning.shift import select, splits
 
@@ -79,7 +79,11 @@ def test_report_numbers_are_recomputed_from_the_saved_predictions(fmnist_run):
                 predicted, arrays[prefix + "labels"], arrays[prefix + "member"]
             )
             assert acc == pytest.approx(row["unseen"][column], abs=1e-12)
+            low, high = row["unseen_interval"][column]
+            assert low <= round(acc, 4) <= high and 0 < high - low < 1
             by_hand.append(acc)
+        low, high = row["mean_interval"]
+        assert low <= round(row["mean"], 4) <= high
         mean = f"{100 * np.mean(by_hand):.2f}"
         expected = [f"{100 * a:.2f}" for a in by_hand]
         expected.append(f"({mean})" if row["kind"] == "specific" else mean)
@@ -107,6 +111,11 @@ def test_report_numbers_are_recomputed_from_the_saved_predictions(fmnist_run):
         cells = [f"{100 * v:.2f}" for v in flags.mean(axis=1)]
         assert f"| {' | '.join(cells)} |" in text
         assert flags.shape == (len(robust["metrics"]), config.robust.n_examples)
+        n = config.robust.n_examples
+        assert robust["rows"][i]["intervals"] == {
+            m: [round(v, 4) for v in stats.interval(int(f.sum()), n)]
+            for m, f in zip(robust["metrics"], flags, strict=True)
+        }
         # union = robust under every threat model
         assert np.array_equal(flags[-1], flags[1:-1].all(axis=0))
 

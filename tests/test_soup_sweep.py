@@ -11,7 +11,18 @@ import jax
 import numpy as np
 import pytest
 
-from seasoning import config_lib, data, errors, evaluate, evaluation, lease, parallel, soup, threat
+from seasoning import (
+    config_lib,
+    data,
+    errors,
+    evaluate,
+    evaluation,
+    lease,
+    parallel,
+    soup,
+    stats,
+    threat,
+)
 from seasoning import runs as runs_lib
 from seasoning.soup import bn, sweep
 from seasoning.soup import grid as grid_lib
@@ -68,7 +79,19 @@ def test_sweep_trades_linf_for_l2_and_writes_its_files(runs, swept):
     assert {"grid.json", "grid.csv", "line.png", "front.png"} <= files
     with open(os.path.join(workdir, "grid.csv")) as f:
         header, *lines = f.read().splitlines()
-    assert header == "w_linf,w_l2,clean,linf:0.1,l2:2,union" and len(lines) == 3
+    assert header == (
+        "w_linf,w_l2,clean,linf:0.1,l2:2,union,clean_low,clean_high,"
+        "linf:0.1_low,linf:0.1_high,l2:2_low,l2:2_high,union_low,union_high"
+    )
+    assert len(lines) == 3
+    # Each accuracy with its interval and the per-point flags it counts.
+    assert result["n_points"] == 120
+    for r in rows:
+        for name in ("clean", *THREATS, "union"):
+            low, high = r["intervals"][name]
+            assert low <= r[name] <= high
+            flags = stats.unpack_flags(r["flags"][name], 120)
+            assert flags.mean() == r[name]
     with open(os.path.join(workdir, "grid.json")) as f:
         on_disk = json.load(f)
     assert on_disk["complete"] and on_disk["settings"]["checkpoint_steps"] == [100, 100]
@@ -94,6 +117,7 @@ def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs,
     for name in THREATS:
         assert row[name] == evaluated["threat_models"][name]["robust_accuracy"], name
     assert row["union"] == evaluated["union"]["robust_accuracy"]
+    assert row["intervals"]["union"] == evaluated["union"]["robust_interval"]
 
 
 def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_rows(runs, swept, tmp_path, monkeypatch):
@@ -105,13 +129,13 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_rows(runs, swept, tmp_pa
     real = grid_lib.evaluate_per_soup
 
     def terminated_during_the_first_soup(*args, on_chunk, **kwargs):
-        def terminate_then_save(first, acc):
+        def terminate_then_save(first, flags):
             assert json.loads((tmp_path / "stopped" / lease.FILE).read_text())["pid"] > 0
             with pytest.raises(errors.BusyError, match="in use by another job"):
                 sweep.run_sweep(config, workdir)
             if first == 0:
                 signal.raise_signal(signal.SIGTERM)
-            on_chunk(first, acc)
+            on_chunk(first, flags)
 
         return real(*args, on_chunk=terminate_then_save, **kwargs)
 

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from seasoning import data, plots
+from seasoning import data, plots, stats
 from seasoning import workdir as workdir_lib
 from seasoning.attacks import autoattack
 from seasoning.demo import selection, stages
@@ -91,6 +91,11 @@ def _points(settings: dict[str, Any]) -> str:
     return f"the first {settings['n_examples']} images of {settings['dataset']}/{settings['split']}"
 
 
+def _num_points(grid: dict[str, Any]) -> int:
+    """The points a grid.json's accuracies were measured on."""
+    return int(grid.get("n_points") or grid["settings"]["n_examples"])
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * left + "---:|" * (len(header) - left)]
     return out + ["| " + " | ".join(r) + " |" for r in rows]
@@ -100,9 +105,11 @@ def _threat_metrics(metrics: Sequence[str]) -> list[str]:
     return [m for m in metrics if ":" in m]
 
 
-def verdicts(rows: Sequence[dict[str, Any]], labels: Sequence[str],
-             metrics: Sequence[str]) -> list[str]:  # fmt: skip
-    """Per metric, in words: whether a soup beat every ingredient, by how much, or not."""
+def verdicts(rows: Sequence[dict[str, Any]], labels: Sequence[str], metrics: Sequence[str],
+             num_points: int) -> list[str]:  # fmt: skip
+    """Per metric, in words: whether a soup beat every ingredient, by how much, and whether
+    that gap is more than the noise of the `num_points` shared points (`stats.compare` on the
+    rows' per-point flags; rows without flags, from earlier versions, say so)."""
     ingredients = [r for r in rows if selection.ingredient_of(r["weights"]) is not None]
     soups = [r for r in rows if selection.ingredient_of(r["weights"]) is None]
     lines = []
@@ -118,12 +125,27 @@ def verdicts(rows: Sequence[dict[str, Any]], labels: Sequence[str],
         if best_s[m] > best_i[m]:
             lines.append(f"- **{m}**: a soup beat every ingredient: {name_s} {pct(best_s[m])} "
                          f"vs {pct(best_i[m])} for the best ingredient ({name_i}), "
-                         f"+{gap:.1f} points.")  # fmt: skip
+                         f"+{gap:.1f} points{_noise(best_s, best_i, m, num_points)}.")  # fmt: skip
         else:
             lines.append(f"- **{m}**: no soup beat every ingredient: the best re-checked soup "
                          f"({name_s}) has {pct(best_s[m])}, the best ingredient ({name_i}) "
                          f"{pct(best_i[m])}.")  # fmt: skip
     return lines
+
+
+def _noise(soup_row: dict[str, Any], ingredient_row: dict[str, Any], metric: str,
+           num: int) -> str:  # fmt: skip
+    """`: <the paired test> (<verdict>)` for a soup's gap over an ingredient on `metric`."""
+    if "flags" not in soup_row or "flags" not in ingredient_row:
+        return " (per-point flags not recorded: not tested against noise)"
+    soup = stats.unpack_flags(soup_row["flags"][metric], num)
+    ingredient = stats.unpack_flags(ingredient_row["flags"][metric], num)
+    c = stats.compare(soup, ingredient)
+    verdict = "unlikely to be noise" if c.significant else f"within the noise of {num} points"
+    return (
+        f": {c.a_only} point{'' if c.a_only == 1 else 's'} only the soup gets right, "
+        f"{c.b_only} only the ingredient (exact McNemar p = {c.p_value:.2g}: {verdict})"
+    )
 
 
 def trend(rows: Sequence[dict[str, Any]], metric: str, w_index: int) -> str:
@@ -221,7 +243,9 @@ def _headline(recheck: dict[str, Any], chosen: list[dict[str, Any]]) -> list[str
         reason = why.get(tuple(row["weights"]), "ingredient")
         body.append([soup_name(row["weights"], labels), reason, *(pct(row[m]) for m in metrics)])
     out = _table(["model", "why re-checked", *metrics], body, left=2)
-    out += ["", f"_Accuracy (%). {attack_text(settings, _points(settings))}_", ""]
+    half = 100 * stats.half_width(_num_points(recheck))
+    out += ["", f"_Accuracy (%), each within a 95% interval of at most +-{half:.1f} points. "
+            f"{attack_text(settings, _points(settings))}_", ""]  # fmt: skip
     return out
 
 
@@ -277,9 +301,11 @@ def _cuts(record: dict[str, Any], sweep: dict, recheck: dict, shift: dict, workd
                    f"radii for {s['dataset']} ({', '.join(usual)}): `configs/demo.py` says "
                    "why.")  # fmt: skip
     out += [
-        f"- Robust accuracy on {s['n_examples']} test points, not {PAPER_POINTS}: a binomial "
-        f"standard error of up to {50 / np.sqrt(s['n_examples']):.1f} points (soups and "
-        "ingredients share the points, so their differences are less noisy).",
+        f"- Robust accuracy on {s['n_examples']} test points, not {PAPER_POINTS}: a 95% "
+        f"interval of up to +-{100 * stats.half_width(s['n_examples']):.1f} points "
+        "(Clopper-Pearson; grid.json holds each accuracy's). Soups and ingredients share the "
+        "points, so the verdicts above test a gap on the points only one of the two gets "
+        "right (exact McNemar).",
         f"- The sweep under a cheap attack (AutoAttack `{s['version']}`, budgets cut: the line "
         f"under its tables); only the ingredients and the selected soups under AutoAttack "
         f"`{r['version']}`, its budgets {'cut' if r['overrides'] else 'in full'} (the line "
@@ -318,7 +344,7 @@ def markdown(workdir: str) -> str:
     out += ["", "## Ingredients and selected soups", ""]
     out += _headline(recheck, chosen)
     out += ["Where a soup beat every ingredient (this table's attack):", ""]
-    out += verdicts(recheck["rows"], labels, metrics) + [""]
+    out += verdicts(recheck["rows"], labels, metrics, _num_points(recheck)) + [""]
     out += ["## Soups that trade one robustness for another", ""]
     out += _line_section(sweep, "linf_l2", workdir)
     out += _line_section(sweep, "linf_nominal", workdir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from seasoning import evaluation
+from seasoning import evaluation, stats
 from seasoning.data import shifts
 
 
@@ -32,6 +32,21 @@ def unseen_accuracy(arrays: dict[str, np.ndarray], column: str, row: str) -> flo
     prefix = f"unseen/{column}/"
     return float(shift_accuracy(arrays[f"{prefix}row/{row}"], arrays[f"{prefix}labels"],
                                 arrays[f"{prefix}member"]))  # fmt: skip
+
+
+def unseen_interval(arrays: dict[str, np.ndarray], columns: list[str], row: str) -> list[float]:
+    """The 95% interval of row `row`'s accuracy on the unseen images of `columns` (one column,
+    or the mean over several as the table's mean column), each column the mean over its
+    members (`stats.mean_interval`)."""
+    groups, weights = [], []
+    for column in columns:
+        prefix = f"unseen/{column}/"
+        correct = arrays[f"{prefix}row/{row}"] == arrays[f"{prefix}labels"]
+        member = arrays[f"{prefix}member"]
+        members = np.unique(member)
+        groups += [correct[member == m] for m in members]
+        weights += [1 / (len(columns) * len(members))] * len(members)
+    return stats.mean_interval(groups, weights)
 
 
 def robust_accuracies(flags: np.ndarray, metrics: list[str]) -> dict[str, float]:
@@ -76,7 +91,11 @@ def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
         mean = f"({mean})" if row["kind"] == "specific" else mean
         cells = [row["name"], f"x{row['fp']}", *(_pct(a) for a in accs), mean]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", *comparison_lines(result, values, columns), ""]
+    widest = max(np.diff(unseen_interval(arrays, [c], row["name"]))[0] / 2
+                 for c in columns for row in result["rows"])  # fmt: skip
+    out += ["", f"Each accuracy lies within a 95% interval of at most +-{100 * widest:.1f} "
+            "points (shift.json: `unseen_interval`, `mean_interval`).", ""]  # fmt: skip
+    out += [*comparison_lines(result, values, columns), ""]
     out += ["## Chosen weights", ""]
     out.append("| method | soup | " + " | ".join(f"w_{lab}" for lab in labels)
                + " | adaptation acc. |")  # fmt: skip

@@ -13,8 +13,9 @@ Linf->nominal) and each shifted dataset of the config (a column), in stages:
 5. robust: AutoAttack of each ingredient and each selected soup on the ingredients' test set.
 
 It writes `shift.json` (settings, splits, the grid's accuracies, chosen weights, every row's
-accuracy, times), `predictions.npz` (the per-point predictions, labels and members every
-accuracy is computed from), `report.md` (the paper-shaped table) and `weights.png`. Both files
+accuracy and its 95% interval, times), `predictions.npz` (the per-point predictions, labels
+and members every accuracy is computed from), `report.md` (the paper-shaped table) and
+`weights.png`. Both files
 are saved after every stage (and every shift of a stage), so `--resume` continues where an
 interrupted run stopped. Only process 0 writes; every process computes the same.
 """
@@ -41,6 +42,7 @@ from seasoning import (
     preemption,
     runs,
     soup,
+    stats,
     threat,
 )
 from seasoning import lease as lease_lib
@@ -451,6 +453,10 @@ def _unseen_stage(run: _Run) -> None:
         row["unseen"] = {c.name: report.unseen_accuracy(run.arrays, c.name, row["name"])
                          for c in run.columns}  # fmt: skip
         row["mean"] = float(np.mean(list(row["unseen"].values())))
+        row["unseen_interval"] = {c.name: report.unseen_interval(run.arrays, [c.name], row["name"])
+                                  for c in run.columns}  # fmt: skip
+        names = [c.name for c in run.columns]
+        row["mean_interval"] = report.unseen_interval(run.arrays, names, row["name"])
         if row["kind"] == "single":
             row["weights"] = result["selection"][row["method"]]["single"]
         elif row["kind"] == "specific":
@@ -492,7 +498,9 @@ def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
         outcome = evaluator.run(variables, source, indices, key=jax.random.key(config.seed),
                                 label=f"soup {i + 1}/{len(rows)}")  # fmt: skip
         run.arrays[f"robust/{i}"] = outcome.flags
-        robust["rows"].append({**rows[i], "accuracy": outcome.accuracies(),
+        accuracies = outcome.accuracies()
+        intervals = {m: stats.accuracy_interval(a, len(indices)) for m, a in accuracies.items()}
+        robust["rows"].append({**rows[i], "accuracy": accuracies, "intervals": intervals,
                                "seconds": round(outcome.seconds, 2)})  # fmt: skip
         logging.info("robust %d/%d (%s): %s", i + 1, len(rows), "; ".join(rows[i]["names"]),
                      {n: round(100 * a, 2) for n, a in outcome.accuracies().items()})  # fmt: skip

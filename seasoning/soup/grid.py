@@ -133,7 +133,8 @@ def evaluate_grid(
       chunk: soups per compiled call (the last chunk is padded by repeating its last row).
       vectorize: soups vmapped side by side (see `soups_flags_fn`).
       prepare: the BatchNorm policy applied to each mixed soup, in the program.
-      on_chunk: called with (first row, accuracies [rows, M]) after each chunk (saving).
+      on_chunk: called with (first row, per-point flags bool [rows, M, N]) after each chunk
+        (saving).
       start_row: rows before it are skipped (resuming).
 
     Returns:
@@ -150,10 +151,9 @@ def evaluate_grid(
             flags_fn, (stacked, padded), source, indices, key=key, batch_size=batch_size,
             mesh=mesh,
         )[: len(rows)]  # fmt: skip
-        acc = evaluation.flag_accuracies(flags)
-        out.append(acc)
+        out.append(evaluation.flag_accuracies(flags))
         if on_chunk is not None:
-            on_chunk(first, acc)
+            on_chunk(first, flags)
         _log_progress(first + len(rows), len(weights), first + len(rows) - start_row, t0)
     return np.concatenate(out) if out else np.zeros((0, len(names)))
 
@@ -191,10 +191,9 @@ def evaluate_per_soup(
         variables = mixed(stacked, w)
         result = evaluator.run(variables, source, indices, key=key,
                                label=f"soup {row + 1}/{len(weights)}")  # fmt: skip
-        acc = evaluation.flag_accuracies(result.flags)[None, :]
-        out.append(acc)
+        out.append(evaluation.flag_accuracies(result.flags)[None, :])
         if on_chunk is not None:
-            on_chunk(row, acc)
+            on_chunk(row, result.flags[None])
         _log_progress(row + 1, len(weights), row + 1 - start_row, t0)
     return np.concatenate(out) if out else np.zeros((0, len(evaluator.names)))
 

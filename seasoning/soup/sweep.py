@@ -7,7 +7,8 @@ dataset), builds the grid of soup weights, evaluates every soup's clean and robu
 config `eval.dataset`), and writes into the workdir:
 
 - `grid.json`: settings (ingredients and their checkpoint steps, weights, dataset, threat
-  models, attack settings, seed, evaluation mode) and one row per soup with every metric;
+  models, attack settings, seed, evaluation mode) and one row per soup with every metric, its
+  95% interval and the per-point flags (`soup_row`; `stats`);
   written after every chunk of soups (every soup in per_soup mode), so `--resume` continues an
   interrupted sweep where it stopped;
 - `grid.csv`: the same rows as a table;
@@ -40,6 +41,7 @@ from seasoning import (
     preemption,
     runs,
     soup,
+    stats,
     threat,
 )
 from seasoning import lease as lease_lib
@@ -130,14 +132,18 @@ def run_sweep(
         prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
         start = time.monotonic()
 
-        def save(first_row: int, acc: np.ndarray) -> None:
-            for i, values in enumerate(acc):
-                metrics = {n: float(v) for n, v in zip(names, values, strict=True)}
-                rows.append({"weights": weights[first_row + i].tolist(), **metrics})
+        def save(first_row: int, flags: np.ndarray) -> None:
+            for i, soup_flags in enumerate(flags):
+                rows.append(soup_row(weights[first_row + i], names, soup_flags))
             if is_writer:
                 workdir_lib.write_json(
                     out_path,
-                    {"settings": record, "rows": rows, "complete": len(rows) == len(weights)},
+                    {
+                        "settings": record,
+                        "n_points": len(indices),
+                        "rows": rows,
+                        "complete": len(rows) == len(weights),
+                    },  # fmt: skip
                 )
             watcher.stop_if_reached(len(rows), finished=len(rows) == len(weights),
                                     progress=f"{len(rows)} of {len(weights)} soups",
@@ -165,7 +171,9 @@ def run_sweep(
                 )
         result = {
             "settings": record,
-            "rows": rows,
+            "n_points": len(indices),
+            "rows": [with_intervals(row, names, len(indices)) for row in rows],
+            "intervals": stats.INTERVALS,
             "complete": True,
             "seconds": round(time.monotonic() - start, 2),
             "processes": jax.process_count(),
@@ -174,19 +182,49 @@ def run_sweep(
         if is_writer:
             workdir_lib.write_json(out_path, result)
             workdir_lib.write_atomic(
-                workdir_lib.path(workdir, CSV_FILE), to_csv(rows, labels, names)
+                workdir_lib.path(workdir, CSV_FILE), to_csv(result["rows"], labels, names)
             )
             make_plots(result, labels, names, list(config.front), workdir)
         return result
 
 
+def soup_row(weights: np.ndarray, names: list[str], flags: np.ndarray) -> dict[str, Any]:
+    """A row of grid.json: the soup's weights, each metric's accuracy (checked) and interval,
+    and its per-point flags (`stats.pack_flags`, for paired comparisons of rows).
+
+    Args:
+      weights: [K] the soup's weights.
+      names: the metrics (`evaluation.metric_names`).
+      flags: bool [M, N] per metric, the points that count.
+    """
+    accuracies = evaluation.flag_accuracies(flags)
+    row = {"weights": np.asarray(weights).tolist()}
+    row.update({n: float(a) for n, a in zip(names, accuracies, strict=True)})
+    row = with_intervals(row, names, flags.shape[-1])
+    row["flags"] = {n: stats.pack_flags(f) for n, f in zip(names, flags, strict=True)}
+    return row
+
+
+def with_intervals(row: dict[str, Any], names: list[str], num_points: int) -> dict[str, Any]:
+    """`row` with `intervals` (metric -> its 95% interval) when it has none (rows saved by
+    earlier versions)."""
+    if "intervals" in row:
+        return row
+    return {**row, "intervals": {n: stats.accuracy_interval(row[n], num_points) for n in names}}
+
+
 def to_csv(rows: list[dict[str, Any]], labels: list[str], names: list[str]) -> str:
-    """grid.csv: one column per ingredient weight (`w_<label>`), then the metrics."""
+    """grid.csv: one column per ingredient weight (`w_<label>`), then the metrics, each with
+    its 95% interval (`<metric>_low`, `<metric>_high`)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([f"w_{label}" for label in labels] + names)
+    bounds = [f"{n}_{end}" for n in names for end in ("low", "high")]
+    writer.writerow([f"w_{label}" for label in labels] + names + bounds)
     for row in rows:
-        writer.writerow([f"{w:.4f}" for w in row["weights"]] + [f"{row[n]:.4f}" for n in names])
+        writer.writerow(
+            [f"{w:.4f}" for w in row["weights"]] + [f"{row[n]:.4f}" for n in names]
+            + [f"{v:.4f}" for n in names for v in row["intervals"][n]]
+        )  # fmt: skip
     return out.getvalue()
 
 

@@ -74,9 +74,10 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
     assert len(one["rows"]) == 3
     for row in two["rows"]:
-        for name, value in row.items():
-            if name != "weights":
-                assert 0.0 <= value <= 1.0, (name, value)
+        for name in two["settings"]["metrics"]:
+            assert 0.0 <= row[name] <= 1.0, (name, row[name])
+            low, high = row["intervals"][name]
+            assert low <= row[name] <= high
     assert two["rows"] == one["rows"]
 
 

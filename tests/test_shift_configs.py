@@ -72,7 +72,7 @@ def test_cifar10_and_imagenet_configs_run_on_mock_data(
     arrays = workdir.read_arrays(os.path.join(out, run_lib.ARRAYS_FILE))
     for column in result["columns"]:
         name = column["name"]
-        predicted = arrays[f"unseen/{name}/row/linf"]
+        predicted = arrays[f"unseen/{name}/row/ingredient/linf"]
         labels = arrays[f"unseen/{name}/labels"]
         if name == "Conflict":  # 16 shape categories, from the 1000 logits
             assert labels.max() < 16 and predicted.max() < 16

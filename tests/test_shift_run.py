@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_report_numbers_are_recomputed_from_the_saved_predictions(fmnist_run):
         by_hand = []
         for column in columns:
             prefix = f"unseen/{column}/"
-            predicted = arrays[f"{prefix}row/{row['name']}"]
+            predicted = arrays[f"{prefix}row/{row['id']}"]
             acc = _mean_over_members(
                 predicted, arrays[prefix + "labels"], arrays[prefix + "member"]
             )
@@ -245,3 +246,25 @@ def test_cli_bad_value_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert "n_adaptation=-5: expected an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
+
+
+def test_rows_are_keyed_by_stable_ids_and_older_runs_are_upgraded():
+    """Files key a table row by its id (kind, method, members), never by the label a report
+    shows; a run saved with name keys gets ids and renamed arrays on resume; an unknown
+    selection method is a bug, not greedy."""
+    rows = run_lib.table_rows(["linf", "l2", "l1"], [[0, 2], [0, 1, 2]], ["grid", "greedy"])
+    assert [r["id"] for r in rows] == [
+        "ingredient/linf", "ingredient/l2", "ingredient/l1", "ensemble/0+2", "ensemble/0+1+2",
+        "single/grid", "specific/grid", "single/greedy", "specific/greedy",
+    ]  # fmt: skip
+    assert rows[5]["name"] == "single soup (grid)"
+    old_rows = [{k: v for k, v in r.items() if k != "id"} for r in rows]
+    arrays = {f"unseen/c/row/{r['name']}": np.full(3, i) for i, r in enumerate(rows)}
+    arrays["unseen/c/labels"] = np.zeros(3)
+    saved = {"rows": old_rows, "columns": [{"name": "c"}]}
+    run_lib.upgrade_rows(saved, arrays)
+    assert saved["rows"] == rows
+    assert sorted(arrays) == sorted([f"unseen/c/row/{r['id']}" for r in rows] + ["unseen/c/labels"])
+    np.testing.assert_array_equal(arrays["unseen/c/row/specific/greedy"], np.full(3, 8))
+    with pytest.raises(ValueError, match="Unknown selection method 'best'"):
+        run_lib._choose(types.SimpleNamespace(columns=[], ingredients=[]), "best")

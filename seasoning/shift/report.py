@@ -27,24 +27,32 @@ def shift_accuracy(predicted: np.ndarray, labels: np.ndarray, member: np.ndarray
     return out
 
 
+def row_key(row: dict) -> str:
+    """The key of a table row's arrays: its `id` (`run.row_id`); runs saved before rows had
+    ids keyed them by the row's name."""
+    return row.get("id", row["name"])
+
+
 def unseen_accuracy(arrays: dict[str, np.ndarray], column: str, row: str) -> float:
-    """The accuracy of table row `row` on the unseen images of `column`, from the arrays."""
+    """The accuracy of table row `row` (its `row_key`) on the unseen images of `column`, from
+    the arrays."""
     prefix = f"unseen/{column}/"
     return float(shift_accuracy(arrays[f"{prefix}row/{row}"], arrays[f"{prefix}labels"],
                                 arrays[f"{prefix}member"]))  # fmt: skip
 
 
 def unseen_interval(arrays: dict[str, np.ndarray], columns: list[str], row: str) -> list[float]:
-    """The 95% interval of row `row`'s accuracy on the unseen images of `columns` (one column,
-    or the mean over several as the table's mean column), each column the mean over its
-    members (`stats.mean_interval`)."""
+    """The 95% interval of the accuracy of row `row` (its `row_key`) on the unseen images of
+    `columns` (one column, or the mean over several as the table's mean column), each column
+    the mean over its members (`stats.mean_interval`)."""
     groups, weights = [], []
     for column in columns:
         prefix = f"unseen/{column}/"
-        correct = arrays[f"{prefix}row/{row}"] == arrays[f"{prefix}labels"]
-        member = arrays[f"{prefix}member"]
+        labels = arrays[f"{prefix}labels"]  # (several per point, or none, for some shifts)
+        correct = shifts.correct(arrays[f"{prefix}row/{row}"], labels)
+        member, scored = arrays[f"{prefix}member"], shifts.scored(labels)
         members = np.unique(member)
-        groups += [correct[member == m] for m in members]
+        groups += [correct[(member == m) & scored] for m in members]
         weights += [1 / (len(columns) * len(members))] * len(members)
     return stats.mean_interval(groups, weights)
 
@@ -85,13 +93,13 @@ def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
     out.append("|---|---:|" + "---:|" * (len(columns) + 1))
     values = {}
     for row in result["rows"]:
-        accs = [unseen_accuracy(arrays, c, row["name"]) for c in columns]
+        accs = [unseen_accuracy(arrays, c, row_key(row)) for c in columns]
         values[row["name"]] = accs
         mean = _pct(float(np.mean(accs)))
         mean = f"({mean})" if row["kind"] == "specific" else mean
         cells = [row["name"], f"x{row['fp']}", *(_pct(a) for a in accs), mean]
         out.append("| " + " | ".join(cells) + " |")
-    widest = max(np.diff(unseen_interval(arrays, [c], row["name"]))[0] / 2
+    widest = max(np.diff(unseen_interval(arrays, [c], row_key(row)))[0] / 2
                  for c in columns for row in result["rows"])  # fmt: skip
     out += ["", f"Each accuracy lies within a 95% interval of at most +-{100 * widest:.1f} "
             "points (shift.json: `unseen_interval`, `mean_interval`).", ""]  # fmt: skip

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -133,20 +134,62 @@ def ensembles_of(config: ml_collections.ConfigDict, labels: list[str]) -> list[l
     return [[0, k - 1], list(range(k))] if k > 2 else [list(range(k))]
 
 
+def row_label(kind: str, method: str = "", column: str = "") -> str:
+    """The table's label of a soup row (`kind` "single" or "specific"; a specific soup of one
+    `column`), as reports show it; files key rows by `row_id`, never by this."""
+    if kind == "single":
+        return f"single soup ({method})"
+    if column:
+        return f"{column} soup ({method})"
+    return f"dataset-specific soups ({method})"
+
+
+def row_id(kind: str, *, label: str = "", members: Sequence[int] = (), method: str = "") -> str:
+    """The stable key of a table row in shift.json and predictions.npz: `ingredient/<label>`,
+    `ensemble/<i>+<j>...` (ingredient indices), `single/<method>` or `specific/<method>`.
+
+    Raises:
+      ValueError: an unknown kind (a bug).
+    """
+    if kind == "ingredient":
+        return f"ingredient/{label}"
+    if kind == "ensemble":
+        return "ensemble/" + "+".join(str(i) for i in members)
+    if kind in ("single", "specific"):
+        return f"{kind}/{method}"
+    raise ValueError(f"Unknown table row kind {kind!r}.")
+
+
 def table_rows(labels: list[str], ensembles: list[list[int]], methods: list[str]) -> list[dict]:
-    """The rows of the paper's table: ingredients, ensembles, each method's soups."""
-    rows = [{"name": lab, "kind": "ingredient", "fp": 1, "ingredient": i}
-            for i, lab in enumerate(labels)]  # fmt: skip
+    """The rows of the paper's table: ingredients, ensembles, each method's soups; each with
+    its stable `id` (`row_id`) and its display `name`."""
+    rows = [{"id": row_id("ingredient", label=lab), "name": lab, "kind": "ingredient", "fp": 1,
+             "ingredient": i} for i, lab in enumerate(labels)]  # fmt: skip
     for members in ensembles:
         name = ("ensemble of all" if len(members) == len(labels) and len(labels) > 2
                 else "ensemble " + "+".join(labels[i] for i in members))  # fmt: skip
-        rows.append({"name": name, "kind": "ensemble", "fp": len(members), "members": members})
+        rows.append({"id": row_id("ensemble", members=members), "name": name,
+                     "kind": "ensemble", "fp": len(members), "members": members})  # fmt: skip
     for method in methods:
-        rows.append({"name": f"single soup ({method})", "kind": "single", "fp": 1,
-                     "method": method})  # fmt: skip
-        rows.append({"name": f"dataset-specific soups ({method})", "kind": "specific", "fp": 1,
-                     "method": method})  # fmt: skip
+        for kind in ("single", "specific"):
+            rows.append({"id": row_id(kind, method=method), "name": row_label(kind, method),
+                         "kind": kind, "fp": 1, "method": method})  # fmt: skip
     return rows
+
+
+def upgrade_rows(result: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Gives the rows of a run saved before rows had ids their `id`, and renames its arrays
+    from the display name to the id (`unseen/<column>/row/<name>` -> `.../row/<id>`), so that
+    `--resume` continues it. Rows that have ids are left as they are."""
+    for row in result["rows"]:
+        if "id" in row:
+            continue
+        row["id"] = row_id(row["kind"], label=row["name"], members=row.get("members", ()),
+                           method=row.get("method", ""))  # fmt: skip
+        for column in result["columns"]:
+            old = f"unseen/{column['name']}/row/{row['name']}"
+            if old in arrays:
+                arrays[f"unseen/{column['name']}/row/{row['id']}"] = arrays.pop(old)
 
 
 class _Files:
@@ -298,6 +341,8 @@ def run_shift(
         arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
         resumed = previous and arrays_path.exists()
         arrays = workdir_lib.read_arrays(arrays_path) if resumed else {}
+        if previous:
+            upgrade_rows(previous, arrays)
         mesh = parallel.make_mesh() if mesh is None else mesh
         columns = load_columns(config, first)
         grid = soup.simplex_grid(len(ingredients), config.grid_step)
@@ -386,7 +431,9 @@ def _choose(run: _Run, method: str) -> dict:
                            seed=(run.config.seed, len(columns)), **options)  # fmt: skip
         final_loss["single"] = float(out.losses[-1])
         return {"single": out.weights.tolist(), "specific": specific, "final_loss": final_loss}
-    trees = [r.variables for r in run.ingredients]  # greedy
+    if method != "greedy":
+        raise ValueError(f"Unknown selection method {method!r}; expected one of {select.METHODS}.")
+    trees = [r.variables for r in run.ingredients]
     specific = {
         c.name: select.greedy_weights(
             trees, lambda tree, c=c: _adaptation_accuracy(run, tree, c)
@@ -426,41 +473,43 @@ def _unseen_stage(run: _Run) -> None:
     """Stage 4: every table row on each shift's unseen images, then the rows' accuracies."""
     rows, result = run.result["rows"], run.result
     ensembles = [r["members"] for r in rows if r["kind"] == "ensemble"]
-    k = len(run.ingredients)
     for column in run.columns:
         if column.name in result["unseen_done"]:
             continue
         t0 = time.monotonic()
-        names = [r["name"] for r in rows if r["kind"] == "ingredient"]
-        weights = list(np.eye(k))
-        for method in run.config.methods:
-            chosen = result["selection"][method]
-            weights += [chosen["single"], chosen["specific"][column.name]]
-            names += [f"single soup ({method})", f"dataset-specific soups ({method})"]
-        names += [r["name"] for r in rows if r["kind"] == "ensemble"]
+        soups = [r for r in rows if r["kind"] != "ensemble"]
+        weights = [_row_weights(run, r, column.name) for r in soups]
+        ids = [r["id"] for r in soups] + [r["id"] for r in rows if r["kind"] == "ensemble"]
         predicted, labels = run.predict_rows(column, np.array(weights), column.unseen,
                                              ensembles=ensembles)  # fmt: skip
         prefix = f"unseen/{column.name}/"
         run.keep_points(prefix, column, column.unseen, labels)
-        for name, row in zip(names, predicted, strict=True):
-            run.arrays[f"{prefix}row/{name}"] = row
+        for row_key, row in zip(ids, predicted, strict=True):
+            run.arrays[f"{prefix}row/{row_key}"] = row
         run.seconds["unseen"][column.name] = round(time.monotonic() - t0, 2)
         result["unseen_done"].append(column.name)
-        logging.info("%s: %d rows on %d unseen images, %.1f s", column.name, len(names),
+        logging.info("%s: %d rows on %d unseen images, %.1f s", column.name, len(ids),
                      len(column.unseen), run.seconds["unseen"][column.name])  # fmt: skip
         run.files.save()
+    names = [c.name for c in run.columns]
     for row in rows:
-        row["unseen"] = {c.name: report.unseen_accuracy(run.arrays, c.name, row["name"])
-                         for c in run.columns}  # fmt: skip
+        row["unseen"] = {c: report.unseen_accuracy(run.arrays, c, row["id"]) for c in names}
         row["mean"] = float(np.mean(list(row["unseen"].values())))
-        row["unseen_interval"] = {c.name: report.unseen_interval(run.arrays, [c.name], row["name"])
-                                  for c in run.columns}  # fmt: skip
-        names = [c.name for c in run.columns]
-        row["mean_interval"] = report.unseen_interval(run.arrays, names, row["name"])
+        row["unseen_interval"] = {c: report.unseen_interval(run.arrays, [c], row["id"])
+                                  for c in names}  # fmt: skip
+        row["mean_interval"] = report.unseen_interval(run.arrays, names, row["id"])
         if row["kind"] == "single":
             row["weights"] = result["selection"][row["method"]]["single"]
         elif row["kind"] == "specific":
             row["weights"] = result["selection"][row["method"]]["specific"]
+
+
+def _row_weights(run: _Run, row: dict, column: str) -> list[float]:
+    """The soup weights of a non-ensemble table row on `column`."""
+    if row["kind"] == "ingredient":
+        return np.eye(len(run.ingredients))[row["ingredient"]].tolist()
+    chosen = run.result["selection"][row["method"]]
+    return chosen["single"] if row["kind"] == "single" else chosen["specific"][column]
 
 
 def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
@@ -475,8 +524,8 @@ def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
     candidates = [(lab, np.eye(k)[i].tolist()) for i, lab in enumerate(run.labels)]
     for method in config.methods:
         chosen = run.result["selection"][method]
-        candidates.append((f"single soup ({method})", chosen["single"]))
-        candidates += [(f"{c.name} soup ({method})", chosen["specific"][c.name])
+        candidates.append((row_label("single", method), chosen["single"]))
+        candidates += [(row_label("specific", method, c.name), chosen["specific"][c.name])
                        for c in run.columns]  # fmt: skip
     distinct: dict[tuple, dict] = {}
     for name, weights in candidates:

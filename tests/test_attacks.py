@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 
 from seasoning import attacks, errors, threat
 from seasoning.attacks import autoattack, losses
-from seasoning.attacks.apgd import checkpoints, l1_sparse_direction, large_reps_stages
+from seasoning.attacks.apgd import l1_sparse_direction, large_reps_stages, step_size_checkpoints
 from seasoning.attacks.fab import project_to_hyperplane
 from seasoning.attacks.square import p_selection, square_sides
 
@@ -274,10 +274,19 @@ def test_apgd_is_at_least_as_strong_as_pgd(norm, eps):
 
 def test_apgd_checkpoints_match_the_paper():
     # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06): after 22, 41, 57, ...
-    assert [j + 1 for j, _ in checkpoints(100, "linf")] == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert [w for _, w in checkpoints(100, "l2")] == [22, 19, 16, 13, 10, 7, 6, 6]
-    assert [j + 1 for j, _ in checkpoints(10, "linf")] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
-    assert [j + 1 for j, _ in checkpoints(100, "l1")] == list(range(4, 101, 4))
+    assert [j + 1 for j, _ in step_size_checkpoints(100, "linf")] == [
+        22,
+        41,
+        57,
+        70,
+        80,
+        87,
+        93,
+        99,
+    ]
+    assert [w for _, w in step_size_checkpoints(100, "l2")] == [22, 19, 16, 13, 10, 7, 6, 6]
+    assert [j + 1 for j, _ in step_size_checkpoints(10, "linf")] == [2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert [j + 1 for j, _ in step_size_checkpoints(100, "l1")] == list(range(4, 101, 4))
     assert large_reps_stages(100) == ((3.0, 30), (2.0, 30), (1.0, 40))
 
 

@@ -238,7 +238,7 @@ def test_sweep_weights_hold_each_family_once():
 
 def test_the_plan_runs_the_fine_tunes_and_then_the_recheck_and_shift_side_by_side():
     config = config_lib.load_config(DEMO)
-    plan = stages.batches(stages.plan(config, "runs/x"))
+    plan = stages.stage_groups(stages.plan(config, "runs/x"))
     names = [[s.name for s in batch] for batch in plan]
     assert names == [["parent"], ["l2", "l1", "nominal"], ["sweep"], ["recheck", "shift"]]
     steps = f"--config.attack.steps={config.children.attack_steps}"
@@ -250,7 +250,7 @@ def test_the_plan_runs_the_fine_tunes_and_then_the_recheck_and_shift_side_by_sid
 
 def test_eta_scales_the_expected_time_by_how_the_finished_stages_went(tmp_path):
     stage = lambda name, seconds, group="": stages.Stage(name, name, ("-m", name), seconds, group)
-    plan = stages.batches([stage("a", 10.0), stage("b", 20.0, "g"), stage("c", 20.0, "g"),
+    plan = stages.stage_groups([stage("a", 10.0), stage("b", 20.0, "g"), stage("c", 20.0, "g"),
                            stage("d", 30.0)])  # fmt: skip
     assert [[s.name for s in batch] for batch in plan] == [["a"], ["b", "c"], ["d"]]
     record = stages.Record(str(tmp_path))

@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seasoning import bisection, errors, threat
+from seasoning import bisection, deprecation, errors, threat
 from seasoning.attacks import losses
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -171,7 +171,7 @@ def steepest_direction(grad: jax.Array, norm: str) -> jax.Array:
     )
 
 
-def evaluate(
+def loss_and_grad(
     logits_fn: LogitsFn,
     loss_fn: losses.LossFn,
     x: jax.Array,
@@ -207,7 +207,7 @@ def l0(delta: jax.Array) -> jax.Array:
 # The schedule: one row per model evaluation
 
 
-def checkpoints(n_iter: int, norm: str) -> list[tuple[int, int]]:
+def step_size_checkpoints(n_iter: int, norm: str) -> list[tuple[int, int]]:
     """(iteration index, window length) of each APGD checkpoint for a run of `n_iter` steps."""
     if norm == "l1":
         k = max(int(0.04 * n_iter), 1)
@@ -240,7 +240,7 @@ def _schedule(
 
     for s, (mult, n_s) in enumerate(stages):
         add(mult, True, False, False, 0.0, l0_init_first if s == 0 else True)
-        checks = dict(checkpoints(n_s, norm))
+        checks = dict(step_size_checkpoints(n_s, norm))
         for j in range(n_s):
             add(mult, False, j == 0, j in checks, float(checks.get(j, 0)), False)
     dtypes = dict(eps=np.float32, win=np.float32)
@@ -313,7 +313,7 @@ def _single_run(
             z = proj(c.x_adv + step_b * steepest_direction(c.grad, norm), eps_i)
             moved = c.x_adv + a * (z - c.x_adv) + (1.0 - a) * (c.x_adv - c.x_old)
         x_new = proj(where(init, c.x_best, moved), eps_i)
-        loss, logits, g = evaluate(logits_fn, loss_fn, x_new, y, target, with_grad)
+        loss, logits, g = loss_and_grad(logits_fn, loss_fn, x_new, y, target, with_grad)
         if g is None:
             g = c.grad
         wrong_now = wrong(logits, y)
@@ -669,3 +669,8 @@ def apgd_targeted(
         **kwargs,
     )
     return tm.clamp(res.x_adv, x)
+
+
+# Old names, removed in the next release (CHANGELOG.md).
+evaluate = deprecation.renamed(loss_and_grad, "seasoning.attacks.apgd.evaluate")
+checkpoints = deprecation.renamed(step_size_checkpoints, "seasoning.attacks.apgd.checkpoints")

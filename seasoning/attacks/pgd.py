@@ -24,8 +24,8 @@ from seasoning.attacks import losses
 from seasoning.attacks.apgd import (
     LogitsFn,
     Unroll,
-    evaluate,
     l1_sparse_direction,
+    loss_and_grad,
     resolve_unroll,
     run_loop,
     steepest_direction,
@@ -104,7 +104,7 @@ def pgd(
             d = steepest_direction(c["grad"], norm)
         moved = tm.project(x_adv + step * d, x)
         x_new = where(row["init"], x_adv, moved)
-        per, logits, g = evaluate(logits_fn, loss_fn, x_new, y, target, with_grad)
+        per, logits, g = loss_and_grad(logits_fn, loss_fn, x_new, y, target, with_grad)
         wrong_now = wrong(logits, y)
         better = per > c["loss_best"]
         return dict(

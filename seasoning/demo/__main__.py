@@ -41,12 +41,12 @@ def _relay(prefix: str, stream) -> None:
         print(f"[{prefix}] {line}", end="", flush=True)
 
 
-def _run(batch: list[stages.Stage], index: int, plan, record, env) -> None:
-    """Runs the stages of one batch (side by side), skipping those finished before with the
+def _run(group: list[stages.Stage], index: int, plan, record, env) -> None:
+    """Runs the stages of one group (side by side), skipping those finished before with the
     same command."""
-    todo = [s for s in batch if not record.finished(s)]
+    todo = [s for s in group if not record.finished(s)]
     position = f"[{index + 1}/{len(plan) + 1}]"
-    for stage in batch:
+    for stage in group:
         if stage not in todo:
             took = record.finished(stage)["seconds"]
             print(f"{position} {stage.title}: done before ({_minutes(took)}), reused", flush=True)
@@ -118,11 +118,11 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
     record.data.setdefault("machine", report.machine())
     record.data["config"] = config_lib.as_json(config)
     start = time.monotonic()
-    plan = stages.batches(stages.plan(config, workdir))
+    plan = stages.stage_groups(stages.plan(config, workdir))
     total = len(plan) + 1
     last = len(plan) - 1  # the re-check and the shift soups, side by side
-    for i, batch in enumerate(plan[:last]):
-        _run(batch, i, plan, record, env)
+    for i, group in enumerate(plan[:last]):
+        _run(group, i, plan, record, env)
     # The re-check's command depends on the sweep: it replaces the plan's placeholder.
     sweep = workdir_lib.read_json(workdir_lib.path(workdir, stages.SWEEP_DIR, "grid.json"))
     chosen = selection.select(sweep, stages.LABELS)

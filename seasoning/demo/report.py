@@ -272,7 +272,7 @@ def _stages_section(record: dict[str, Any]) -> list[str]:
                          for names in stages.ran_together(record) if len(names) > 1)  # fmt: skip
     out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
             f"{record['machine']}" + (f"; {together}" if together else "") + ". Each stage "
-            "is timed from its batch's start to its own end, in the session that finished it "
+            "is timed from its group's start to its own end, in the session that finished it "
             "(an interrupted stage's earlier sessions are not counted)."]  # fmt: skip
     return out
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 
-from seasoning import errors, soup
+from seasoning import deprecation, errors, soup
 from seasoning import workdir as workdir_lib
 from seasoning.demo import selection
 
@@ -228,7 +228,7 @@ class Record:
         workdir_lib.write_json(self.path, self.data)
 
 
-def batches(plan: Sequence[Stage]) -> list[list[Stage]]:
+def stage_groups(plan: Sequence[Stage]) -> list[list[Stage]]:
     """The plan cut into what runs at once: a group's stages together, others alone."""
     out: list[list[Stage]] = []
     for stage in plan:
@@ -257,16 +257,16 @@ def wall_seconds(record: dict[str, Any]) -> float:
 
 
 def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int) -> float:
-    """Seconds left from batch `next_index` of `plan` (`batches`) on: the expected times,
-    scaled by how the batches finished before compared with theirs."""
+    """Seconds left from group `next_index` of `plan` (`stage_groups`) on: the expected times,
+    scaled by how the groups finished before compared with theirs."""
 
-    def expected(batch: Sequence[Stage]) -> float:
-        return max(s.expected_seconds for s in batch)
+    def expected(group: Sequence[Stage]) -> float:
+        return max(s.expected_seconds for s in group)
 
-    done = [(max(record.data["stages"][s.name]["seconds"] for s in batch), expected(batch))
-            for batch in plan[:next_index] if all(record.finished(s) for s in batch)]  # fmt: skip
+    done = [(max(record.data["stages"][s.name]["seconds"] for s in group), expected(group))
+            for group in plan[:next_index] if all(record.finished(s) for s in group)]  # fmt: skip
     ratio = sum(a for a, _ in done) / sum(e for _, e in done) if done else 1.0
-    return ratio * sum(expected(batch) for batch in plan[next_index:])
+    return ratio * sum(expected(group) for group in plan[next_index:])
 
 
 def check_clearable(workdir: str) -> None:
@@ -278,3 +278,7 @@ def check_clearable(workdir: str) -> None:
             f"--fresh would delete {workdir}, which holds files but no {STAGES_FILE}: it is not "
             "a demo workdir. Choose another --workdir or remove it yourself."
         )
+
+
+# Old name, removed in the next release (CHANGELOG.md).
+batches = deprecation.renamed(stage_groups, "seasoning.demo.stages.batches")

@@ -54,7 +54,7 @@ def rows_fn(
         stacked, weights = model_arg
 
         def logits_of(w):
-            return apply_fn(soup_grid.mix(stacked, w, prepare), x).astype(jnp.float32)
+            return apply_fn(soup_grid.mix_stacked(stacked, w, prepare), x).astype(jnp.float32)
 
         logits = jax.lax.map(logits_of, weights)  # [R, B, C]
         rows = [shifts.predictions(head, logits)]
@@ -142,7 +142,7 @@ def learned_loss_fn(
 
     def loss(weights, batch):
         stacked, sets = batch
-        variables = soup_grid.mix(stacked, weights, prepare)
+        variables = soup_grid.mix_stacked(stacked, weights, prepare)
         total = 0.0
         for (images, labels), head in zip(sets, heads, strict=True):
             log_probs = shifts.label_log_probs(head, apply_fn(variables, images))

@@ -33,14 +33,14 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import data, errors, evaluation, parallel, soup
+from seasoning import data, deprecation, errors, evaluation, parallel, soup
 
 Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluate (BN policy)
 
 MODES = ("auto", "grid", "per_soup")
 
 
-def mix(stacked: Any, weights: Any, prepare: Prepare | None = None) -> Any:
+def mix_stacked(stacked: Any, weights: Any, prepare: Prepare | None = None) -> Any:
     """The soup of `weights` from the stacked ingredients, its BatchNorm policy applied (pure:
     the step every program that evaluates soups starts with)."""
     variables = soup.combine_stacked(stacked, weights)
@@ -49,14 +49,14 @@ def mix(stacked: Any, weights: Any, prepare: Prepare | None = None) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def compiled_mix(prepare: Prepare | None, mesh: Mesh) -> Callable[[Any, Any], Any]:
-    """`mix` as one compiled program (stacked, weights) -> variables, all replicated."""
+    """`mix_stacked` as one compiled program (stacked, weights) -> variables, all replicated."""
     replicated = parallel.replicated(mesh)
     return jax.jit(functools.partial(_mix_positional, prepare=prepare),
                    in_shardings=(replicated, replicated), out_shardings=replicated)  # fmt: skip
 
 
 def _mix_positional(stacked: Any, weights: Any, *, prepare: Prepare | None) -> Any:
-    return mix(stacked, weights, prepare)
+    return mix_stacked(stacked, weights, prepare)
 
 
 def resolve_mode(mode: str) -> str:
@@ -93,7 +93,7 @@ def soups_flags_fn(
         stacked, weights = model_arg
 
         def one_soup(w):
-            variables = mix(stacked, w, prepare)
+            variables = mix_stacked(stacked, w, prepare)
             logits_fn = functools.partial(apply_fn, variables)
             return evaluation.point_flags(logits_fn, x, y, key, settings=settings)
 
@@ -209,3 +209,7 @@ def _log_progress(done: int, total: int, done_now: int, t0: float) -> None:
     logging.info(
         "soups %d/%d | %.3f soups/s | ETA %.0f s", done, total, rate, (total - done) / rate
     )
+
+
+# Old name, removed in the next release (CHANGELOG.md).
+mix = deprecation.renamed(mix_stacked, "seasoning.soup.grid.mix")

@@ -373,12 +373,6 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "label_smoothing", 0, 1)
 
 
-# The AutoAttack budgets a soup config's `eval` section may override (0: the version's).
-SOUP_ATTACK_BUDGETS = (
-    "n_iter", "n_restarts", "n_target_classes", "fab_n_iter", "fab_n_target_classes", "n_queries"
-)  # fmt: skip
-
-
 def base_soup_config() -> ml_collections.ConfigDict:
     """Every key a soup config (`python -m seasoning.soup`) may set, with its default."""
     c = ml_collections.ConfigDict()
@@ -468,7 +462,7 @@ def validate_soup_config(config: ml_collections.ConfigDict) -> None:
                 f"Config eval.dataset={config.eval.dataset!r} names split {split!r} and "
                 f"eval.split={config.eval.split!r} another: expected one of the two."
             )
-    for key in ("n_examples", *SOUP_ATTACK_BUDGETS):
+    for key in ("n_examples", *autoattack.BUDGETS):
         _check_int(config, f"eval.{key}", 0)
     _check_int(config, "eval.batch_size", 1)
     for key in ("chunk", "vectorize", "calibration_examples"):
@@ -546,7 +540,9 @@ def base_demo_config() -> ml_collections.ConfigDict:
     # Linf/nominal lines in steps of `line_step`, the Linf/L2/L1 simplex in steps of
     # `simplex_step`, under a cheaper attack. Attack keys: the version and its budgets as the
     # soup config's `eval` section names them (0: the version's).
-    budgets = {key: 0 for key in SOUP_ATTACK_BUDGETS}
+    from seasoning.attacks import autoattack  # late: it imports JAX
+
+    budgets = {key: 0 for key in autoattack.BUDGETS}
     c.sweep = dict(line_step=0.1, simplex_step=0.2, evaluation="grid",
                    attack=dict(version="fast", **budgets))  # fmt: skip
     # The re-check of the ingredients and the selected soups (evaluation "per_soup").

@@ -144,11 +144,16 @@ def evaluate_run(
     errors.check_count("batch_size", batch_size, 1)
     search_dtype = evaluation.search_dtype_for(search_dtype, compute_dtype)
     run = runs.load(workdir, compute_dtype=compute_dtype)
-    dataset_cfg, split = data.eval_dataset(run.config.dataset, dataset, split)
-    threats = list(threats or data.default_threats(dataset_cfg.name))
+    unknown = sorted(set(attack_overrides) - set(autoattack.SETTINGS))
+    if unknown:
+        raise errors.UserError(f"Unknown attack setting(s) {unknown}; expected some of "
+                               f"{autoattack.SETTINGS}.")  # fmt: skip
+    planned = evaluation.target(run.config.dataset, dataset, split, threats=threats or (),
+                                version=version, overrides=attack_overrides)  # fmt: skip
+    dataset_cfg, split, attack_settings = planned.dataset, planned.split, planned.settings
+    threats = list(planned.threats)
     if not threats:
         raise errors.UserError("No threat model to evaluate.")
-    attack_settings = evaluation.AttackSettings.make(threats, version, **attack_overrides)
     settings = {
         "checkpoint_step": run.step,
         "dataset": dataset_cfg.name,

@@ -184,6 +184,62 @@ class AttackSettings:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What an evaluation measures: a dataset split, under threat models and attack settings.
+
+    Attributes:
+      dataset: the dataset config section (`data.eval_dataset`).
+      split: its split.
+      settings: the threat models and AutoAttack settings.
+    """
+
+    dataset: Any
+    split: str
+    settings: AttackSettings
+
+    @property
+    def threats(self) -> tuple[threat.ThreatModel, ...]:
+        return self.settings.threats
+
+
+def target(
+    run_dataset: Any,
+    dataset: str = "",
+    split: str = "",
+    *,
+    threats: Sequence[str | threat.ThreatModel] = (),
+    default_threats: bool = True,
+    version: str = "standard",
+    overrides: Mapping[str, Any] | None = None,
+) -> Target:
+    """The one evaluation set-up of every driver (`seasoning.evaluate`, the soup sweep, the
+    shift run's robustness stage): the split to evaluate, the threat models, the settings.
+
+    Args:
+      run_dataset: the evaluated run's `dataset` config section.
+      dataset, split: another dataset of the registry ("NAME[:split]") and a split
+        (`data.eval_dataset`; default: the run's own evaluation split).
+      threats: "norm:eps" specs or threat models; none: the dataset's usual radii
+        (`data.default_threats`) when `default_threats`, else none.
+      version: the AutoAttack version.
+      overrides: a config section or mapping holding settings of `autoattack.SETTINGS`
+        (budgets: 0 for the version's); its other keys are not read, and settings it does not
+        hold keep the version's.
+
+    Raises:
+      UserError: an unknown dataset, a bad threat spec, version or budget, or no usual radii
+        for a dataset evaluated without threat models.
+    """
+    dataset_cfg, split = data.eval_dataset(run_dataset, dataset, split)
+    models = [threat.parse(t) if isinstance(t, str) else t for t in threats]
+    if not models and default_threats:
+        models = list(data.default_threats(dataset_cfg.name))
+    overrides = overrides or {}
+    chosen = {k: overrides[k] for k in autoattack.SETTINGS if k in overrides}
+    return Target(dataset_cfg, split, AttackSettings.make(models, version, **chosen))
+
+
 @dataclasses.dataclass
 class Evaluation:
     """The outcome of an evaluation: per-point flags and what produced them.

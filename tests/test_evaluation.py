@@ -222,3 +222,26 @@ def test_bad_settings_are_user_errors():
         evaluation.AttackSettings.make([], "strong")
     with pytest.raises(errors.UserError, match="n_iter"):
         evaluation.AttackSettings.make([threat.parse("linf:0.1")], "fast", n_iter=-1)
+
+
+def test_one_evaluation_set_up_for_every_driver():
+    """`target`: the run's own split or another dataset's, the dataset's usual radii unless
+    threat models are given (or defaults are off), overrides read from any mapping or config
+    section by `autoattack.SETTINGS` (its other keys ignored)."""
+    from seasoning import config_lib
+
+    run_dataset = config_lib.base_train_config().dataset
+    run_dataset.name = "fashion_mnist"
+    own = evaluation.target(run_dataset)
+    assert own.split == run_dataset.eval_split and own.dataset.name == "fashion_mnist"
+    assert own.threats == tuple(data.default_threats("fashion_mnist"))
+    section = {"n_iter": 7, "n_queries": 0, "batch_size": 16, "dataset": "ignored"}
+    other = evaluation.target(run_dataset, "cifar10:test", threats=["linf:8/255"],
+                              version="fast", overrides=section)  # fmt: skip
+    assert (other.dataset.name, other.split) == ("cifar10", "test")
+    assert [str(t) for t in other.threats] == ["linf:0.0313725"]
+    assert other.settings.overrides == (("n_iter", 7),) and other.settings.version == "fast"
+    assert evaluation.target(run_dataset, "cifar10", default_threats=False).threats == ()
+    # Every budget the soup schema's eval section may set is one of AutoAttack's, and back.
+    eval_keys = set(config_lib.base_soup_config().eval)
+    assert set(autoattack.BUDGETS) <= eval_keys and "attacks" not in autoattack.BUDGETS

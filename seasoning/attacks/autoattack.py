@@ -55,6 +55,9 @@ SETTINGS = (
     "attacks", "n_iter", "n_restarts", "n_target_classes", "fab_n_iter",
     "fab_n_target_classes", "n_queries",
 )  # fmt: skip
+# The settings that are budgets (integers; 0 or None: the version's), as config sections and
+# flags name them.
+BUDGETS = tuple(name for name in SETTINGS if name != "attacks")
 
 
 def version_settings(version: str, norm: str) -> dict[str, Any]:

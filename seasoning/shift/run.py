@@ -44,7 +44,6 @@ from seasoning import (
     runs,
     soup,
     stats,
-    threat,
 )
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
@@ -316,16 +315,12 @@ def run_shift(
     ingredients = runs.load_ingredients(run_dirs, config.compute_dtype)
     first = ingredients[0]
     ensembles = ensembles_of(config, labels)
-    robust_dataset, robust_split = data.eval_dataset(
-        first.config.dataset, config.robust.dataset, config.robust.split
-    )
-    threats = [threat.parse(s) for s in config.robust.threats]
-    if config.robust.enabled and not threats:
-        threats = list(data.default_threats(robust_dataset.name))
-    attack = evaluation.AttackSettings.make(
-        threats, config.robust.version, n_iter=config.robust.n_iter,
-        n_target_classes=config.robust.n_target_classes,
+    planned = evaluation.target(
+        first.config.dataset, config.robust.dataset, config.robust.split,
+        threats=list(config.robust.threats), default_threats=config.robust.enabled,
+        version=config.robust.version, overrides=config.robust,
     )  # fmt: skip
+    robust_dataset, robust_split, attack = planned.dataset, planned.split, planned.settings
     record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
                        attack)  # fmt: skip
     json_path = workdir_lib.path(workdir, SHIFT_FILE)

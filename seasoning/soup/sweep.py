@@ -42,7 +42,6 @@ from seasoning import (
     runs,
     soup,
     stats,
-    threat,
 )
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
@@ -86,14 +85,12 @@ def run_sweep(
     first = ingredients[0]
     stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path
     weights = weight_grid(config.grid, len(run_dirs))
-    dataset_cfg, split = data.eval_dataset(
-        first.config.dataset, config.eval.dataset, config.eval.split
-    )
-    threats = [threat.parse(s) for s in config.eval.threats] or list(
-        data.default_threats(dataset_cfg.name)
-    )
-    overrides = {key: config.eval[key] for key in config_lib.SOUP_ATTACK_BUDGETS}
-    settings = evaluation.AttackSettings.make(threats, config.eval.version, **overrides)
+    planned = evaluation.target(
+        first.config.dataset, config.eval.dataset, config.eval.split,
+        threats=list(config.eval.threats), version=config.eval.version, overrides=config.eval,
+    )  # fmt: skip
+    dataset_cfg, split, settings = planned.dataset, planned.split, planned.settings
+    threats = list(planned.threats)
     names = evaluation.metric_names(threats)
     unknown = [n for n in config.front if n not in names]
     if unknown:

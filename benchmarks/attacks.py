@@ -4,7 +4,7 @@
       [--norm=linf] [--batch_size=0] [--repeats=3] [--threads=0] [--unroll=auto]
 
 Both sides attack the same batch with the same weights (the PyTorch twin of the Flax model,
-`seasoning.reference`), the same threat model and the same budget (1 restart, `n_iter`
+`seasoning.testing.torch_twins`), the same threat model and the same budget (1 restart, `n_iter`
 iterations), on this machine (the reference on the GPU when there is one, `--torch_device`),
 after one warm-up call each (ours compiles in it). The labels are the model's own predictions,
 so the reference (which only attacks correctly classified points) attacks the whole batch, as
@@ -60,7 +60,8 @@ def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll, device: str
     import torch
     from pyautoattack.autopgd_base import APGDAttack
 
-    from seasoning import attacks, models, reference
+    from seasoning import attacks, models
+    from seasoning.testing import torch_twins
 
     model = models.get_model(name, num_classes=10)
     variables = model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
@@ -83,12 +84,12 @@ def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll, device: str
     first_s = time.perf_counter() - t0
     ours_s = _median_seconds(run_ours, _REPEATS.value)
 
-    twin = reference.torch_model(name, variables, num_classes=10).to(device)
+    twin = torch_twins.torch_model(name, variables, num_classes=10).to(device)
     apgd = APGDAttack(
         twin, n_iter=_N_ITER.value, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[tm.norm],
         n_restarts=1, eps=tm.eps, seed=0, loss="ce", device=device,
     )  # fmt: skip
-    x_t = reference.to_torch(x).to(device)
+    x_t = torch_twins.to_torch(x).to(device)
     y_t = torch.from_numpy(np.asarray(y, np.int64)).to(device)
 
     def run_reference():

@@ -119,8 +119,9 @@ def _train(name: str, steps: int):
     import numpy as np
     import optax
 
-    from seasoning import models, reference, training
+    from seasoning import models, training
     from seasoning.data import fashion_mnist
+    from seasoning.testing import torch_twins
 
     train = fashion_mnist.load("train")
     rng = np.random.default_rng(0)
@@ -137,7 +138,7 @@ def _train(name: str, steps: int):
         variables = jax.device_get(state.variables())
 
         apply_fn = functools.partial(_apply_eval, model)
-        twin = reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+        twin = torch_twins.torch_model("cnn-small", variables, num_classes=10, **CNN)
         return apply_fn, variables, twin
     sizes = (784, *MLP_WIDTHS, 10)
     keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
@@ -170,7 +171,8 @@ def _cifar_shaped(name: str, n: int):
     import jax.numpy as jnp
     import numpy as np
 
-    from seasoning import data, models, reference
+    from seasoning import data, models
+    from seasoning.testing import torch_twins
 
     model = models.get_model(name, num_classes=10)
     variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
@@ -182,7 +184,7 @@ def _cifar_shaped(name: str, n: int):
         np.argmax(predict(variables, data.to_float(images[i : i + 250])), -1)
         for i in range(0, n, 250)
     ]).astype(np.int32)  # fmt: skip
-    twin = reference.torch_model(name, variables, num_classes=10)
+    twin = torch_twins.torch_model(name, variables, num_classes=10)
     return apply_fn, variables, twin, data.ArraySource(images, labels, num_classes=10)
 
 
@@ -206,8 +208,9 @@ def main(argv):
     import torch
     from pyautoattack import AutoAttack
 
-    from seasoning import evaluation, reference, threat
+    from seasoning import evaluation, threat
     from seasoning.data import fashion_mnist
+    from seasoning.testing import torch_twins
 
     jax.config.update("jax_enable_compilation_cache", False)
     threads = _THREADS.value or os.cpu_count()
@@ -239,7 +242,7 @@ def main(argv):
                 )  # fmt: skip
                 t0 = time.perf_counter()
                 _, y_adv = adversary.run_standard_evaluation(
-                    reference.to_torch(x).to(device),
+                    torch_twins.to_torch(x).to(device),
                     torch.from_numpy(y.astype(np.int64)).to(device),
                     batch_size=n,
                 )

@@ -9,7 +9,7 @@ For each model and mode, one optimiser step (SGD, momentum 0.9) on a fixed batch
 APGD-CE, 10 iterations, as adversarial training does (`seasoning.adversarial`, the
 fine-tuning recipe's attack), with the model in eval mode, then update it in train mode.
 
-The PyTorch loop runs the same model (the twin from `seasoning.reference`, built from the
+The PyTorch loop runs the same model (the twin from `seasoning.testing.torch_twins`, built from the
 same initial weights), batch and attack: fra31's APGD (`pyautoattack`,
 `APGDAttack.attack_single_run`: every point of the batch, 10 iterations, no random start,
 the highest-loss point kept), then a train-mode forward, backward and `torch.optim.SGD` step.
@@ -118,11 +118,11 @@ def reference(name, mode, variables, data, steps, device):
     import torch
     from pyautoattack.autopgd_base import APGDAttack
 
-    from seasoning import reference as reference_lib
+    from seasoning.testing import torch_twins
 
-    twin = reference_lib.torch_model(name, variables, num_classes=10).to(device)
+    twin = torch_twins.torch_model(name, variables, num_classes=10).to(device)
     optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
-    x = reference_lib.to_torch(data["image"]).to(device)
+    x = torch_twins.to_torch(data["image"]).to(device)
     y = torch.from_numpy(np.asarray(data["label"], np.int64)).to(device)
     apgd = None
     if mode != "nominal":

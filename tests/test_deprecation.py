@@ -30,3 +30,12 @@ def test_old_names_warn_and_compute_the_same(old, new, args):
 
 def test_apgd_evaluate_is_loss_and_grad():
     assert apgd.evaluate.__wrapped__ is apgd.loss_and_grad
+
+
+def test_the_pytorch_twins_moved_out_of_the_library():
+    import seasoning.reference as old
+    from seasoning.testing import torch_twins
+
+    with pytest.warns(DeprecationWarning, match="use seasoning.testing.torch_twins"):
+        to_torch = old.to_torch
+    assert to_torch is torch_twins.to_torch

@@ -18,8 +18,9 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
 
-from seasoning import attacks, models, reference, threat, training  # noqa: E402
+from seasoning import attacks, models, threat, training  # noqa: E402
 from seasoning.data import fashion_mnist  # noqa: E402
+from seasoning.testing import torch_twins  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # The twins compute the Flax models' function
@@ -58,10 +59,10 @@ def test_twin_logits_match_flax(name, shape, kwargs):
     x = jax.random.uniform(jax.random.key(2), (6, *shape))
     want = np.asarray(jax.jit(model.apply)(variables, x))
 
-    twin = reference.torch_model(name, variables, num_classes=10, **kwargs)
+    twin = torch_twins.torch_model(name, variables, num_classes=10, **kwargs)
     assert not twin.training
     with torch.no_grad():
-        got = twin(reference.to_torch(x)).numpy()
+        got = twin(torch_twins.to_torch(x)).numpy()
 
     assert got.shape == want.shape == (6, 10)
     assert np.abs(want).max() > 0.1  # a non-trivial comparison
@@ -75,8 +76,8 @@ def test_twin_gradients_match_flax():
     x = jax.random.uniform(jax.random.key(2), (4, 28, 28, 1))
     want = jax.grad(lambda z: model.apply(variables, z)[:, 3].sum())(x)
 
-    twin = reference.torch_model("cnn-small", variables, num_classes=10)
-    xt = reference.to_torch(x).requires_grad_()
+    twin = torch_twins.torch_model("cnn-small", variables, num_classes=10)
+    xt = torch_twins.to_torch(x).requires_grad_()
     twin(xt)[:, 3].sum().backward()
     got = xt.grad.numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
@@ -91,26 +92,26 @@ def test_conv_pads_match_flax_same_padding(size, stride):
     params = conv.init(jax.random.key(1), x)
     want = np.asarray(conv.apply(params, x))
 
-    (top, bottom), (left, right) = reference.conv_pads("SAME", (size, size), 3, stride)
+    (top, bottom), (left, right) = torch_twins.conv_pads("SAME", (size, size), 3, stride)
     if size == 28 and stride == 2:
         assert (top, bottom) == (0, 1)  # asymmetric: PyTorch's padding=1 would differ
     weight = torch.from_numpy(np.asarray(params["params"]["kernel"]).transpose(3, 2, 0, 1).copy())
-    padded = torch.nn.functional.pad(reference.to_torch(x), (left, right, top, bottom))
+    padded = torch.nn.functional.pad(torch_twins.to_torch(x), (left, right, top, bottom))
     got = torch.nn.functional.conv2d(padded, weight, stride=stride).numpy()
     np.testing.assert_allclose(got.transpose(0, 2, 3, 1), want, atol=1e-5)
 
 
 def test_twin_rejects_what_it_cannot_mirror():
     with pytest.raises(ValueError, match="No PyTorch twin"):
-        reference.torch_model("resnet-50", {}, num_classes=10)
+        torch_twins.torch_model("resnet-50", {}, num_classes=10)
     model = models.get_model("cnn-small", num_classes=10)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match="do not fit"):
-        reference.torch_model("cnn-small", variables, num_classes=10, features=(8, 16))
+        torch_twins.torch_model("cnn-small", variables, num_classes=10, features=(8, 16))
     with pytest.raises(ValueError, match="logits"):
-        reference.torch_model("cnn-small", variables, num_classes=7)
+        torch_twins.torch_model("cnn-small", variables, num_classes=7)
     with pytest.raises(ValueError, match="NHWC"):
-        reference.to_torch(np.zeros((28, 28, 1)))
+        torch_twins.to_torch(np.zeros((28, 28, 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def _ours(variables, x, y, tm):
 
 def _reference(variables, x, y, norm, eps):
     """fra31's AutoAttack ("custom": APGD-CE, APGD-T) with our budget, on the PyTorch twin."""
-    twin = reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+    twin = torch_twins.torch_model("cnn-small", variables, num_classes=10, **CNN)
     name, l1 = REFERENCE_NORMS[norm], norm == "l1"
     adversary = AutoAttack(
         twin, attacks=["apgd-ce", "apgd-t"], version="custom", norm=name, eps=eps, seed=0
@@ -189,7 +190,7 @@ def _reference(variables, x, y, norm, eps):
         twin, n_restarts=1, n_target_classes=N_TARGETS, **common
     )
     y_t = torch.from_numpy(y.astype(np.int64))
-    _, y_adv = adversary.run_standard_evaluation(reference.to_torch(x), y_t, batch_size=len(y))
+    _, y_adv = adversary.run_standard_evaluation(torch_twins.to_torch(x), y_t, batch_size=len(y))
     return y_adv.numpy() == y
 
 
@@ -251,7 +252,7 @@ def _ours_alone(variables, x, y, tm, name):
 
 
 def _reference_alone(variables, x, y, norm, eps, name):
-    twin = reference.torch_model("cnn-small", variables, num_classes=10, **CNN)
+    twin = torch_twins.torch_model("cnn-small", variables, num_classes=10, **CNN)
     ref_norm = REFERENCE_NORMS[norm]
     adversary = AutoAttack(twin, attacks=[name], version="custom", norm=ref_norm, eps=eps, seed=0)
     common = dict(norm=ref_norm, eps=eps, seed=0, device="cpu")
@@ -262,7 +263,7 @@ def _reference_alone(variables, x, y, norm, eps, name):
         twin, p_init=0.8, n_queries=SQUARE_QUERIES, n_restarts=1, resc_schedule=False, **common
     )
     y_t = torch.from_numpy(y.astype(np.int64))
-    _, y_adv = adversary.run_standard_evaluation(reference.to_torch(x), y_t, batch_size=len(y))
+    _, y_adv = adversary.run_standard_evaluation(torch_twins.to_torch(x), y_t, batch_size=len(y))
     return y_adv.numpy() == y
 
 

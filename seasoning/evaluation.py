@@ -64,7 +64,7 @@ SCHEDULES = ("still_robust", "all_points")
 # The dtypes the attacks may search in ("same": the evaluated model's own compute dtype).
 SEARCH_DTYPES = ("same", "float32", "bfloat16")
 # The attacks' loops run rolled (`lax.scan`, one iteration a loop body) on every backend. On
-# CPU the default (`attacks.apgd`'s `unroll=None`) unrolls budgets of up to 16 model
+# CPU the default (`unroll=None`, `attacks._common`) unrolls budgets of up to 16 model
 # evaluations, which the training attack gains from; an evaluation does not: rolled, it compiles
 # faster and runs as fast (measured: README, Evaluation).
 UNROLL = 1

@@ -38,13 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seasoning import errors, threat
-from seasoning.attacks.apgd import (
-    LogitsFn,
-    Unroll,
-    apgd_runs,
-    apgd_targeted_runs,
-    where,
-)
+from seasoning.attacks._common import LogitsFn, Unroll, where
+from seasoning.attacks.apgd import apgd_runs, apgd_targeted_runs
 from seasoning.attacks.fab import fab_targeted_runs
 from seasoning.attacks.square import square_run
 

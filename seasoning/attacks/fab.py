@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seasoning import bisection, errors, threat
-from seasoning.attacks.apgd import (
+from seasoning.attacks._common import (
     LogitsFn,
     Unroll,
     bcast,

@@ -6,7 +6,7 @@ coordinates stuck on a face of the box), so each step moves l1 mass `step`. Ever
 followed by the exact projection onto ball ∩ box. The default step size is 2.5 eps / n_iter
 (Madry et al.'s rule: the steps could cross the ball 1.25 times).
 
-The random start is APGD's (see `apgd.random_start`). As for APGD, each example returns the
+The random start is APGD's (`_common.random_start`). As for APGD, each example returns the
 last misclassified iterate if there is one (x itself if x is misclassified), else the
 highest-loss iterate; `best_loss=True` returns the highest-loss iterate.
 """
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seasoning import errors, threat
-from seasoning.attacks import losses
-from seasoning.attacks.apgd import (
+from seasoning.attacks import _common, losses
+from seasoning.attacks._common import (
     LogitsFn,
     Unroll,
     l1_sparse_direction,
@@ -31,9 +31,6 @@ from seasoning.attacks.apgd import (
     steepest_direction,
     where,
     wrong,
-)
-from seasoning.attacks.apgd import (
-    random_start as random_point,
 )
 
 
@@ -94,7 +91,7 @@ def pgd(
     loss_fn = losses.get_loss(loss, targeted=target is not None)
     mode = resolve_unroll(unroll, n_iter + 1)
     topk = jnp.full(x.shape[:1], l1_topk, jnp.float32)
-    start = random_point(key, x, norm, eps) if random_start else x
+    start = _common.random_start(key, x, norm, eps) if random_start else x
 
     def body(c: dict[str, Any], row: dict[str, Any], with_grad: bool = True) -> dict[str, Any]:
         x_adv = c["x_adv"]

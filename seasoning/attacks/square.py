@@ -33,7 +33,7 @@ import numpy as np
 
 from seasoning import errors, threat
 from seasoning.attacks import losses
-from seasoning.attacks.apgd import LogitsFn, bcast, where, wrong
+from seasoning.attacks._common import LogitsFn, bcast, where, wrong
 
 _P_BOUNDS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 NORMS = ("linf", "l2", "l1")

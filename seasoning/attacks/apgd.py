@@ -64,6 +64,8 @@ from seasoning.attacks._common import (
 )
 
 MOMENTUM = 0.75
+# The initial step size in units of eps: 2 eps for linf / l2, eps for L1-APGD.
+DENSE_ALPHA, L1_ALPHA = 2.0, 1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +144,101 @@ class _Config(NamedTuple):
     box_aware: bool
 
 
+def _proposal(c: _State, row: dict[str, Any], x: jax.Array, cfg: _Config, eps_i, proj):
+    """The step from the current iterate: L1-APGD's sparse step, else the projected steepest
+    step with momentum (1.0 on a stage's first step). Ignored on init rows."""
+    step_b = bcast(c.step, x)
+    if cfg.norm == "l1":
+        return c.x_adv + step_b * l1_sparse_direction(c.grad, c.x_adv, c.topk, cfg.box_aware)
+    a = where(row["first"], 1.0, MOMENTUM)
+    z = proj(c.x_adv + step_b * steepest_direction(c.grad, cfg.norm), eps_i)
+    return c.x_adv + a * (z - c.x_adv) + (1.0 - a) * (c.x_adv - c.x_old)
+
+
+def _after_step(c: _State, x_new, loss, g, wrong_now) -> _State:
+    """The bookkeeping of a regular step: the new iterate, the best (highest-loss) point and
+    its gradient, the last misclassified point, and the count of loss increases."""
+    improved = loss > c.loss_best
+    return _State(
+        x_adv=x_new,
+        x_old=c.x_adv,
+        grad=g,
+        x_best=where(improved, x_new, c.x_best),
+        grad_best=where(improved, g, c.grad_best),
+        loss_best=jnp.where(improved, loss, c.loss_best),
+        x_best_adv=where(wrong_now, x_new, c.x_best_adv),
+        fooled=c.fooled | wrong_now,
+        step=c.step,
+        n_incr=c.n_incr + (loss > c.prev_loss).astype(jnp.float32),
+        prev_loss=loss,
+        loss_best_last=c.loss_best_last,
+        reduced_last=c.reduced_last,
+        topk=c.topk,
+        sp_old=c.sp_old,
+    )
+
+
+def _checkpoint_dense(s: _State, row: dict[str, Any], cfg: _Config) -> _State:
+    """linf / l2 at a checkpoint: halve the step and restart from the best point when the loss
+    rose in at most rho of the window's steps, or the step was not halved last time and the
+    best loss did not improve since."""
+    check = row["check"]
+    osc = s.n_incr <= row["win"] * cfg.rho
+    no_impr = (~s.reduced_last) & (s.loss_best_last >= s.loss_best)
+    red = check & (osc | no_impr)
+    return s._replace(
+        step=jnp.where(red, s.step / 2.0, s.step),
+        x_adv=where(red, s.x_best, s.x_adv),
+        grad=where(red, s.grad_best, s.grad),
+        reduced_last=jnp.where(check, red, s.reduced_last),
+        loss_best_last=jnp.where(check, s.loss_best, s.loss_best_last),
+        n_incr=jnp.where(check, 0.0, s.n_incr),
+    )
+
+
+def _checkpoint_l1(s: _State, row: dict[str, Any], x: jax.Array, eps_i, n_fts: float) -> _State:
+    """L1-APGD at a checkpoint: the sparsity follows the best point's; if that fell by more than
+    5% the step resets to eps and the run restarts from the best point, else the step shrinks
+    by 1.5 (kept in [eps / 10, eps])."""
+    check = row["check"]
+    sp = l0(s.x_best - x)
+    red = check & (sp < 0.95 * s.sp_old)
+    new_step = jnp.where(red, L1_ALPHA * eps_i, s.step / 1.5)
+    new_step = jnp.clip(new_step, L1_ALPHA * eps_i / 10.0, L1_ALPHA * eps_i)
+    return s._replace(
+        step=jnp.where(check, new_step, s.step),
+        topk=jnp.where(check, sp / n_fts / 1.5, s.topk),
+        sp_old=jnp.where(check, sp, s.sp_old),
+        x_adv=where(red, s.x_best, s.x_adv),
+        grad=where(red, s.grad_best, s.grad),
+    )
+
+
+def _fresh(x_new, loss, g, wrong_now, row: dict[str, Any], x: jax.Array, cfg: _Config, eps_i,
+           n_fts: float) -> _State:  # fmt: skip
+    """The state of a run (or stage) that starts at x_new (an init row)."""
+    alpha = L1_ALPHA if cfg.norm == "l1" else DENSE_ALPHA
+    sp0 = l0(x_new - x)
+    ones = jnp.ones_like(loss)
+    return _State(
+        x_adv=x_new,
+        x_old=x_new,
+        grad=g,
+        x_best=x_new,
+        grad_best=g,
+        loss_best=loss,
+        x_best_adv=x_new,
+        fooled=wrong_now,
+        step=alpha * eps_i * ones,
+        n_incr=0.0 * ones,
+        prev_loss=loss,
+        loss_best_last=loss,
+        reduced_last=ones > 0,
+        topk=where(row["l0init"], sp0 / n_fts / 1.5, cfg.init_topk * ones),
+        sp_old=where(row["l0init"], sp0, n_fts * ones),
+    )
+
+
 def _single_run(
     logits_fn: LogitsFn,
     x: jax.Array,
@@ -156,7 +253,6 @@ def _single_run(
     """One APGD run (all stages): (x_best, loss_best, x_best_adv, fooled)."""
     norm, eps = cfg.norm, cfg.eps
     loss_fn = losses.get_loss(cfg.loss, cfg.targeted)
-    alpha = 1.0 if norm == "l1" else 2.0
     n_fts = float(np.prod(x.shape[1:]))
     # The first stage's sparsity: 20% (`init_topk`) from a random start, as the reference's
     # attack_single_run; from the start's own sparsity only in AutoAttack's l1 schedule, which
@@ -165,88 +261,23 @@ def _single_run(
     proj = lambda v, e: threat.project(v, x, norm, e)  # noqa: E731
 
     def body(c: _State, row: dict[str, Any], with_grad: bool = True) -> _State:
+        """One model evaluation: a step (or, on an init row, the projected best point), its
+        bookkeeping, the checkpoint rules; an init row starts afresh at the new point."""
         eps_i = eps * row["eps"]
         init = row["init"]
-        step_b = bcast(c.step, x)
-        # The proposal (ignored on init rows, which restart from the projected best point).
-        if norm == "l1":
-            moved = c.x_adv + step_b * l1_sparse_direction(c.grad, c.x_adv, c.topk, cfg.box_aware)
-        else:
-            a = where(row["first"], 1.0, MOMENTUM)
-            z = proj(c.x_adv + step_b * steepest_direction(c.grad, norm), eps_i)
-            moved = c.x_adv + a * (z - c.x_adv) + (1.0 - a) * (c.x_adv - c.x_old)
-        x_new = proj(where(init, c.x_best, moved), eps_i)
+        x_new = proj(where(init, c.x_best, _proposal(c, row, x, cfg, eps_i, proj)), eps_i)
         loss, logits, g = loss_and_grad(logits_fn, loss_fn, x_new, y, target, with_grad)
         if g is None:
             g = c.grad
         wrong_now = wrong(logits, y)
-
-        # A regular step: bookkeeping of the best points, then the checkpoint rules.
-        improved = loss > c.loss_best
-        s = _State(
-            x_adv=x_new,
-            x_old=c.x_adv,
-            grad=g,
-            x_best=where(improved, x_new, c.x_best),
-            grad_best=where(improved, g, c.grad_best),
-            loss_best=jnp.where(improved, loss, c.loss_best),
-            x_best_adv=where(wrong_now, x_new, c.x_best_adv),
-            fooled=c.fooled | wrong_now,
-            step=c.step,
-            n_incr=c.n_incr + (loss > c.prev_loss).astype(jnp.float32),
-            prev_loss=loss,
-            loss_best_last=c.loss_best_last,
-            reduced_last=c.reduced_last,
-            topk=c.topk,
-            sp_old=c.sp_old,
-        )
+        s = _after_step(c, x_new, loss, g, wrong_now)
         check = row["check"]
         if not (isinstance(check, bool | np.bool_) and not check):
             if norm == "l1":
-                sp = l0(s.x_best - x)
-                red = check & (sp < 0.95 * s.sp_old)
-                new_step = jnp.where(red, alpha * eps_i, s.step / 1.5)
-                new_step = jnp.clip(new_step, alpha * eps_i / 10.0, alpha * eps_i)
-                s = s._replace(
-                    step=jnp.where(check, new_step, s.step),
-                    topk=jnp.where(check, sp / n_fts / 1.5, s.topk),
-                    sp_old=jnp.where(check, sp, s.sp_old),
-                    x_adv=where(red, s.x_best, s.x_adv),
-                    grad=where(red, s.grad_best, s.grad),
-                )
+                s = _checkpoint_l1(s, row, x, eps_i, n_fts)
             else:
-                osc = s.n_incr <= row["win"] * cfg.rho
-                no_impr = (~s.reduced_last) & (s.loss_best_last >= s.loss_best)
-                red = check & (osc | no_impr)
-                s = s._replace(
-                    step=jnp.where(red, s.step / 2.0, s.step),
-                    x_adv=where(red, s.x_best, s.x_adv),
-                    grad=where(red, s.grad_best, s.grad),
-                    reduced_last=jnp.where(check, red, s.reduced_last),
-                    loss_best_last=jnp.where(check, s.loss_best, s.loss_best_last),
-                    n_incr=jnp.where(check, 0.0, s.n_incr),
-                )
-
-        # An init row: the run (or stage) starts at x_new.
-        sp0 = l0(x_new - x)
-        ones = jnp.ones_like(loss)
-        fresh = _State(
-            x_adv=x_new,
-            x_old=x_new,
-            grad=g,
-            x_best=x_new,
-            grad_best=g,
-            loss_best=loss,
-            x_best_adv=x_new,
-            fooled=wrong_now,
-            step=alpha * eps_i * ones,
-            n_incr=0.0 * ones,
-            prev_loss=loss,
-            loss_best_last=loss,
-            reduced_last=ones > 0,
-            topk=where(row["l0init"], sp0 / n_fts / 1.5, cfg.init_topk * ones),
-            sp_old=where(row["l0init"], sp0, n_fts * ones),
-        )
+                s = _checkpoint_dense(s, row, cfg)
+        fresh = _fresh(x_new, loss, g, wrong_now, row, x, cfg, eps_i, n_fts)
         return where(init, fresh, s)
 
     if random_init:

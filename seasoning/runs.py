@@ -17,6 +17,7 @@ from typing import Any
 
 import flax.linen as nn
 import ml_collections
+import numpy as np
 
 from seasoning import checkpoints, errors, models, trees
 from seasoning import workdir as workdir_lib
@@ -92,6 +93,26 @@ def eval_apply_fn(model: nn.Module) -> Callable[[Any, Any], Any]:
 
 def _apply_eval(model: nn.Module, variables: Any, x: Any) -> Any:
     return model.apply(variables, x, train=False)
+
+
+def soup_prepare(run: Run, policy: str, calibration_examples: int) -> Callable[[Any], Any] | None:
+    """The BatchNorm policy of soups of `run`'s architecture (`soup.bn.make_prepare`):
+    "recalibrate" measures the statistics on the first `calibration_examples` images of the
+    run's own training split (read here, so that the soup core takes arrays, not datasets).
+
+    Args:
+      run: the first ingredient (its model and training dataset are used).
+      policy: one of `soup.bn.BN_POLICIES`.
+      calibration_examples: how many training images (at most the split's size).
+    """
+    from seasoning import data  # late: data imports TFDS lazily
+    from seasoning.soup import bn
+
+    if policy != "recalibrate":
+        return bn.make_prepare(policy, run.model)
+    train_source = data.get_source(run.config.dataset, run.config.dataset.train_split)
+    images, _ = train_source.get(np.arange(min(calibration_examples, len(train_source))))
+    return bn.make_prepare(policy, run.model, data.to_float(images))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -39,3 +39,14 @@ def test_the_pytorch_twins_moved_out_of_the_library():
     with pytest.warns(DeprecationWarning, match="use seasoning.testing.torch_twins"):
         to_torch = old.to_torch
     assert to_torch is torch_twins.to_torch
+
+
+def test_soup_bn_prepare_for_run_moved_to_runs(monkeypatch):
+    from seasoning import runs
+    from seasoning.soup import bn
+
+    calls = []
+    monkeypatch.setattr(runs, "soup_prepare", lambda *a: calls.append(a) or "prepared")
+    with pytest.warns(DeprecationWarning, match="use seasoning.runs.soup_prepare"):
+        assert bn.prepare_for_run("interpolate", "run", 8) == "prepared"
+    assert calls == [("run", "interpolate", 8)]

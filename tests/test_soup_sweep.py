@@ -211,6 +211,15 @@ def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     # Recalibrating on noise images moves the accuracy (measured 0.675 vs 0.795): the check
     # above tells the policies apart.
     assert abs(want - interpolated) > 0.02, (want, interpolated)
+    # The drivers' policy (`runs.soup_prepare`) calibrates on the run's first training images.
+    train = data.get_source(first.config.dataset, first.config.dataset.train_split)
+    first_images = data.to_float(train.get(np.arange(32))[0])
+    by_driver = runs_lib.soup_prepare(first, "recalibrate", 32)(mixed)
+    by_hand = soup.recalibrate_batch_stats(first.model, mixed, first_images, batch_size=32)
+    for got, expected in zip(jax.tree.leaves(by_driver["batch_stats"]),
+                             jax.tree.leaves(by_hand["batch_stats"]), strict=True):  # fmt: skip
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert runs_lib.soup_prepare(first, "interpolate", 32) is None  # the mixed statistics stay
 
 
 def test_the_soup_cli_has_only_its_own_flags(runs, tmp_path):

@@ -49,7 +49,6 @@ from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.data.source import ConcatSource
 from seasoning.shift import predict, report, select, splits
-from seasoning.soup import bn
 from seasoning.soup import grid as soup_grid
 
 SHIFT_FILE, ARRAYS_FILE, REPORT_FILE, WEIGHTS_PLOT = (
@@ -352,7 +351,7 @@ def run_shift(
             "complete": False,
         }
         stacked_host = soup.stack([r.variables for r in ingredients])
-        prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
+        prepare = runs.soup_prepare(first, config.bn_policy, config.calibration_examples)
         run = _Run(config, ingredients, labels, columns, grid,
                    jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
                    _Files(workdir, result, arrays, watcher))  # fmt: skip

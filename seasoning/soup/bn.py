@@ -19,6 +19,7 @@ merges them over batches in float64, the in-program one is the single-batch case
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -294,21 +295,16 @@ def make_prepare(
     return prepare
 
 
-def prepare_for_run(
-    policy: str, run: Any, calibration_examples: int
-) -> Callable[[PyTree], PyTree] | None:
-    """`make_prepare` for soups of `run`'s architecture: "recalibrate" measures the statistics
-    on the first `calibration_examples` images of the run's own training split.
+def prepare_for_run(policy: str, run: Any, calibration_examples: int) -> Callable | None:
+    """Deprecated: `runs.soup_prepare(run, policy, calibration_examples)`, which reads the
+    calibration images, so that this module takes arrays only (CHANGELOG.md)."""
+    warnings.warn(
+        "seasoning.soup.bn.prepare_for_run is deprecated and will be removed in the next "
+        "release: use seasoning.runs.soup_prepare(run, policy, calibration_examples) "
+        "(CHANGELOG.md).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from seasoning import runs  # late: runs imports this module's package
 
-    Args:
-      policy: one of `BN_POLICIES`.
-      run: a `runs.Run` (its model and training dataset are used).
-      calibration_examples: how many training images (at most the split's size).
-    """
-    if policy != "recalibrate":
-        return make_prepare(policy, run.model)
-    from seasoning import data  # late: data imports TFDS lazily, soup users may not need it
-
-    train_source = data.get_source(run.config.dataset, run.config.dataset.train_split)
-    images, _ = train_source.get(np.arange(min(calibration_examples, len(train_source))))
-    return make_prepare(policy, run.model, data.to_float(images))
+    return runs.soup_prepare(run, policy, calibration_examples)

@@ -26,14 +26,17 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import data, deprecation, errors, evaluation, parallel, soup
+from seasoning import deprecation, errors, evaluation, parallel, soup
+
+if TYPE_CHECKING:  # the source only passes through to the evaluator
+    from seasoning import data
 
 Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluate (BN policy)
 

@@ -45,7 +45,6 @@ from seasoning import (
 )
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
-from seasoning.soup import bn
 from seasoning.soup import grid as grid_lib
 
 GRID_FILE, CSV_FILE = "grid.json", "grid.csv"
@@ -126,7 +125,7 @@ def run_sweep(
         source = data.get_source(dataset_cfg, split, seed=first.config.seed)
         first.check_source(source, f"{dataset_cfg.name}/{split}")
         indices = evaluation.check_points(None, source, config.eval.n_examples)
-        prepare = bn.prepare_for_run(config.bn_policy, first, config.calibration_examples)
+        prepare = runs.soup_prepare(first, config.bn_policy, config.calibration_examples)
         start = time.monotonic()
 
         def save(first_row: int, flags: np.ndarray) -> None:

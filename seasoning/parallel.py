@@ -105,10 +105,9 @@ def _looks_multi_process() -> bool:
 def split_cpu(requested: int, batch_size: int) -> int:
     """Splits the host CPU into several JAX devices; call before JAX starts its backends.
 
-    On CPU, XLA runs the shards of a batch on separate threads, which keeps both cores of a
-    small machine busy: adversarial training of the small CNN ran 2x faster with 4 CPU devices
-    than with 1 on 2 cores. GPU and TPU runs are not affected (their devices are the
-    accelerators).
+    On CPU, XLA runs the shards of a batch on separate threads, which keeps every core of a
+    small machine busy (the speed-up: README, "Speed"). GPU and TPU runs
+    are not affected (their devices are the accelerators).
 
     Args:
       requested: CPU devices wanted; 0 leaves JAX's default (1); -1 (auto) takes

@@ -87,9 +87,9 @@ def soups_flags_fn(
     Its model argument is (stacked ingredients [K, ...], weights [C, K]); it returns bool
     [C, M, B]. `vectorize` soups are evaluated side by side (`jax.vmap`), the groups one after
     another (`lax.map`). Keep 1 unless a batch of points is too small to fill the device:
-    vmapping soups turns every convolution into a grouped one, which was slower on CPU (2x)
-    and on an H100 (1.3-1.5x, 1000+ points; benchmarks/grid.py). Cached, so that every chunk
-    and sweep with these arguments compiles once.
+    vmapping soups turns every convolution into a grouped one, which was slower on a CPU and
+    on a GPU (README, "Speed of the soup grid"). Cached, so that every chunk and sweep with
+    these arguments compiles once.
     """
 
     def flags_fn(model_arg, x, y, key):

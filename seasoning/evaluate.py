@@ -57,7 +57,8 @@ _SCHEDULE = flags.DEFINE_enum(
 )  # fmt: skip
 _DTYPE = flags.DEFINE_enum(
     "compute_dtype", "float32", list(models.COMPUTE_DTYPES),
-    "The model's compute dtype during the attacks (float32 whatever the run trained in).",
+    "The evaluated model's compute dtype (float32 whatever the run trained in): it judges "
+    "every point, and the attacks search in it unless --search_dtype says otherwise.",
 )  # fmt: skip
 _SEARCH_DTYPE = flags.DEFINE_enum(
     "search_dtype", "same", list(evaluation.SEARCH_DTYPES),
@@ -143,11 +144,11 @@ def evaluate_run(
     errors.check_count("n_examples", n_examples, 0)
     errors.check_count("batch_size", batch_size, 1)
     search_dtype = evaluation.search_dtype_for(search_dtype, compute_dtype)
-    run = runs.load(workdir, compute_dtype=compute_dtype)
     unknown = sorted(set(attack_overrides) - set(autoattack.SETTINGS))
     if unknown:
         raise errors.UserError(f"Unknown attack setting(s) {unknown}; expected some of "
                                f"{autoattack.SETTINGS}.")  # fmt: skip
+    run = runs.load(workdir, compute_dtype=compute_dtype)
     planned = evaluation.target(run.config.dataset, dataset, split, threats=threats or (),
                                 version=version, overrides=attack_overrides)  # fmt: skip
     dataset_cfg, split, attack_settings = planned.dataset, planned.split, planned.settings

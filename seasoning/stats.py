@@ -1,10 +1,11 @@
 """How far a figure measured on a sample of points can be trusted: intervals and paired tests.
 
 Every accuracy this project writes is a count of points out of a sample (the first N test
-images). Result files carry its 95% Clopper-Pearson interval (`interval`: exact, never narrower
-than the truth), and a claim that one model or soup beats another on the same points rests on
-the points only one of them gets right (`compare`: an exact McNemar test), not on the gap of
-two accuracies: on 100 shared points a gap of one point is one point that changed.
+images). Result files carry its 95% Clopper-Pearson interval (`interval`: exact, its coverage
+at least 95% whatever the true accuracy; written with 4 digits, rounded outwards), and a
+claim that one model or soup beats another on the same points rests on the points only one
+of them gets right (`compare`: an exact McNemar test), not on the gap of two accuracies: on
+100 shared points a gap of one point is one point that changed.
 
 Per-point flags travel in result files packed (`pack_flags`: a bit per point, base64), so that
 reports can compare any two rows without the run that made them.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +42,8 @@ def interval(count: int, total: int, confidence: float = CONFIDENCE) -> tuple[fl
 
 
 def accuracy_interval(accuracy: float, total: int) -> list[float]:
-    """`interval` of an accuracy measured on `total` points, rounded to 4 digits for a file.
+    """`interval` of an accuracy measured on `total` points, rounded outwards to 4 digits for a
+    file.
 
     Raises:
       ValueError: an accuracy that is not a whole number of points out of `total`.
@@ -48,7 +51,14 @@ def accuracy_interval(accuracy: float, total: int) -> list[float]:
     count = round(accuracy * total)
     if abs(count - accuracy * total) > 1e-6 * max(total, 1):
         raise ValueError(f"accuracy {accuracy!r} is not a count of {total} points.")
-    return [round(v, 4) for v in interval(count, total)]
+    return outwards(*interval(count, total))
+
+
+def outwards(low: float, high: float, digits: int = 4) -> list[float]:
+    """[low, high] rounded to `digits` decimals away from the centre, so that the interval a
+    file holds is never narrower than the one computed."""
+    scale = 10**digits
+    return [math.floor(low * scale) / scale, math.ceil(high * scale) / scale]
 
 
 def half_width(total: int, confidence: float = CONFIDENCE) -> float:
@@ -62,7 +72,7 @@ def mean_interval(
     confidence: float = CONFIDENCE,
 ) -> list[float]:  # fmt: skip
     """The interval of a weighted mean of accuracies of independent groups of points (e.g. a
-    shift scored as the mean over its member sets), rounded to 4 digits for a file.
+    shift scored as the mean over its member sets), rounded outwards to 4 digits for a file.
 
     One group: its Clopper-Pearson interval. Several: the normal approximation, each group's
     variance from its accuracy with one success and one failure added (Agresti & Caffo), so
@@ -82,14 +92,14 @@ def mean_interval(
     if len(weights) != len(groups) or abs(weights.sum() - 1) > 1e-9:
         raise ValueError(f"weights {weights.tolist()} do not give one per group summing to 1.")
     if len(groups) == 1:
-        return [round(v, 4) for v in interval(groups[0].sum(), len(groups[0]), confidence)]
+        return outwards(*interval(groups[0].sum(), len(groups[0]), confidence))
     mean = float(sum(w * g.mean() for w, g in zip(weights, groups, strict=True)))
     adjusted = [(g.sum() + 1) / (len(g) + 2) for g in groups]
     variance = sum(w**2 * p * (1 - p) / (len(g) + 2)
                    for w, p, g in zip(weights, adjusted, groups, strict=True))  # fmt: skip
     z = scipy_stats.norm.ppf(0.5 + confidence / 2)
     half = z * float(np.sqrt(variance))
-    return [round(max(mean - half, 0.0), 4), round(min(mean + half, 1.0), 4)]
+    return outwards(max(mean - half, 0.0), min(mean + half, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,17 +97,13 @@ def _in_dtype(name: str, dtype: str):
 
     import jax.numpy as jnp
 
-    from seasoning import models
+    from seasoning import models, runs
 
     if name == "mlp":
         return functools.partial(_mlp_apply, dtype=dtype)
     widths = CNN if name == "cnn-small" else {}
     model = models.get_model(name, num_classes=10, dtype=jnp.dtype(dtype), **widths)
-    return functools.partial(_apply_eval, model)
-
-
-def _apply_eval(model, v, x):
-    return model.apply(v, x, train=False)
+    return runs.eval_apply_fn(model)
 
 
 def _train(name: str, steps: int):
@@ -119,7 +115,7 @@ def _train(name: str, steps: int):
     import numpy as np
     import optax
 
-    from seasoning import models, training
+    from seasoning import models, runs, training
     from seasoning.data import fashion_mnist
     from seasoning.testing import torch_twins
 
@@ -137,7 +133,7 @@ def _train(name: str, steps: int):
             state, _ = step(state, batch, jax.random.key(i))
         variables = jax.device_get(state.variables())
 
-        apply_fn = functools.partial(_apply_eval, model)
+        apply_fn = runs.eval_apply_fn(model)
         twin = torch_twins.torch_model("cnn-small", variables, num_classes=10, **CNN)
         return apply_fn, variables, twin
     sizes = (784, *MLP_WIDTHS, 10)
@@ -165,19 +161,18 @@ def _train(name: str, steps: int):
 
 def _cifar_shaped(name: str, n: int):
     """(apply_fn, variables, twin, ArraySource of n random images labelled by the model)."""
-    import functools
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from seasoning import data, models
+    from seasoning import data, models, runs
     from seasoning.testing import torch_twins
 
     model = models.get_model(name, num_classes=10)
     variables = jax.device_get(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
-    apply_fn = functools.partial(_apply_eval, model)
+    apply_fn = runs.eval_apply_fn(model)
     images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     predict = jax.jit(apply_fn)
     labels = np.concatenate([

@@ -72,9 +72,16 @@ def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll, device: str
     def ours(variables, x, y, key):
         logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
         return attacks.apgd(
-            logits_fn, x, y, tm, key=key, loss="ce", n_iter=_N_ITER.value, n_restarts=1,
+            logits_fn,
+            x,
+            y,
+            tm,
+            key=key,
+            loss="ce",
+            n_iter=_N_ITER.value,
+            n_restarts=1,
             unroll=unroll,
-        )  # fmt: skip
+        )
 
     def run_ours():
         jax.block_until_ready(ours(variables, x, y, jax.random.key(2)))
@@ -86,9 +93,15 @@ def bench(name: str, batch: int, shape: tuple[int, ...], tm, unroll, device: str
 
     twin = torch_twins.torch_model(name, variables, num_classes=10).to(device)
     apgd = APGDAttack(
-        twin, n_iter=_N_ITER.value, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[tm.norm],
-        n_restarts=1, eps=tm.eps, seed=0, loss="ce", device=device,
-    )  # fmt: skip
+        twin,
+        n_iter=_N_ITER.value,
+        norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[tm.norm],
+        n_restarts=1,
+        eps=tm.eps,
+        seed=0,
+        loss="ce",
+        device=device,
+    )
     x_t = torch_twins.to_torch(x).to(device)
     y_t = torch.from_numpy(np.asarray(y, np.int64)).to(device)
 
@@ -125,16 +138,28 @@ def main(argv):
         default_batch, shape = SETTINGS[name]
         batch = _BATCH.value or default_batch
         s = bench(name, batch, shape, tm, unroll, device)
-        print(json.dumps({
-            "benchmark": "apgd-ce", "model": name, "batch_size": batch, "image_shape": shape,
-            "norm": _NORM.value, "eps": round(eps, 6), "n_iter": _N_ITER.value,
-            "unroll": _UNROLL.value, "backend": jax.default_backend(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "torch_device": device,
-            "ours_images_per_s": round(batch / s["ours"], 1),
-            "reference_images_per_s": round(batch / s["reference"], 1),
-            "ratio": round(s["reference"] / s["ours"], 3),
-            "ours_first_call_s": round(s["first"], 2),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": "apgd-ce",
+                    "model": name,
+                    "batch_size": batch,
+                    "image_shape": shape,
+                    "norm": _NORM.value,
+                    "eps": round(eps, 6),
+                    "n_iter": _N_ITER.value,
+                    "unroll": _UNROLL.value,
+                    "backend": jax.default_backend(),
+                    "cpu_count": os.cpu_count(),
+                    "torch_threads": threads,
+                    "torch_device": device,
+                    "ours_images_per_s": round(batch / s["ours"], 1),
+                    "reference_images_per_s": round(batch / s["reference"], 1),
+                    "ratio": round(s["reference"] / s["ours"], 3),
+                    "ours_first_call_s": round(s["first"], 2),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

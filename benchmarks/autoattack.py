@@ -175,10 +175,12 @@ def _cifar_shaped(name: str, n: int):
     apply_fn = runs.eval_apply_fn(model)
     images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     predict = jax.jit(apply_fn)
-    labels = np.concatenate([
-        np.argmax(predict(variables, data.to_float(images[i : i + 250])), -1)
-        for i in range(0, n, 250)
-    ]).astype(np.int32)  # fmt: skip
+    labels = np.concatenate(
+        [
+            np.argmax(predict(variables, data.to_float(images[i : i + 250])), -1)
+            for i in range(0, n, 250)
+        ]
+    ).astype(np.int32)
     twin = torch_twins.torch_model(name, variables, num_classes=10)
     return apply_fn, variables, twin, data.ArraySource(images, labels, num_classes=10)
 
@@ -232,9 +234,13 @@ def main(argv):
             ref = {}
             if _REFERENCE.value:
                 adversary = AutoAttack(
-                    twin, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm], eps=tm.eps,
-                    version=_VERSION.value, seed=0, device=device,
-                )  # fmt: skip
+                    twin,
+                    norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[norm],
+                    eps=tm.eps,
+                    version=_VERSION.value,
+                    seed=0,
+                    device=device,
+                )
                 t0 = time.perf_counter()
                 _, y_adv = adversary.run_standard_evaluation(
                     torch_twins.to_torch(x).to(device),
@@ -247,38 +253,52 @@ def main(argv):
             for search_dtype in _SEARCH_DTYPES.value:
                 t0 = time.perf_counter()
                 evaluator = evaluation.Evaluator(
-                    apply_fn, evaluation.AttackSettings.make([tm], _VERSION.value),
-                    batch_size=_BATCH.value, search_apply_fn=_in_dtype(name, search_dtype),
-                )  # fmt: skip
+                    apply_fn,
+                    evaluation.AttackSettings.make([tm], _VERSION.value),
+                    batch_size=_BATCH.value,
+                    search_apply_fn=_in_dtype(name, search_dtype),
+                )
                 result = evaluator.run(variables, test, np.arange(n), key=jax.random.key(0))
                 ours_s = time.perf_counter() - t0
                 detail, accuracy = result.details[str(tm)], result.accuracies()
                 flags_now = result.flags[result.names.index(str(tm))]
                 row = {
-                    "benchmark": "autoattack", "version": _VERSION.value, "model": name,
-                    "norm": norm, "eps": tm.eps, "n_points": n, "search_dtype": search_dtype,
+                    "benchmark": "autoattack",
+                    "version": _VERSION.value,
+                    "model": name,
+                    "norm": norm,
+                    "eps": tm.eps,
+                    "n_points": n,
+                    "search_dtype": search_dtype,
                     "train_steps": _TRAIN_STEPS.value,
                     "clean_accuracy": round(accuracy["clean"], 4),
                     "ours_robust_accuracy": round(accuracy[str(tm)], 4),
                     "ours_after": {k: round(v, 4) for k, v in detail["after"].items()},
                     "ours_attack_s": {k: round(v, 1) for k, v in detail["seconds"].items()},
                     "ours_points_attacked": points_attacked(detail, accuracy["clean"], n),
-                    "weights": "random, labels = its predictions" if name in CIFAR_MODELS
-                               else f"{_TRAIN_STEPS.value} nominal SGD steps",
-                    "ours_s": round(ours_s, 1), "jax_cpu_devices": devices or 1,
-                    "jax": jax.default_backend(), "cpu_count": os.cpu_count(),
-                }  # fmt: skip
+                    "weights": "random, labels = its predictions"
+                    if name in CIFAR_MODELS
+                    else f"{_TRAIN_STEPS.value} nominal SGD steps",
+                    "ours_s": round(ours_s, 1),
+                    "jax_cpu_devices": devices or 1,
+                    "jax": jax.default_backend(),
+                    "cpu_count": os.cpu_count(),
+                }
                 if search_dtype == "float32":
                     float32_flags = flags_now
                 elif float32_flags is not None:  # points broken by one search only
                     row["broken_by_float32_only"] = int(np.sum(~float32_flags & flags_now))
                     row["broken_by_this_only"] = int(np.sum(float32_flags & ~flags_now))
                 if ref:
-                    row.update({
-                        "reference_robust_accuracy": round(ref["robust"], 4),
-                        "reference_s": round(ref["s"], 1), "speedup": round(ref["s"] / ours_s, 2),
-                        "torch_threads": threads, "torch_device": device,
-                    })  # fmt: skip
+                    row.update(
+                        {
+                            "reference_robust_accuracy": round(ref["robust"], 4),
+                            "reference_s": round(ref["s"], 1),
+                            "speedup": round(ref["s"] / ours_s, 2),
+                            "torch_threads": threads,
+                            "torch_device": device,
+                        }
+                    )
                 print(json.dumps(row), flush=True)
 
 

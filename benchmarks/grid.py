@@ -94,10 +94,16 @@ def main(argv):
         common = dict(settings=settings, key=key, mesh=mesh, batch_size=n_points)
         grid_s = _timed(
             lambda: grid_lib.evaluate_grid(
-                apply_fn, stacked, weights, source, indices, chunk=_CHUNK.value,
-                vectorize=_VECTORIZE.value, **common,
+                apply_fn,
+                stacked,
+                weights,
+                source,
+                indices,
+                chunk=_CHUNK.value,
+                vectorize=_VECTORIZE.value,
+                **common,
             )
-        )  # fmt: skip
+        )
         evaluator = evaluation.Evaluator(
             apply_fn, settings, schedule="all_points", batch_size=n_points, mesh=mesh
         )
@@ -125,7 +131,7 @@ def main(argv):
                     apply_fn, stacked, weights, source, indices, **common
                 ),
                 1,
-            )  # fmt: skip
+            )
             out["per_soup_s"] = round(per_soup_s, 3)
             out["loop_over_per_soup"] = round(loop_s / per_soup_s, 2)
         if kind == "clean":

@@ -44,8 +44,14 @@ from seasoning.data import fashion_mnist
 from seasoning.data.tfds_source import TfdsSource
 from seasoning.testing import tfds_datasets
 
-PIPELINES = ("pil_one_thread", "imagenet_train", "imagenet_eval", "imagenet_eval_threads",
-             "cifar10_train", "fashion_mnist_train")  # fmt: skip
+PIPELINES = (
+    "pil_one_thread",
+    "imagenet_train",
+    "imagenet_eval",
+    "imagenet_eval_threads",
+    "cifar10_train",
+    "fashion_mnist_train",
+)
 OPS = {
     "imagenet_train": "decode|inception_crop(224)|flip_lr",
     "imagenet_eval": "decode|resize_small(256)|central_crop(224)",
@@ -80,20 +86,27 @@ def _write_datasets(data_dir: str) -> None:
     tfds.disable_progress_bar()
     if not os.path.isdir(os.path.join(data_dir, "imagenet_like")):
         jpegs = tfds_datasets.imagenet_like_jpegs(_JPEGS.value)
-        print(f"# ImageNet-like JPEGs: mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB",
-              flush=True)  # fmt: skip
+        print(
+            f"# ImageNet-like JPEGs: mean {np.mean([len(j) for j in jpegs]) / 1e3:.0f} kB",
+            flush=True,
+        )
         labels = np.arange(len(jpegs)) % 1000
-        tfds_datasets.write(data_dir, "imagenet_like", {"train": (jpegs, labels)},
-                            num_classes=1000)  # fmt: skip
+        tfds_datasets.write(data_dir, "imagenet_like", {"train": (jpegs, labels)}, num_classes=1000)
     if not os.path.isdir(os.path.join(data_dir, "cifar_like")):
         rng = np.random.default_rng(0)
         # Smooth images with noise, so PNG compresses them about as much as CIFAR's.
         coarse = rng.uniform(0, 255, size=(_PNGS.value, 8, 8, 3))
-        images = np.clip(coarse.repeat(4, 1).repeat(4, 2) + rng.normal(0, 12, (1, 32, 32, 3)),
-                         0, 255).astype(np.uint8)  # fmt: skip
+        images = np.clip(
+            coarse.repeat(4, 1).repeat(4, 2) + rng.normal(0, 12, (1, 32, 32, 3)), 0, 255
+        ).astype(np.uint8)
         pngs = tfds_datasets.png_images(images)
-        tfds_datasets.write(data_dir, "cifar_like", {"train": (pngs, np.arange(len(pngs)) % 10)},
-                            num_classes=10, encoding="png")  # fmt: skip
+        tfds_datasets.write(
+            data_dir,
+            "cifar_like",
+            {"train": (pngs, np.arange(len(pngs)) % 10)},
+            num_classes=10,
+            encoding="png",
+        )
 
 
 def _old_centre_crop(encoded: bytes, size: int = 224) -> np.ndarray:
@@ -122,8 +135,11 @@ def _measure(name: str, workers: int, data_dir: str) -> dict:
     if name == "fashion_mnist_train":
         source = fashion_mnist.load("train")
     else:
-        source = TfdsSource("cifar_like" if name.startswith("cifar") else "imagenet_like",
-                            "train", data_dir=data_dir)  # fmt: skip
+        source = TfdsSource(
+            "cifar_like" if name.startswith("cifar") else "imagenet_like",
+            "train",
+            data_dir=data_dir,
+        )
     rng = np.random.default_rng(0)
     if name == "pil_one_thread":
         if workers:
@@ -146,15 +162,23 @@ def _measure(name: str, workers: int, data_dir: str) -> dict:
         rate, batches = _rate(next_batch, _SECONDS.value)
     else:
         ops = data.ops.parse(OPS[name])
-        iterator = data.train_batches(source, batch, seed=0, ops=ops, spec=OPS[name],
-                                      num_workers=workers)  # fmt: skip
+        iterator = data.train_batches(
+            source, batch, seed=0, ops=ops, spec=OPS[name], num_workers=workers
+        )
         try:
             rate, batches = _rate(lambda: next(iterator), _SECONDS.value)
         finally:
             iterator.close()
-    return {"benchmark": "input", "pipeline": name, "workers": workers,
-            "images_per_s": round(rate, 1), "batch_size": batch, "batches": batches,
-            "cores": len(os.sched_getaffinity(0)), "cpu": _cpu()}  # fmt: skip
+    return {
+        "benchmark": "input",
+        "pipeline": name,
+        "workers": workers,
+        "images_per_s": round(rate, 1),
+        "batch_size": batch,
+        "batches": batches,
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu": _cpu(),
+    }
 
 
 def main(argv):

@@ -74,8 +74,9 @@ MODES = ("clean", "adversarial", "apgd")
 EPS = 8 / 255
 TRAIN_ATTACK_ITER = 10
 # The `attack` config section of the adversarial mode: the fine-tuning recipe's APGD-CE 10.
-TRAIN_ATTACK = dict(name="apgd", loss="ce", steps=TRAIN_ATTACK_ITER, step_size=0.0,
-                    random_start=False)  # fmt: skip
+TRAIN_ATTACK = dict(
+    name="apgd", loss="ce", steps=TRAIN_ATTACK_ITER, step_size=0.0, random_start=False
+)
 
 # Dense bf16 peak TFLOP/s of one JAX device (one chip: v4 and v5p chips are one megacore
 # device), from the vendors' data sheets (NVIDIA's "with sparsity" figures halved). Matched as
@@ -110,12 +111,15 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Timed calls per mode (0: the model's 
 _APGD_ITER = flags.DEFINE_integer("apgd_iter", 100, "APGD iterations of the `apgd` mode.")
 _APGD_CALLS = flags.DEFINE_integer("apgd_calls", 3, "Timed calls of the `apgd` mode.")
 _VIT_ATTENTION = flags.DEFINE_enum(
-    "vit_attention", "einsum", ["einsum", "fused"],
+    "vit_attention",
+    "einsum",
+    ["einsum", "fused"],
     "ViT models: Flax's attention, or jax.nn.dot_product_attention (cuDNN's on GPUs).",
-)  # fmt: skip
+)
 _REMAT = flags.DEFINE_bool("remat", False, "Rematerialise every block (models that have remat).")
-_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
-                           "The models' compute dtype.")  # fmt: skip
+_DTYPE = flags.DEFINE_enum(
+    "compute_dtype", "float32", ["float32", "bfloat16"], "The models' compute dtype."
+)
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", -1, "CPU only: JAX devices to split the host CPU into (-1: as the drivers)."
 )
@@ -257,8 +261,9 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
 
         def run(variables, x, y, key):
             logits_fn = lambda z: model.apply(variables, z, train=False)  # noqa: E731
-            return attacks.apgd(logits_fn, x, y, tm, key=key, loss="ce",
-                                n_iter=_APGD_ITER.value, n_restarts=1)  # fmt: skip
+            return attacks.apgd(
+                logits_fn, x, y, tm, key=key, loss="ce", n_iter=_APGD_ITER.value, n_restarts=1
+            )
 
         program = jax.jit(
             run, in_shardings=(replicated, sharded, sharded, replicated), out_shardings=sharded
@@ -295,8 +300,14 @@ def measure(name: str, mode: str, batch: int, steps: int) -> dict:
     counts = {"fusions": hlo.count(" fusion("), "custom_calls": hlo.count(" custom-call(")}
     flops_xla = flops_lib.cost_flops(program) * mesh.size  # one device's share of the SPMD program
     first, seconds = _timed(call, steps)
-    return dict(seconds=seconds, first=first, compile=compile_s, flops_xla=flops_xla,
-                has_loop=has_loop, hlo=counts)  # fmt: skip
+    return dict(
+        seconds=seconds,
+        first=first,
+        compile=compile_s,
+        flops_xla=flops_xla,
+        has_loop=has_loop,
+        hlo=counts,
+    )
 
 
 def model_options(name: str) -> dict:
@@ -339,22 +350,34 @@ def run_modes() -> list[dict]:
             flops = m["flops_xla"] if exact_xla else passes
             achieved = flops / m["seconds"] / 1e12
             row = {
-                "benchmark": "scale", "model": name, "mode": mode, "attack": describe(mode),
-                "compute_dtype": _DTYPE.value, "batch_size": batch,
-                "model_options": model_options(name), "hlo": m["hlo"],
-                "devices": jax.device_count(), "processes": jax.process_count(),
-                "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
-                "cpu_count": os.cpu_count(), "step_s": round(m["seconds"], 4),
+                "benchmark": "scale",
+                "model": name,
+                "mode": mode,
+                "attack": describe(mode),
+                "compute_dtype": _DTYPE.value,
+                "batch_size": batch,
+                "model_options": model_options(name),
+                "hlo": m["hlo"],
+                "devices": jax.device_count(),
+                "processes": jax.process_count(),
+                "backend": jax.default_backend(),
+                "device_kind": jax.devices()[0].device_kind,
+                "cpu_count": os.cpu_count(),
+                "step_s": round(m["seconds"], 4),
                 "images_per_s": round(batch / m["seconds"], 1),
-                "compile_s": round(m["compile"], 2), "first_call_s": round(m["first"], 3),
+                "compile_s": round(m["compile"], 2),
+                "first_call_s": round(m["first"], 3),
                 "gflops_per_image": round(flops / batch / 1e9, 4),
-                "flops_method": "xla, compiled (cpu, no loop)" if exact_xla
-                                else "passes, lowered for the cpu",
-                "flops_xla": m["flops_xla"], "flops_passes": passes,
-                "achieved_tflops": round(achieved, 4), "peak_tflops": round(peak, 4),
+                "flops_method": "xla, compiled (cpu, no loop)"
+                if exact_xla
+                else "passes, lowered for the cpu",
+                "flops_xla": m["flops_xla"],
+                "flops_passes": passes,
+                "achieved_tflops": round(achieved, 4),
+                "peak_tflops": round(peak, 4),
                 "peak_source": peak_source,
                 "mfu": round(achieved / peak, 4) if peak and flops > 0 else None,
-            }  # fmt: skip
+            }
             rows.append(row)
             if jax.process_index() == 0:
                 print(json.dumps(row), flush=True)
@@ -367,14 +390,22 @@ def run_modes() -> list[dict]:
 
 def _child_argv(cpu_devices: int, peak: float, peak_source: str) -> list[str]:
     return [
-        sys.executable, os.path.abspath(__file__), "--child",
-        f"--models={','.join(_MODELS.value)}", f"--modes={','.join(_MODES.value)}",
-        f"--batch_size={_BATCH.value}", f"--steps={_STEPS.value}",
-        f"--apgd_iter={_APGD_ITER.value}", f"--apgd_calls={_APGD_CALLS.value}",
-        f"--compute_dtype={_DTYPE.value}", f"--vit_attention={_VIT_ATTENTION.value}",
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        f"--models={','.join(_MODELS.value)}",
+        f"--modes={','.join(_MODES.value)}",
+        f"--batch_size={_BATCH.value}",
+        f"--steps={_STEPS.value}",
+        f"--apgd_iter={_APGD_ITER.value}",
+        f"--apgd_calls={_APGD_CALLS.value}",
+        f"--compute_dtype={_DTYPE.value}",
+        f"--vit_attention={_VIT_ATTENTION.value}",
         f"--remat={_REMAT.value}",
-        f"--cpu_devices={cpu_devices}", f"--peak_tflops={peak}", f"--peak_source={peak_source}",
-    ]  # fmt: skip
+        f"--cpu_devices={cpu_devices}",
+        f"--peak_tflops={peak}",
+        f"--peak_source={peak_source}",
+    ]
 
 
 def run_layout(processes: int, cpu_devices: int, peak: float, peak_source: str) -> list[dict]:
@@ -387,11 +418,14 @@ def run_layout(processes: int, cpu_devices: int, peak: float, peak_source: str) 
     with tempfile.TemporaryDirectory() as logs:  # files, not pipes: nobody reads while they run
         for i in range(processes):
             with open(os.path.join(logs, f"{i}.log"), "w") as log:
-                procs.append(subprocess.Popen(
-                    _child_argv(cpu_devices, peak, peak_source),
-                    env=parallel.local_process_env(i, processes, port),
-                    stdout=log, stderr=subprocess.STDOUT,
-                ))  # fmt: skip
+                procs.append(
+                    subprocess.Popen(
+                        _child_argv(cpu_devices, peak, peak_source),
+                        env=parallel.local_process_env(i, processes, port),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         for p in procs:
             p.wait()
         outputs = []
@@ -484,17 +518,23 @@ def estimate() -> None:
                 peak = chips * chip_peak * 1e12
                 images_per_s = _ASSUMED_MFU.value * peak / flops
                 row = {
-                    "benchmark": "scale_estimate", "estimate": True, "model": name,
-                    "image_shape": shape, "attack": f"apgd-ce {n_iter} it.",
+                    "benchmark": "scale_estimate",
+                    "estimate": True,
+                    "model": name,
+                    "image_shape": shape,
+                    "attack": f"apgd-ce {n_iter} it.",
                     "passes": {"train_step": 1, "input_grad": grads, "forward": forwards},
                     "gflops_per_image": {k: round(v / 1e9, 4) for k, v in per_image.items()},
-                    "gflops_per_image_step": round(flops / 1e9, 3), "target": target,
-                    "chip": chip, "chips": chips, "peak_tflops": chips * chip_peak,
+                    "gflops_per_image_step": round(flops / 1e9, 3),
+                    "target": target,
+                    "chip": chip,
+                    "chips": chips,
+                    "peak_tflops": chips * chip_peak,
                     "assumed_mfu": _ASSUMED_MFU.value,
                     "images_per_s": round(images_per_s, 1),
                     "minutes_per_epoch": round(epoch / images_per_s / 60, 2),
                     "epoch_images": epoch,
-                }  # fmt: skip
+                }
                 print(json.dumps(row), flush=True)
                 lines.append(
                     f"| {name} | {'x'.join(map(str, shape))} | {row['attack']} | "

@@ -127,9 +127,15 @@ def reference(name, mode, variables, data, steps, device):
     apgd = None
     if mode != "nominal":
         apgd = APGDAttack(
-            twin, n_iter=N_ITER, norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[mode],
-            n_restarts=1, eps=EPS[mode], seed=0, loss="ce", device=device,
-        )  # fmt: skip
+            twin,
+            n_iter=N_ITER,
+            norm={"linf": "Linf", "l2": "L2", "l1": "L1"}[mode],
+            n_restarts=1,
+            eps=EPS[mode],
+            seed=0,
+            loss="ce",
+            device=device,
+        )
         apgd.init_hyperparam(x)  # what `perturb` does before attacking
 
     def step():
@@ -182,13 +188,17 @@ def main(argv):
             rng = np.random.default_rng(0)
             first, seconds, variables, data = ours(name, mode, batch, shape, steps, rng)
             out = {
-                "benchmark": "train_step", "model": name, "mode": mode,
+                "benchmark": "train_step",
+                "model": name,
+                "mode": mode,
                 "attack": "none" if mode == "nominal" else f"apgd-ce {N_ITER} it.",
-                "batch_size": batch, "devices": jax.device_count(),
-                "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+                "batch_size": batch,
+                "devices": jax.device_count(),
+                "backend": jax.default_backend(),
+                "cpu_count": os.cpu_count(),
                 "ours_images_per_s": round(batch / seconds, 1),
                 "ours_first_step_s": round(first, 2),
-            }  # fmt: skip
+            }
             if _REFERENCE.value:
                 _, ref_seconds = reference(name, mode, variables, data, steps, torch_device)
                 out["torch_device"] = torch_device

@@ -26,8 +26,9 @@ from seasoning import config_lib
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False, eps=8 / 255)
     c = config_lib.base_train_config()
-    c.dataset.update(name="cifar10", train_split="train", eval_split="test", crop_padding=4,
-                     flip=True)  # fmt: skip
+    c.dataset.update(
+        name="cifar10", train_split="train", eval_split="test", crop_padding=4, flip=True
+    )
     c.model = dict(name="wrn-28-10")  # CIFAR-10's mean and std are the model's defaults
     c.threat.update(norm="linf", eps=arg.eps)
     c.attack.update(name="pgd", loss="ce", steps=10, step_size=2 / 255, random_start=True)

@@ -28,8 +28,15 @@ def get_config(arg=None):
     c.sweep.update(line_step=0.1, simplex_step=0.2)
     c.sweep.attack.update(version="fast", n_iter=10, n_target_classes=1)
     # The re-check: the four attacks of AutoAttack standard, each budget cut.
-    c.recheck.attack.update(version="standard", n_iter=25, n_restarts=1, n_target_classes=3,
-                            fab_n_iter=25, fab_n_target_classes=2, n_queries=200)  # fmt: skip
+    c.recheck.attack.update(
+        version="standard",
+        n_iter=25,
+        n_restarts=1,
+        n_target_classes=3,
+        fab_n_iter=25,
+        fab_n_target_classes=2,
+        n_queries=200,
+    )
     c.shift.update(grid_step=0.25, n_adaptation=500, n_unseen=1000, learned_steps=20)
     # Measured on a 2-core Intel Xeon (see README).
     c.expected_seconds.update(parent=150, children=115, sweep=180, recheck=290, shift=125)
@@ -40,8 +47,9 @@ def get_config(arg=None):
         c.points.update(n_examples=8, batch_size=8)
         c.sweep.update(line_step=0.5, simplex_step=0.5)
         c.sweep.attack.update(n_iter=2, n_target_classes=1)
-        c.recheck.attack.update(n_iter=2, n_target_classes=1, fab_n_iter=2,
-                                fab_n_target_classes=1, n_queries=10)  # fmt: skip
+        c.recheck.attack.update(
+            n_iter=2, n_target_classes=1, fab_n_iter=2, fab_n_target_classes=1, n_queries=10
+        )
         c.shift.update(grid_step=0.5, n_adaptation=75, n_unseen=75, learned_steps=3)
         c.expected_seconds.update(parent=25, children=35, sweep=40, recheck=60, shift=30)
     return c

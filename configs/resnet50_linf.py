@@ -20,13 +20,15 @@ def get_config(arg=None):
     c = config_lib.base_train_config()
     # torchvision's RandomResizedCrop(224) (8-100% of the area, aspect 3/4-4/3) and flip;
     # eval: Resize(256) + CenterCrop(224).
-    c.dataset.update(name="imagenet2012", eval_split="validation",
-                     pp_train="decode|inception_crop(224, area=(0.08, 1.0))|flip_lr",
-                     pp_eval="decode|resize_small(256)|central_crop(224)")  # fmt: skip
+    c.dataset.update(
+        name="imagenet2012",
+        eval_split="validation",
+        pp_train="decode|inception_crop(224, area=(0.08, 1.0))|flip_lr",
+        pp_eval="decode|resize_small(256)|central_crop(224)",
+    )
     c.model = dict(name="resnet-50", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     c.threat.update(norm="linf", eps=arg.eps)
-    c.attack.update(name="pgd", loss="ce", steps=3, step_size=2.5 * arg.eps / 3,
-                    random_start=True)  # fmt: skip
+    c.attack.update(name="pgd", loss="ce", steps=3, step_size=2.5 * arg.eps / 3, random_start=True)
     c.optimizer.update(name="sgd", lr=0.2, momentum=0.9, nesterov=False, weight_decay=1e-4)
     c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1)
     c.batch_size = 512
@@ -36,8 +38,9 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 1000
     c.eval_every_steps = 2500
     if arg.runlocal:
-        c.dataset.update(name="synthetic", image_size=32, num_train_examples=64, pp_train="",
-                         pp_eval="")  # fmt: skip
+        c.dataset.update(
+            name="synthetic", image_size=32, num_train_examples=64, pp_train="", pp_eval=""
+        )
         c.attack.steps = 1
         c.batch_size, c.eval_batch_size = 16, 32
         c.num_epochs, c.max_steps = 1, 2

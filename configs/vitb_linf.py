@@ -47,8 +47,9 @@ def get_config(arg=None):
     c.model = dict(name=_VARIANTS[arg.variant], mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)
     c.threat.update(norm="linf", eps=arg.eps)
     c.attack.update(name="apgd", loss="ce", steps=2, random_start=False)
-    c.optimizer.update(name="adamw", lr=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4,
-                       grad_clip_norm=1.0)  # fmt: skip
+    c.optimizer.update(
+        name="adamw", lr=1e-3, b1=0.9, b2=0.999, weight_decay=1e-4, grad_clip_norm=1.0
+    )
     c.schedule.update(name="cosine", warmup_steps=10_000)
     c.label_smoothing = 0.1
     c.compute_dtype = "bfloat16"
@@ -62,10 +63,18 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 1000
     c.eval_every_steps = 2500
     if arg.runlocal:
-        c.dataset.update(name="synthetic", image_size=32, num_train_examples=256, pp_train="",
-                         pp_eval="")  # fmt: skip
-        c.model = dict(name="vit-ti16", image_size=32, patch_size=8, depth=2,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, remat=True)  # fmt: skip
+        c.dataset.update(
+            name="synthetic", image_size=32, num_train_examples=256, pp_train="", pp_eval=""
+        )
+        c.model = dict(
+            name="vit-ti16",
+            image_size=32,
+            patch_size=8,
+            depth=2,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            remat=True,
+        )
         c.compute_dtype = "float32"
         c.batch_size, c.eval_batch_size = 32, 64
         c.num_epochs, c.max_steps = 1, 4

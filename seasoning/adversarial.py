@@ -105,10 +105,18 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
 
         def run(logits_fn, x, y, key):
             res = apgd_runs(
-                logits_fn, x, y, tm, key=key, targets=None, n_runs=1, loss=attack_cfg.loss,
-                n_iter=attack_cfg.steps, random_start=attack_cfg.random_start,
+                logits_fn,
+                x,
+                y,
+                tm,
+                key=key,
+                targets=None,
+                n_runs=1,
+                loss=attack_cfg.loss,
+                n_iter=attack_cfg.steps,
+                random_start=attack_cfg.random_start,
                 init_topk=L1_TRAINING_TOPK,
-            )  # fmt: skip
+            )
             # The highest-loss point, as the fine-tuning reference trains on.
             return tm.clamp(res.x_best_loss, x), ~res.fooled
 
@@ -117,10 +125,17 @@ def _attack_with_flags(tm: threat.ThreatModel, attack_cfg: ml_collections.Config
 
         def run(logits_fn, x, y, key):
             x_adv = attacks.pgd(
-                logits_fn, x, y, tm, key=key, loss=attack_cfg.loss, n_iter=attack_cfg.steps,
-                step_size=attack_cfg.step_size or None, random_start=attack_cfg.random_start,
+                logits_fn,
+                x,
+                y,
+                tm,
+                key=key,
+                loss=attack_cfg.loss,
+                n_iter=attack_cfg.steps,
+                step_size=attack_cfg.step_size or None,
+                random_start=attack_cfg.random_start,
                 best_loss=True,  # perturb every example, misclassified ones too (Madry et al.)
-            )  # fmt: skip
+            )
             return x_adv, attacks.correct(logits_fn, x_adv, y)
 
         return run

@@ -76,10 +76,12 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             directory(workdir),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=use_async, create=True,
+                max_to_keep=keep,
+                enable_async_checkpointing=use_async,
+                create=True,
                 cleanup_tmp_directories=True,
             ),
-        )  # fmt: skip
+        )
         self._saving: tuple[int, int] | None = None  # (step, bytes) of the save under way
 
     def latest_step(self) -> int | None:
@@ -87,8 +89,9 @@ class Checkpointer:
 
     def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
         """Starts saving `tree` (and the JSON `meta`) as checkpoint `step`."""
-        size = sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
-                   for x in jax.tree.leaves(tree))  # fmt: skip
+        size = sum(
+            int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)
+        )
         with self._write_errors():
             self._manager.wait_until_finished()  # an earlier save's failure surfaces here
             self._saving = (step, size)

@@ -42,22 +42,25 @@ HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
 )
 
 RESUME = flags.DEFINE_bool(
-    "resume", False,
+    "resume",
+    False,
     "Continue an unfinished job of the same settings in --workdir: a soup sweep, a shift run, "
     "or an evaluation stopped by SIGTERM (its finished threat models are kept).",
-)  # fmt: skip
+)
 FORCE_LEASE = flags.DEFINE_bool(
-    "force_lease", False,
+    "force_lease",
+    False,
     "Take the workdir's lease even from a job that looks alive (only when it is surely gone, "
     "e.g. its machine died less than a lease's stale time ago).",
-)  # fmt: skip
+)
 
 COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", "auto",
+    "compilation_cache",
+    "auto",
     "JAX's persistent compilation cache, so that a command run again loads its compiled "
     "programs instead of compiling them: auto (JAX_COMPILATION_CACHE_DIR if set, else "
     "$XDG_CACHE_HOME/seasoning/jax, i.e. ~/.cache/seasoning/jax), off, or a folder.",
-)  # fmt: skip
+)
 
 
 def compilation_cache_dir(setting: str, environ: Mapping[str, str]) -> str | None:

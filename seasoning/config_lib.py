@@ -543,16 +543,22 @@ def base_demo_config() -> ml_collections.ConfigDict:
     from seasoning.attacks import autoattack  # late: it imports JAX
 
     budgets = {key: 0 for key in autoattack.BUDGETS}
-    c.sweep = dict(line_step=0.1, simplex_step=0.2, evaluation="grid",
-                   attack=dict(version="fast", **budgets))  # fmt: skip
+    c.sweep = dict(
+        line_step=0.1, simplex_step=0.2, evaluation="grid", attack=dict(version="fast", **budgets)
+    )
     # The re-check of the ingredients and the selected soups (evaluation "per_soup").
     c.recheck = dict(attack=dict(version="standard", **budgets))
-    c.shift = dict(grid_step=0.2, n_adaptation=1000, n_unseen=0, learned_steps=200,
-                   methods=("grid", "learned"))  # fmt: skip
+    c.shift = dict(
+        grid_step=0.2, n_adaptation=1000, n_unseen=0, learned_steps=200, methods=("grid", "learned")
+    )
     # Seconds each stage is expected to take (for the ETA line); measured, see the config.
     c.expected_seconds = dict(
-        parent=60.0, children=60.0, sweep=60.0, recheck=60.0, shift=60.0,
-    )  # fmt: skip
+        parent=60.0,
+        children=60.0,
+        sweep=60.0,
+        recheck=60.0,
+        shift=60.0,
+    )
     return c
 
 
@@ -580,8 +586,12 @@ def validate_demo_config(config: ml_collections.ConfigDict) -> None:
             f"Config threats={config.threats!r}: expected one linf, one l2 and one l1 threat "
             "model, in this order (the parent's and the children's)."
         )
-    for key in ("parent.max_steps", "parent.attack_steps", "children.max_steps",
-                "children.attack_steps"):  # fmt: skip
+    for key in (
+        "parent.max_steps",
+        "parent.attack_steps",
+        "children.max_steps",
+        "children.attack_steps",
+    ):
         _check_int(config, key, 0)
     for key in ("parent.lr", "children.lr"):
         _check_number(config, key, 0)

@@ -48,24 +48,31 @@ from seasoning.attacks import autoattack
 _THREATS = flags.DEFINE_multi_string(
     "threat", [], "norm:eps, repeatable (e.g. linf:8/255). Default: the dataset's usual radii."
 )
-_VERSION = flags.DEFINE_enum("version", "standard", list(autoattack.VERSIONS),
-                             "AutoAttack version.")  # fmt: skip
+_VERSION = flags.DEFINE_enum(
+    "version", "standard", list(autoattack.VERSIONS), "AutoAttack version."
+)
 _SCHEDULE = flags.DEFINE_enum(
-    "schedule", "still_robust", list(evaluation.SCHEDULES),
+    "schedule",
+    "still_robust",
+    list(evaluation.SCHEDULES),
     "still_robust: each later attack only on the points still robust (the reference's); "
     "all_points: every attack on every point, one compiled program per batch.",
-)  # fmt: skip
+)
 _DTYPE = flags.DEFINE_enum(
-    "compute_dtype", "float32", list(models.COMPUTE_DTYPES),
+    "compute_dtype",
+    "float32",
+    list(models.COMPUTE_DTYPES),
     "The evaluated model's compute dtype (float32 whatever the run trained in): it judges "
     "every point, and the attacks search in it unless --search_dtype says otherwise.",
-)  # fmt: skip
+)
 _SEARCH_DTYPE = flags.DEFINE_enum(
-    "search_dtype", "same", list(evaluation.SEARCH_DTYPES),
+    "search_dtype",
+    "same",
+    list(evaluation.SEARCH_DTYPES),
     "The dtype the attacks search in (losses, gradients, steps); the --compute_dtype model "
     "judges every point at full float32 precision. same: the compute dtype. bfloat16 is faster "
     "on GPUs and TPUs and slightly weaker (README, Evaluation).",
-)  # fmt: skip
+)
 _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the split (0: all).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Global points per compiled attack call.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' randomness.")
@@ -146,11 +153,18 @@ def evaluate_run(
     search_dtype = evaluation.search_dtype_for(search_dtype, compute_dtype)
     unknown = sorted(set(attack_overrides) - set(autoattack.SETTINGS))
     if unknown:
-        raise errors.UserError(f"Unknown attack setting(s) {unknown}; expected some of "
-                               f"{autoattack.SETTINGS}.")  # fmt: skip
+        raise errors.UserError(
+            f"Unknown attack setting(s) {unknown}; expected some of {autoattack.SETTINGS}."
+        )
     run = runs.load(workdir, compute_dtype=compute_dtype)
-    planned = evaluation.target(run.config.dataset, dataset, split, threats=threats or (),
-                                version=version, overrides=attack_overrides)  # fmt: skip
+    planned = evaluation.target(
+        run.config.dataset,
+        dataset,
+        split,
+        threats=threats or (),
+        version=version,
+        overrides=attack_overrides,
+    )
     dataset_cfg, split, attack_settings = planned.dataset, planned.split, planned.settings
     threats = list(planned.threats)
     if not threats:
@@ -174,11 +188,13 @@ def evaluate_run(
         lease_lib.hold(lease_lib.of_file(out_path, force=force_lease)),
         preemption.Watcher() as watcher,
     ):
-        existing = workdir_lib.check_result_file(out_path, settings, overwrite=overwrite,
-                                                 resume=resume)  # fmt: skip
+        existing = workdir_lib.check_result_file(
+            out_path, settings, overwrite=overwrite, resume=resume
+        )
         if existing is not None and existing.get("complete", True):
-            logging.info("%s is up to date (same checkpoint and settings); --overwrite recomputes.",
-                         out_path)  # fmt: skip
+            logging.info(
+                "%s is up to date (same checkpoint and settings); --overwrite recomputes.", out_path
+            )
             return existing
         saved = dict(existing["finished"]) if existing else {}
 
@@ -186,12 +202,22 @@ def evaluate_run(
         run.check_source(source, f"{dataset_cfg.name}/{split}")
         indices = evaluation.check_points(None, source, n_examples)
         evaluator = evaluation.Evaluator(
-            run.apply_fn, attack_settings, schedule=schedule, batch_size=batch_size, mesh=mesh,
+            run.apply_fn,
+            attack_settings,
+            schedule=schedule,
+            batch_size=batch_size,
+            mesh=mesh,
             search_apply_fn=run.apply_fn_in(search_dtype),
-        )  # fmt: skip
-        logging.info("Evaluating %s (step %d) on %d points of %s/%s, %d process(es)",
-                     workdir, run.step, len(indices), dataset_cfg.name, split,
-                     jax.process_count())  # fmt: skip
+        )
+        logging.info(
+            "Evaluating %s (step %d) on %d points of %s/%s, %d process(es)",
+            workdir,
+            run.step,
+            len(indices),
+            dataset_cfg.name,
+            split,
+            jax.process_count(),
+        )
         finished = {}
         for name, entry in saved.items():
             flags = np.zeros(len(indices), bool)
@@ -208,13 +234,21 @@ def evaluate_run(
                     out_path, {"settings": settings, "complete": False, "finished": saved}
                 )
             watcher.stop_if_reached(
-                len(saved), finished=len(saved) == len(threats), saved_in=out_path,
+                len(saved),
+                finished=len(saved) == len(threats),
+                saved_in=out_path,
                 progress=f"{len(saved)} of {len(threats)} threat models ({', '.join(saved)})",
-            )  # fmt: skip
+            )
 
         start = time.monotonic()
-        result = evaluator.run(run.variables, source, indices, key=jax.random.key(seed),
-                               finished=finished, on_threat=save_threat)  # fmt: skip
+        result = evaluator.run(
+            run.variables,
+            source,
+            indices,
+            key=jax.random.key(seed),
+            finished=finished,
+            on_threat=save_threat,
+        )
         accuracy = result.accuracies()
         per_threat = {}
         for tm in threats:
@@ -272,8 +306,11 @@ def format_table(result: dict[str, Any]) -> str:
         low, high = stats.accuracy_interval(accuracy, num_points)
         return f"{100 * low:>7.1f}-{100 * high:<5.1f}"
 
-    header = (f"{'threat':<16}{'robust %':>10}{'95% CI':^14}" + "".join(f"{n:>10}" for n in names)
-              + f"{'s':>8}")  # fmt: skip
+    header = (
+        f"{'threat':<16}{'robust %':>10}{'95% CI':^14}"
+        + "".join(f"{n:>10}" for n in names)
+        + f"{'s':>8}"
+    )
     lines = [
         f"{result['model']} on {result['dataset']}/{settings['split']}, {result['n_examples']} "
         f"points, AutoAttack {settings['version']} ({settings.get('schedule', 'still_robust')}), "
@@ -307,14 +344,24 @@ def main(argv) -> None:
         threats = [threat.parse(spec) for spec in _THREATS.value]
         cli.start(max(_BATCH.value, 1))
         result = evaluate_run(
-            cli.WORKDIR.value, threats, version=_VERSION.value, n_examples=_N_EXAMPLES.value,
-            batch_size=_BATCH.value, seed=_SEED.value, dataset=cli.DATASET.value,
-            split=_SPLIT.value, schedule=_SCHEDULE.value, output=_OUTPUT.value,
-            overwrite=_OVERWRITE.value, compute_dtype=_DTYPE.value,
+            cli.WORKDIR.value,
+            threats,
+            version=_VERSION.value,
+            n_examples=_N_EXAMPLES.value,
+            batch_size=_BATCH.value,
+            seed=_SEED.value,
+            dataset=cli.DATASET.value,
+            split=_SPLIT.value,
+            schedule=_SCHEDULE.value,
+            output=_OUTPUT.value,
+            overwrite=_OVERWRITE.value,
+            compute_dtype=_DTYPE.value,
             search_dtype=_SEARCH_DTYPE.value,
-            force_lease=cli.FORCE_LEASE.value, resume=cli.RESUME.value, n_iter=_N_ITER.value,
+            force_lease=cli.FORCE_LEASE.value,
+            resume=cli.RESUME.value,
+            n_iter=_N_ITER.value,
             n_target_classes=_N_TARGETS.value,
-        )  # fmt: skip
+        )
         if jax.process_index() == 0:
             print(format_table(result))
             print(f"Wrote {workdir_lib.path(cli.WORKDIR.value, _OUTPUT.value)}")

@@ -190,10 +190,17 @@ def point_flags(
     robust = []
     for i, tm in enumerate(settings.threats):
         _, info = autoattack.auto_attack(
-            logits_fn, x, y, tm, key=jax.random.fold_in(key, i), version=settings.version,
-            unroll=UNROLL, return_info=True, search_logits_fn=search_logits_fn,
+            logits_fn,
+            x,
+            y,
+            tm,
+            key=jax.random.fold_in(key, i),
+            version=settings.version,
+            unroll=UNROLL,
+            return_info=True,
+            search_logits_fn=search_logits_fn,
             **dict(settings.overrides),
-        )  # fmt: skip
+        )
         robust.append(info.robust)
     return metric_flags(clean, robust)
 
@@ -205,9 +212,13 @@ def _model_flags(apply_fn: ApplyFn, settings: AttackSettings, search_apply_fn: A
 
     def flags_fn(variables, x, y, key):
         return point_flags(
-            functools.partial(apply_fn, variables), x, y, key, settings=settings,
+            functools.partial(apply_fn, variables),
+            x,
+            y,
+            key,
+            settings=settings,
             search_logits_fn=functools.partial(search_apply_fn, variables),
-        )  # fmt: skip
+        )
 
     return flags_fn
 
@@ -347,8 +358,9 @@ def _clean(apply_fn, variables, x, y):
 
 def _one_unit(apply_fn, search_apply_fn, variables, x, y, key, unit, *, tm, name, frozen):
     search_fn = functools.partial(search_apply_fn, variables)
-    x_adv = autoattack.attack_unit(search_fn, x, y, tm, name, key=key, cfg=dict(frozen),
-                                   rank=unit, unroll=UNROLL)  # fmt: skip
+    x_adv = autoattack.attack_unit(
+        search_fn, x, y, tm, name, key=key, cfg=dict(frozen), rank=unit, unroll=UNROLL
+    )
     ok = autoattack.decided_correct(functools.partial(apply_fn, variables), x_adv, y)
     return x_adv, ok, tm.contains(x_adv, x)
 
@@ -521,8 +533,15 @@ class Evaluator:
         indices = np.asarray(indices, np.int64)
         source = decoded_once(source)
         if self.schedule == "all_points":
-            flags = run_all_points(self._flags_fn, variables, source, indices, key=key,
-                                   batch_size=self.batch_size, mesh=self.mesh)  # fmt: skip
+            flags = run_all_points(
+                self._flags_fn,
+                variables,
+                source,
+                indices,
+                key=key,
+                batch_size=self.batch_size,
+                mesh=self.mesh,
+            )
             return Evaluation(self.names, flags, indices, seconds=time.monotonic() - start)
         size = batch_size_for(self.batch_size, self.mesh, len(indices))
         clean, loss = self._clean_pass(variables, source, indices, size)
@@ -542,8 +561,9 @@ class Evaluator:
                 x, _ = _own_rows(source, indices)  # one process: every point
                 points[str(tm)] = adversarial.get(np.arange(len(indices)), x)
         flags = np.asarray(metric_flags(clean, robust))
-        return Evaluation(self.names, flags, indices, loss, details, time.monotonic() - start,
-                          points)  # fmt: skip
+        return Evaluation(
+            self.names, flags, indices, loss, details, time.monotonic() - start, points
+        )
 
     def _clean_pass(self, variables, source, indices, size):
         program = _compiled_clean(self.apply_fn, self.mesh)
@@ -593,9 +613,16 @@ class Evaluator:
                     robust[pos] &= ok
                     logging.info(
                         "%s%s %s %d/%d: %d/%d points, robust accuracy at most %.2f%%, %.0f s",
-                        f"{label} " if label else "", tm, name, u + 1, units, j * size + n,
-                        len(todo), 100 * robust.mean(), time.monotonic() - started,
-                    )  # fmt: skip
+                        f"{label} " if label else "",
+                        tm,
+                        name,
+                        u + 1,
+                        units,
+                        j * size + n,
+                        len(todo),
+                        100 * robust.mean(),
+                        time.monotonic() - started,
+                    )
                 first = False
             after[name] = checked_accuracy(robust.sum(), len(robust), name)
             seconds[name] = round(time.monotonic() - started, 2)
@@ -604,10 +631,16 @@ class Evaluator:
             logging.warning(
                 "%s: %d point(s) broken by an attack are classified correctly when predicted "
                 "again, %d robust point(s) are not; both count as broken.",
-                tm, np.sum(final & ~robust), np.sum(robust & ~final),
-            )  # fmt: skip
-        details = {"after": after, "seconds": seconds, "wall_seconds": time.monotonic() - t0,
-                   "settings": self.settings.resolved_json(tm)}  # fmt: skip
+                tm,
+                np.sum(final & ~robust),
+                np.sum(robust & ~final),
+            )
+        details = {
+            "after": after,
+            "seconds": seconds,
+            "wall_seconds": time.monotonic() - t0,
+            "settings": self.settings.resolved_json(tm),
+        }
         return robust & final, details, adversarial
 
     def _final_pass(self, variables, source, indices, tm, adversarial, size):

@@ -113,8 +113,9 @@ class Lease:
             reason = "forced (--force_lease)" if self._force else self._stale_reason(held)
             if reason is None:
                 raise errors.BusyError(self._busy_message(held))
-            logging.warning("Taking over the lease of %s from %s: %s.", self._what,
-                            _describe(held), reason)  # fmt: skip
+            logging.warning(
+                "Taking over the lease of %s from %s: %s.", self._what, _describe(held), reason
+            )
             self._write()
         self._thread = threading.Thread(target=self._renew, name="lease", daemon=True)
         self._thread.start()
@@ -141,16 +142,19 @@ class Lease:
 
     def _record(self) -> bytes:
         now = time.time()
-        return json.dumps({
-            "token": self._token,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "pid_started": _process_start(os.getpid()),
-            "command": " ".join(sys.argv)[:500],
-            "started": self._started,
-            "heartbeat": now,
-            "heartbeat_utc": _utc_now(),
-        }, indent=2).encode("utf-8")  # fmt: skip
+        return json.dumps(
+            {
+                "token": self._token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_started": _process_start(os.getpid()),
+                "command": " ".join(sys.argv)[:500],
+                "started": self._started,
+                "heartbeat": now,
+                "heartbeat_utc": _utc_now(),
+            },
+            indent=2,
+        ).encode("utf-8")
 
     def _create(self) -> bool:
         """Writes the lease if there is none (atomically); False if there was one."""

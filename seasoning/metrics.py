@@ -133,8 +133,15 @@ class Progress:
 
     input_wait: float | None = None
 
-    def __init__(self, total_steps: int, *, start_step: int = 0, batch_size: int = 0,
-                 every_s: float = 10.0, name: str = "train"):  # fmt: skip
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        start_step: int = 0,
+        batch_size: int = 0,
+        every_s: float = 10.0,
+        name: str = "train",
+    ):
         self._total, self._batch, self._every, self._name = total_steps, batch_size, every_s, name
         self._t0 = self._last = time.monotonic()
         self._step0 = start_step

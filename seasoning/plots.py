@@ -128,8 +128,12 @@ def weight_bars(chosen: dict[str, dict[str, list[float]]], labels: list[str], pa
         width = 0.8 / len(labels)
         for i, label in enumerate(labels):
             heights = [chosen[method][s][i] for s in soups]
-            ax.bar(np.arange(len(soups)) + (i - (len(labels) - 1) / 2) * width, heights, width,
-                   label=label)  # fmt: skip
+            ax.bar(
+                np.arange(len(soups)) + (i - (len(labels) - 1) / 2) * width,
+                heights,
+                width,
+                label=label,
+            )
         ax.set_xticks(np.arange(len(soups)), soups, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("weight")
         ax.set_title(f"{method} selection", fontsize=10)

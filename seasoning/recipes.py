@@ -49,12 +49,19 @@ def finetune_config(
     if norm == "none":
         c.attack.update(name="none", steps=attack_steps, step_size=0.0, random_start=False)
     else:
-        c.attack.update(name="apgd", loss="ce", steps=attack_steps, step_size=0.0,
-                        random_start=False)  # fmt: skip
-    c.optimizer.update(name="sgd", lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                       decay_bn_and_bias=False, grad_clip_norm=0.0)  # fmt: skip
-    c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1,
-                      warmup_steps=0)  # fmt: skip
+        c.attack.update(
+            name="apgd", loss="ce", steps=attack_steps, step_size=0.0, random_start=False
+        )
+    c.optimizer.update(
+        name="sgd",
+        lr=0.01,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        decay_bn_and_bias=False,
+        grad_clip_norm=0.0,
+    )
+    c.schedule.update(name="piecewise", boundaries=(1 / 3, 2 / 3), decay_factor=0.1, warmup_steps=0)
     c.label_smoothing = 0.0
     c.batch_size = 128
     c.num_epochs = num_epochs
@@ -88,12 +95,19 @@ def child_config(
       `finetune_config` of the parent config.
     """
     parent_name = os.path.splitext(parent_file)[0]
-    arg = config_lib.parse_arg(arg, runlocal=False, parent=f"runs/{parent_name}",
-                               eps=float(eps), epochs=num_epochs)  # fmt: skip
+    arg = config_lib.parse_arg(
+        arg, runlocal=False, parent=f"runs/{parent_name}", eps=float(eps), epochs=num_epochs
+    )
     parent_path = os.path.join(os.path.dirname(os.path.abspath(child_file)), parent_file)
     parent = config_lib.load_config(f"{parent_path}:runlocal" if arg.runlocal else parent_path)
-    c = finetune_config(parent, norm=norm, eps=arg.eps if norm not in ("none", "multi") else 0.0,
-                        init_from=arg.parent, num_epochs=arg.epochs, multi=multi)  # fmt: skip
+    c = finetune_config(
+        parent,
+        norm=norm,
+        eps=arg.eps if norm not in ("none", "multi") else 0.0,
+        init_from=arg.parent,
+        num_epochs=arg.epochs,
+        multi=multi,
+    )
     if arg.runlocal:
         c.batch_size, c.max_steps = parent.batch_size, parent.max_steps
     return c
@@ -123,17 +137,24 @@ def run_child_config(arg: str | None) -> ml_collections.ConfigDict:
     config_lib.check_choice("norm", arg.norm, ("linf", "l2", "l1", "none"))
     # A config.json written before a key existed reads that key as its default.
     parent = ml_collections.ConfigDict(
-        workdir_lib.with_defaults(runs.read_config(arg.parent).to_dict(),
-                                  config_lib.as_json(config_lib.base_train_config()))
-    )  # fmt: skip
+        workdir_lib.with_defaults(
+            runs.read_config(arg.parent).to_dict(),
+            config_lib.as_json(config_lib.base_train_config()),
+        )
+    )
     eps = arg.eps
     if arg.norm != "none" and not eps:
         usual = {tm.norm: tm.eps for tm in data.default_threats(parent.dataset.name)}
         eps = usual[arg.norm]
     if arg.norm != "none":
         threat.ThreatModel(arg.norm, eps)  # checks the radius
-    c = finetune_config(parent, norm=arg.norm, eps=eps if arg.norm != "none" else 0.0,
-                        init_from=arg.parent, num_epochs=arg.epochs)  # fmt: skip
+    c = finetune_config(
+        parent,
+        norm=arg.norm,
+        eps=eps if arg.norm != "none" else 0.0,
+        init_from=arg.parent,
+        num_epochs=arg.epochs,
+    )
     if arg.runlocal:
         c.batch_size, c.eval_batch_size, c.max_steps, c.log_every_steps = 32, 64, 4, 2
     return c
@@ -148,8 +169,9 @@ PAPER_SOUPS = {
 }
 
 
-def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
-                      runs: str = "runs") -> ml_collections.ConfigDict:  # fmt: skip
+def paper_soup_config(
+    arg: str | None, *, parent: str, threats: tuple[str, ...], runs: str = "runs"
+) -> ml_collections.ConfigDict:
     """The `get_config` of a soup config file (`configs/soup_*.py`).
 
     Args:
@@ -163,8 +185,9 @@ def paper_soup_config(arg: str | None, *, parent: str, threats: tuple[str, ...],
     Returns:
       The soup config (`config_lib.base_soup_config` with these settings).
     """
-    arg = config_lib.parse_arg(arg, runlocal=False, soup="l2", runs=runs, step=0.1,
-                               bn="interpolate")  # fmt: skip
+    arg = config_lib.parse_arg(
+        arg, runlocal=False, soup="l2", runs=runs, step=0.1, bn="interpolate"
+    )
     config_lib.check_choice("soup", arg.soup, tuple(PAPER_SOUPS))
     suffixes = PAPER_SOUPS[arg.soup]
     c = config_lib.base_soup_config()

@@ -68,9 +68,10 @@ def half_width(total: int, confidence: float = CONFIDENCE) -> float:
 
 
 def mean_interval(
-    groups: Sequence[np.ndarray], weights: Sequence[float] | None = None,
+    groups: Sequence[np.ndarray],
+    weights: Sequence[float] | None = None,
     confidence: float = CONFIDENCE,
-) -> list[float]:  # fmt: skip
+) -> list[float]:
     """The interval of a weighted mean of accuracies of independent groups of points (e.g. a
     shift scored as the mean over its member sets), rounded outwards to 4 digits for a file.
 
@@ -95,8 +96,9 @@ def mean_interval(
         return outwards(*interval(groups[0].sum(), len(groups[0]), confidence))
     mean = float(sum(w * g.mean() for w, g in zip(weights, groups, strict=True)))
     adjusted = [(g.sum() + 1) / (len(g) + 2) for g in groups]
-    variance = sum(w**2 * p * (1 - p) / (len(g) + 2)
-                   for w, p, g in zip(weights, adjusted, groups, strict=True))  # fmt: skip
+    variance = sum(
+        w**2 * p * (1 - p) / (len(g) + 2) for w, p, g in zip(weights, adjusted, groups, strict=True)
+    )
     z = scipy_stats.norm.ppf(0.5 + confidence / 2)
     half = z * float(np.sqrt(variance))
     return outwards(max(mean - half, 0.0), min(mean + half, 1.0))

@@ -148,10 +148,13 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     )
     spec, train_ops = data.train_ops(config.dataset)
     make_batch = data.StepBatch(
-        train_source, train_ops, spec, global_batch_size=config.batch_size, seed=config.seed,
-        rows=data.pipeline.host_slice(config.batch_size, jax.process_index(),
-                                      jax.process_count()),
-    )  # fmt: skip
+        train_source,
+        train_ops,
+        spec,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        rows=data.pipeline.host_slice(config.batch_size, jax.process_index(), jax.process_count()),
+    )
     image_shape, decodes = _train_image_shape(make_batch, eval_source)
     model = models.from_config(config, train_source.num_classes)
     attack = adversarial.make_training_attack(config.threat, config.attack)
@@ -161,26 +164,37 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     tx = optim.make_optimizer(config.optimizer, schedule)
     init_key, train_key = jax.random.split(jax.random.key(config.seed))
     make_state = functools.partial(
-        training.create_train_state, model, tx, image_shape=image_shape,
+        training.create_train_state,
+        model,
+        tx,
+        image_shape=image_shape,
         attack=attack,
-    )  # fmt: skip
+    )
     train_step = training.make_train_step(
-        mesh, model=model, attack=attack, label_smoothing=config.label_smoothing,
-        accumulate_steps=config.accumulate_steps, attack_chunks=config.attack.chunks,
+        mesh,
+        model=model,
+        attack=attack,
+        label_smoothing=config.label_smoothing,
+        accumulate_steps=config.accumulate_steps,
+        attack_chunks=config.attack.chunks,
         skip_nonfinite=config.nonfinite == "skip",
-    )  # fmt: skip
+    )
     evaluate = functools.partial(
         evaluate_accuracy,
         evaluation.Evaluator(
-            runs.eval_apply_fn(model), evaluation.AttackSettings(),
-            batch_size=config.eval_batch_size, mesh=mesh,
+            runs.eval_apply_fn(model),
+            evaluation.AttackSettings(),
+            batch_size=config.eval_batch_size,
+            mesh=mesh,
         ),
         eval_source,
         evaluation.check_points(None, eval_source, config.dataset.num_eval_examples),
-    )  # fmt: skip
-    meta = {"model": config_lib.as_json(config)["model"],
-            "image_shape": list(image_shape),
-            "num_classes": train_source.num_classes}  # fmt: skip
+    )
+    meta = {
+        "model": config_lib.as_json(config)["model"],
+        "image_shape": list(image_shape),
+        "num_classes": train_source.num_classes,
+    }
     return Setup(
         config=config,
         mesh=mesh,
@@ -271,9 +285,11 @@ def _train(
     is_writer = jax.process_index() == 0
     if is_writer:
         workdir_lib.claim(
-            workdir, config_lib.as_json(config), config_lib.as_json(config_lib.base_train_config()),
+            workdir,
+            config_lib.as_json(config),
+            config_lib.as_json(config_lib.base_train_config()),
             free=config_lib.EXECUTION_KEYS,
-        )  # fmt: skip
+        )
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)
     if ckpt.latest_step() is not None:
@@ -286,19 +302,29 @@ def _train(
         writer.write_event(0, event="start", num_steps=num_steps, steps_per_epoch=per_epoch)
         if parent is not None:
             state = start_from_parent(state, parent, parallel.replicated(mesh))
-            writer.write_event(0, event="init_from", parent=config.init_from,
-                               parent_step=parent["step"])  # fmt: skip
+            writer.write_event(
+                0, event="init_from", parent=config.init_from, parent_step=parent["step"]
+            )
             logging.info("Fine-tuning from %s (step %d).", config.init_from, parent["step"])
 
     batches = setup.batches(start_step)
     workers = setup.input_workers
-    logging.info("input: %s; %d worker process%s", setup.make_batch.spec, workers,
-                 "" if workers == 1 else "es")  # fmt: skip
+    logging.info(
+        "input: %s; %d worker process%s",
+        setup.make_batch.spec,
+        workers,
+        "" if workers == 1 else "es",
+    )
     eval_every = config.eval_every_steps or per_epoch
     checkpoint_every = config.checkpoint_every_steps or per_epoch
     progress = metrics_lib.Progress(num_steps, start_step=start_step, batch_size=config.batch_size)
-    guard = divergence.Guard(config.nonfinite, config.max_nonfinite_in_row, workdir,
-                             config.optimizer.lr, last_saved=ckpt.latest_step())  # fmt: skip
+    guard = divergence.Guard(
+        config.nonfinite,
+        config.max_nonfinite_in_row,
+        workdir,
+        config.optimizer.lr,
+        last_saved=ckpt.latest_step(),
+    )
     pending: list[dict[str, jax.Array]] = []
     checked = 0  # how many of `pending` the guard has seen
     window_start = time.monotonic()
@@ -388,8 +414,10 @@ def load_parent(
         names the first differing path.
     """
     parent = runs.load(init_from)
-    found = {"params": parent.variables["params"],
-             "batch_stats": parent.variables.get("batch_stats") or {}}  # fmt: skip
+    found = {
+        "params": parent.variables["params"],
+        "batch_stats": parent.variables.get("batch_stats") or {},
+    }
     expected = {"params": abstract_state.params, "batch_stats": abstract_state.batch_stats or {}}
     difference = trees.first_difference(found, expected)
     if difference:

@@ -69,9 +69,13 @@ class AttackWithStats:
     initial_stats: Any
 
     def run(
-        self, logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
-        key: jax.Array, stats: Any,
-    ) -> tuple[jax.Array, Any]:  # fmt: skip
+        self,
+        logits_fn: Callable[[jax.Array], jax.Array],
+        x: jax.Array,
+        y: jax.Array,
+        key: jax.Array,
+        stats: Any,
+    ) -> tuple[jax.Array, Any]:
         """The attack of a whole batch in one piece: (x_adv, new statistics)."""
         plan_key, attack_key = jax.random.split(key)
         x_adv, increment = self.perturb(logits_fn, x, y, attack_key, self.plan(plan_key, stats))
@@ -362,8 +366,11 @@ def train_step(
     else:
         zeros = functools.partial(jax.tree.map, jnp.zeros_like)
         with_stats = isinstance(attack, AttackWithStats)
-        totals = (zeros(state.params), zeros(state.batch_stats),
-                  zeros(state.attack_stats) if with_stats else None)  # fmt: skip
+        totals = (
+            zeros(state.params),
+            zeros(state.batch_stats),
+            zeros(state.attack_stats) if with_stats else None,
+        )
         grads, logits, batch_stats, increment = _accumulate(
             micro_step, totals, images, labels, key, accumulate_steps, mesh
         )

@@ -58,13 +58,27 @@ jax.config.update(
 # L1 and nominal children and the scratch model (below) while test_reference, which needs none
 # of them, runs on the other worker; test_soup_sweep then trains the L2 child, which
 # test_shift_run and test_multiprocess need too.
-_LONGEST_FIRST = ("test_reference.py", "test_ingredients.py", "test_demo.py",
-                  "test_soup_sweep.py", "test_train.py", "test_import_weights.py",
-                  "test_attacks.py", "test_multiprocess_train.py", "test_shift_run.py",
-                  "test_multiprocess.py", "test_evaluation.py", "test_shift_configs.py",
-                  "test_scale_switches.py", "test_adversarial.py", "test_compilation.py",
-                  "test_input.py", "test_evaluate.py", "test_models.py",
-                  "test_train_configs.py")  # fmt: skip
+_LONGEST_FIRST = (
+    "test_reference.py",
+    "test_ingredients.py",
+    "test_demo.py",
+    "test_soup_sweep.py",
+    "test_train.py",
+    "test_import_weights.py",
+    "test_attacks.py",
+    "test_multiprocess_train.py",
+    "test_shift_run.py",
+    "test_multiprocess.py",
+    "test_evaluation.py",
+    "test_shift_configs.py",
+    "test_scale_switches.py",
+    "test_adversarial.py",
+    "test_compilation.py",
+    "test_input.py",
+    "test_evaluate.py",
+    "test_models.py",
+    "test_train_configs.py",
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -31,9 +31,10 @@ def torch_models():
             self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
             self.equal_in_out = in_planes == out_planes
             self.convShortcut = (
-                None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0,
-                                                         bias=False)
-            )  # fmt: skip
+                None
+                if self.equal_in_out
+                else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+            )
 
         def forward(self, x):
             if not self.equal_in_out:
@@ -48,9 +49,13 @@ def torch_models():
         def __init__(self, n, in_planes, out_planes, stride):
             super().__init__()
             self.layer = nn.Sequential(
-                *(WideBasic(in_planes if i == 0 else out_planes, out_planes,
-                            stride if i == 0 else 1) for i in range(n))
-            )  # fmt: skip
+                *(
+                    WideBasic(
+                        in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1
+                    )
+                    for i in range(n)
+                )
+            )
 
         def forward(self, x):
             return self.layer(x)
@@ -95,8 +100,9 @@ def torch_models():
             self.has_shortcut = in_planes != out_planes
             self.shortcut = (
                 nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-                if self.has_shortcut else None
-            )  # fmt: skip
+                if self.has_shortcut
+                else None
+            )
             self._stride = stride
 
         def forward(self, x):
@@ -113,9 +119,16 @@ def torch_models():
         def __init__(self, n, in_planes, out_planes, stride, activation_fn):
             super().__init__()
             self.block = nn.Sequential(
-                *(DMBlock(in_planes if i == 0 else out_planes, out_planes,
-                          stride if i == 0 else 1, activation_fn) for i in range(n))
-            )  # fmt: skip
+                *(
+                    DMBlock(
+                        in_planes if i == 0 else out_planes,
+                        out_planes,
+                        stride if i == 0 else 1,
+                        activation_fn,
+                    )
+                    for i in range(n)
+                )
+            )
 
         def forward(self, x):
             return self.block(x)
@@ -123,8 +136,15 @@ def torch_models():
     class DMWideResNet(nn.Module):
         """RobustBench's `DMWideResNet` (DeepMind's PyTorch release), mean/std buffers."""
 
-        def __init__(self, num_classes=10, depth=28, width=10, activation_fn=Swish,
-                     mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):  # fmt: skip
+        def __init__(
+            self,
+            num_classes=10,
+            depth=28,
+            width=10,
+            activation_fn=Swish,
+            mean=(0.4914, 0.4822, 0.4465),
+            std=(0.2471, 0.2435, 0.2616),
+        ):
             super().__init__()
             self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
             self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
@@ -311,8 +331,15 @@ def torch_models():
     class VisionTransformer(nn.Module):
         """timm's `VisionTransformer` with a class token (global_pool="token")."""
 
-        def __init__(self, img_size=224, patch_size=16, num_classes=1000, embed_dim=768,
-                     depth=12, num_heads=12):  # fmt: skip
+        def __init__(
+            self,
+            img_size=224,
+            patch_size=16,
+            num_classes=1000,
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
+        ):
             super().__init__()
             self.patch_embed = PatchEmbed(patch_size, embed_dim)
             num_patches = (img_size // patch_size) ** 2
@@ -331,10 +358,14 @@ def torch_models():
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        WideResNet=WideResNet, DMWideResNet=DMWideResNet, BasicBlock=BasicBlock,
-        PreActBlock=PreActBlock, CifarResNet=CifarResNet, ResNet50=ResNet50,
+        WideResNet=WideResNet,
+        DMWideResNet=DMWideResNet,
+        BasicBlock=BasicBlock,
+        PreActBlock=PreActBlock,
+        CifarResNet=CifarResNet,
+        ResNet50=ResNet50,
         VisionTransformer=VisionTransformer,
-    )  # fmt: skip
+    )
 
 
 def randomize_batch_norm(model, seed: int = 0) -> None:
@@ -370,14 +401,21 @@ def haiku_wide_resnet(depth: int, width: int, num_classes: int = 10):
             super().__init__(name=name)
             self.bns = [hk.BatchNorm(name=f"batchnorm_{i}", **norm_args) for i in range(2)]
             self.convs = [
-                hk.Conv2D(filters, (3, 3), stride=stride if i == 0 else 1, padding="SAME",
-                          with_bias=False, name=f"conv_{i}")
+                hk.Conv2D(
+                    filters,
+                    (3, 3),
+                    stride=stride if i == 0 else 1,
+                    padding="SAME",
+                    with_bias=False,
+                    name=f"conv_{i}",
+                )
                 for i in range(2)
-            ]  # fmt: skip
+            ]
             self.shortcut = (
                 hk.Conv2D(filters, (1, 1), stride=stride, with_bias=False, name="shortcut")
-                if projection else None
-            )  # fmt: skip
+                if projection
+                else None
+            )
 
         def __call__(self, x, is_training):
             orig = x
@@ -396,11 +434,15 @@ def haiku_wide_resnet(depth: int, width: int, num_classes: int = 10):
             self.linear = hk.Linear(num_classes, name="logits")
             n = (depth - 4) // 6
             self.blocks = [
-                Block(filters, 2 if layer != 0 and i == 0 else 1, i == 0,
-                      f"resnet_lay_{layer}_block_{i}")
+                Block(
+                    filters,
+                    2 if layer != 0 and i == 0 else 1,
+                    i == 0,
+                    f"resnet_lay_{layer}_block_{i}",
+                )
                 for layer, filters in enumerate(width * f for f in (16, 32, 64))
                 for i in range(n)
-            ]  # fmt: skip
+            ]
 
         def __call__(self, x, is_training):
             x = self.conv(x)
@@ -411,12 +453,14 @@ def haiku_wide_resnet(depth: int, width: int, num_classes: int = 10):
 
     mean = jnp.array((0.4914, 0.4822, 0.4465))
     std = jnp.array((0.2471, 0.2435, 0.2616))
-    return hk.transform_with_state(lambda x, is_training: WideResNet()((x - mean) / std,
-                                                                       is_training))  # fmt: skip
+    return hk.transform_with_state(
+        lambda x, is_training: WideResNet()((x - mean) / std, is_training)
+    )
 
 
-def big_vision_vit(num_classes: int, image_size: int, patch_size: int, width: int, depth: int,
-                   num_heads: int):  # fmt: skip
+def big_vision_vit(
+    num_classes: int, image_size: int, patch_size: int, width: int, depth: int, num_heads: int
+):
     """big_vision's `models/vit.py` ViT with pool_type="tok" (its module names), pixels
     mapped to [-1, 1] as its preprocessing does."""
     import flax.linen as nn
@@ -445,8 +489,13 @@ def big_vision_vit(num_classes: int, image_size: int, patch_size: int, width: in
     class ViT(nn.Module):
         @nn.compact
         def __call__(self, image):
-            x = nn.Conv(width, (patch_size, patch_size), strides=patch_size, padding="VALID",
-                        name="embedding")(image * 2 - 1)  # fmt: skip
+            x = nn.Conv(
+                width,
+                (patch_size, patch_size),
+                strides=patch_size,
+                padding="VALID",
+                name="embedding",
+            )(image * 2 - 1)
             n, h, w, c = x.shape
             x = x.reshape(n, h * w, c)
             x = x + self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w, c))

@@ -200,11 +200,13 @@ def test_hyperplane_step_is_the_exact_box_constrained_minimum(norm):
     c = rng.normal(size=n) * rng.choice([0.1, 1.0, 4.0], size=n)  # residual <w, t> - b
     step = np.asarray(
         project_to_hyperplane(
-            jnp.asarray(t, jnp.float32), jnp.asarray(w, jnp.float32),
-            jnp.asarray(c, jnp.float32), norm,
+            jnp.asarray(t, jnp.float32),
+            jnp.asarray(w, jnp.float32),
+            jnp.asarray(c, jnp.float32),
+            norm,
         ),
         np.float64,
-    )  # fmt: skip
+    )
     z = t + step
     assert z.min() >= -1e-6 and z.max() <= 1 + 1e-6
     assert np.all(step[:, 4:6] == 0)
@@ -392,11 +394,21 @@ def _all_attacks(tm):
         key = jax.random.key(0)
         out = {
             "auto-attack": attacks.auto_attack(
-                f, x, y, tm, key=key, n_iter=4, n_restarts=2, n_target_classes=2,
-                fab_n_iter=4, fab_n_target_classes=2, n_queries=20, unroll=1,
+                f,
+                x,
+                y,
+                tm,
+                key=key,
+                n_iter=4,
+                n_restarts=2,
+                n_target_classes=2,
+                fab_n_iter=4,
+                fab_n_target_classes=2,
+                n_queries=20,
+                unroll=1,
             ),
             "fab": attacks.fab(f, x, y, tm, key=key, n_iter=4, n_target_classes=2, n_restarts=2),
-        }  # fmt: skip
+        }
         if tm.norm == "linf":
             out["apgd-dlr"] = attacks.apgd(f, x, y, tm, key=key, loss="dlr", n_iter=4, unroll=1)
             out["pgd"] = attacks.pgd(f, x, y, tm, key=key, n_iter=4, unroll=1)
@@ -605,8 +617,9 @@ def test_run_standard_evaluation_with_a_bfloat16_search_reaches_the_exact_robust
 
     norm = "l1"
     tm = threat.ThreatModel(norm, EPS[norm])
-    x_adv = attacks.run_standard_evaluation(f, x, y, tm, key=jax.random.key(0), batch_size=64,
-                                            search_logits_fn=f_bfloat16)  # fmt: skip
+    x_adv = attacks.run_standard_evaluation(
+        f, x, y, tm, key=jax.random.key(0), batch_size=64, search_logits_fn=f_bfloat16
+    )
     assert x_adv.shape == x.shape and bool(tm.contains(x_adv, x).all())
     robust = np.asarray(attacks.correct(f, x_adv, y))
     exact = _exact_robust(norm)[:100]

@@ -58,10 +58,20 @@ print(json.dumps(runs))
 def _run(cache_dir: str, *outputs: str, **env_overrides: str) -> list[bool]:
     """Runs the program once per output file; whether it was loaded from the cache each time."""
     # Every program is stored, however quick its compile (JAX's threshold is 1 s).
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **env_overrides}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", _PROGRAM, *outputs], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **env_overrides,
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PROGRAM, *outputs],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -76,8 +86,11 @@ def test_cached_and_default_compilations_compute_the_tests_numbers(tmp_path):
     outputs = (str(tmp_path / "cold.npz"), str(tmp_path / "warm.npz"))
     assert _run(str(tmp_path / "cache"), *outputs) == [False, True]  # compiled, then loaded
     _run(str(tmp_path / "other_cache"), str(tmp_path / "default.npz"), XLA_FLAGS="")
-    with (np.load(tmp_path / "cold.npz") as a, np.load(tmp_path / "warm.npz") as b,
-          np.load(tmp_path / "default.npz") as c):  # fmt: skip
+    with (
+        np.load(tmp_path / "cold.npz") as a,
+        np.load(tmp_path / "warm.npz") as b,
+        np.load(tmp_path / "default.npz") as c,
+    ):
         assert sorted(a.files) == sorted(b.files) == sorted(c.files) and len(a.files) > 3
         assert np.abs(a["0"] - 0.5).max() > 0  # the attack moved the points
         for name in a.files:

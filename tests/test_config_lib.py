@@ -319,15 +319,21 @@ def test_line_grid_needs_low_below_high(low, high):
         (lambda c: c.eval.update(compute_dtype="fp16"), r"eval.compute_dtype 'fp16'"),
         (lambda c: c.update(evaluation="vmap"), r"evaluation 'vmap'.*per_soup"),
         (lambda c: c.eval.update(threats=("linf:x",)), r"eval.threats: .*'linf:x'"),
-        (lambda c: c.eval.update(dataset="cifar1"),
-         r"eval.dataset='cifar1': Unknown dataset 'cifar1'.*'cifar10'"),
-        (lambda c: c.eval.update(dataset="synthetic"),
-         r"eval.dataset='synthetic': .*'synthetic'.*eval.threats"),
+        (
+            lambda c: c.eval.update(dataset="cifar1"),
+            r"eval.dataset='cifar1': Unknown dataset 'cifar1'.*'cifar10'",
+        ),
+        (
+            lambda c: c.eval.update(dataset="synthetic"),
+            r"eval.dataset='synthetic': .*'synthetic'.*eval.threats",
+        ),
         (lambda c: c.eval.update(dataset=":test"), r"eval.dataset=':test': .*names no dataset"),
-        (lambda c: c.eval.update(dataset="cifar10:test", split="train"),
-         r"split 'test' and eval.split='train'"),
+        (
+            lambda c: c.eval.update(dataset="cifar10:test", split="train"),
+            r"split 'test' and eval.split='train'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_validate_soup_rejects(mutate, message):
     config = _soup_config()
     mutate(config)

@@ -40,13 +40,21 @@ def test_registry_has_the_75_corrupted_sets_their_group_and_the_shifts():
     members = data.members("fashion_mnist_corrupted")
     assert len(members) == len(set(members)) == 75
     assert members[:6] == (
-        "fashion_mnist_corrupted/gaussian_noise_1", "fashion_mnist_corrupted/gaussian_noise_2",
-        "fashion_mnist_corrupted/gaussian_noise_3", "fashion_mnist_corrupted/gaussian_noise_4",
-        "fashion_mnist_corrupted/gaussian_noise_5", "fashion_mnist_corrupted/shot_noise_1",
-    )  # fmt: skip
+        "fashion_mnist_corrupted/gaussian_noise_1",
+        "fashion_mnist_corrupted/gaussian_noise_2",
+        "fashion_mnist_corrupted/gaussian_noise_3",
+        "fashion_mnist_corrupted/gaussian_noise_4",
+        "fashion_mnist_corrupted/gaussian_noise_5",
+        "fashion_mnist_corrupted/shot_noise_1",
+    )
     assert "fashion_mnist_corrupted/glass_blur_3" in members
-    names = {*members, "fashion_mnist_corrupted", "fashion_mnist_inverted",
-             "fashion_mnist_rotated", "fashion_mnist_translated"}  # fmt: skip
+    names = {
+        *members,
+        "fashion_mnist_corrupted",
+        "fashion_mnist_inverted",
+        "fashion_mnist_rotated",
+        "fashion_mnist_translated",
+    }
     assert names <= set(data.DATASET_NAMES)
     radii = [str(t) for t in data.default_threats("fashion_mnist")]
     for name in names:
@@ -140,10 +148,18 @@ def test_severity_5_changes_images_more_than_severity_1(corruption):
     indices = np.arange(0, 10000, 500)  # 20 images
     changes = [
         mean_abs_change(
-            np.stack([corruptions.corrupt(clean_test().images[i], int(i), corruption=corruption,
-                                          severity=severity) for i in indices]), indices)
+            np.stack(
+                [
+                    corruptions.corrupt(
+                        clean_test().images[i], int(i), corruption=corruption, severity=severity
+                    )
+                    for i in indices
+                ]
+            ),
+            indices,
+        )
         for severity in (1, 5)
-    ]  # fmt: skip
+    ]
     assert changes[1] > 1.5 * changes[0] > 0
 
 
@@ -176,8 +192,12 @@ def test_translation_is_an_exact_shift_of_2_or_3_pixels_per_axis():
     seen = set()
     for seed in range(20):
         moved = corruptions.translate(image, seed)
-        offsets = [(dy, dx) for dy in steps for dx in steps
-                   if (padded[3 - dy : 31 - dy, 3 - dx : 31 - dx] == moved).all()]  # fmt: skip
+        offsets = [
+            (dy, dx)
+            for dy in steps
+            for dx in steps
+            if (padded[3 - dy : 31 - dy, 3 - dx : 31 - dx] == moved).all()
+        ]
         assert len(offsets) == 1, seed
         seen.add(offsets[0])
     assert len(seen) > 5
@@ -199,10 +219,12 @@ def test_only_the_test_split_exists(name):
 
 @pytest.mark.parametrize(
     "indices, match",
-    [([10000], "index 10000 is out of range; expected 0 <= index < 10000"),
-     ([3, -1], "index -1 is out of range"),
-     ([0.5], "indices must be a 1-D array of integers, got float64")],
-)  # fmt: skip
+    [
+        ([10000], "index 10000 is out of range; expected 0 <= index < 10000"),
+        ([3, -1], "index -1 is out of range"),
+        ([0.5], "indices must be a 1-D array of integers, got float64"),
+    ],
+)
 @pytest.mark.parametrize("name", ["fashion_mnist_corrupted/fog_1", "fashion_mnist_inverted"])
 def test_bad_indices_are_named(name, indices, match):
     section = ml_collections.ConfigDict(dict(name=name, data_dir=""))
@@ -224,4 +246,8 @@ def test_generate_fills_the_first_images_of_each_set(tmp_path):
     for corruption in ("brightness", "pixelate"):
         cache = load(corruption, 2, cache_dir=str(tmp_path)).cache
         assert np.flatnonzero(np.load(os.path.join(cache.folder, "done.npy"))).tolist() == [
-            0, 1, 2, 3]  # fmt: skip
+            0,
+            1,
+            2,
+            3,
+        ]

@@ -133,13 +133,21 @@ def test_tfds_missing_prints_build_command(tmp_path):
 def test_registry_names_and_entries():
     assert data.DATASET_NAMES == tuple(data.DATASETS)
     assert set(data.DATASET_NAMES) >= {
-        "fashion_mnist", "synthetic", "cifar10", "cifar100", "imagenet2012"}  # fmt: skip
+        "fashion_mnist",
+        "synthetic",
+        "cifar10",
+        "cifar100",
+        "imagenet2012",
+    }
     assert all(":" not in name for name in data.DATASET_NAMES)  # ":" separates the split
     assert data.DATASETS["cifar10"].tfds_name == "cifar10"
     assert data.DATASETS["fashion_mnist"].tfds_name is None
     assert data.DATASETS["synthetic"].threats is None
     assert [str(t) for t in data.default_threats("imagenet2012")] == [
-        "linf:0.0156863", "l2:2", "l1:255"]  # fmt: skip
+        "linf:0.0156863",
+        "l2:2",
+        "l1:255",
+    ]
 
 
 @pytest.mark.parametrize("name", ["synthetic", "cifar100", "svhn"])
@@ -150,20 +158,27 @@ def test_default_threats_without_radii_ask_for_them(name):
 
 @pytest.mark.parametrize(
     "spec, expected",
-    [("cifar10", ("cifar10", "")), ("cifar10:test", ("cifar10", "test")),
-     ("imagenet2012:validation[:1000]", ("imagenet2012", "validation[:1000]")),
-     (" fashion_mnist : train ", ("fashion_mnist", "train")), ("synthetic:", ("synthetic", ""))],
-)  # fmt: skip
+    [
+        ("cifar10", ("cifar10", "")),
+        ("cifar10:test", ("cifar10", "test")),
+        ("imagenet2012:validation[:1000]", ("imagenet2012", "validation[:1000]")),
+        (" fashion_mnist : train ", ("fashion_mnist", "train")),
+        ("synthetic:", ("synthetic", "")),
+    ],
+)
 def test_parse_dataset(spec, expected):
     assert data.parse_dataset(spec) == expected
 
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("cifar1:test", r"Unknown dataset 'cifar1'; expected one of: fashion_mnist, .*'cifar10'"),
-     ("fmnist", r"Unknown dataset 'fmnist'.*imagenet2012, .*cifar10_corrupted \(or a member"),
-     ("", "names no dataset"), (":test", "names no dataset")],
-)  # fmt: skip
+    [
+        ("cifar1:test", r"Unknown dataset 'cifar1'; expected one of: fashion_mnist, .*'cifar10'"),
+        ("fmnist", r"Unknown dataset 'fmnist'.*imagenet2012, .*cifar10_corrupted \(or a member"),
+        ("", "names no dataset"),
+        (":test", "names no dataset"),
+    ],
+)
 def test_parse_dataset_rejects(spec, message):
     with pytest.raises(errors.UserError, match=message):
         data.parse_dataset(spec)

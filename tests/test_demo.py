@@ -21,10 +21,20 @@ DEMO = os.path.join(ROOT, "configs", "demo.py")
 
 def _demo(workdir: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "seasoning.demo", f"--config={DEMO}:runlocal",
-         f"--workdir={workdir}", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "seasoning.demo",
+            f"--config={DEMO}:runlocal",
+            f"--workdir={workdir}",
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def _tables(markdown: str) -> dict[str, list[list[str]]]:
@@ -74,8 +84,9 @@ def test_demo_writes_every_artefact_and_the_report_links_existing_plots(demo):
     assert recheck["settings"]["n_examples"] == sweep["settings"]["n_examples"]
     shift = _read(workdir, stages.SHIFT_DIR, "shift.json")
     assert set(shift["settings"]["methods"]) == {"grid", "learned"}
-    with np.load(os.path.join(workdir, stages.SHIFT_DIR, "predictions.npz"),
-                 allow_pickle=False) as arrays:  # fmt: skip
+    with np.load(
+        os.path.join(workdir, stages.SHIFT_DIR, "predictions.npz"), allow_pickle=False
+    ) as arrays:
         assert any(k.startswith("unseen/") for k in arrays.files)
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
@@ -102,8 +113,9 @@ def test_every_number_of_the_report_is_the_one_in_the_json_files(demo):
     sweep = _read(workdir, stages.SWEEP_DIR, "grid.json")
     for family in ("linf_l2", "linf_nominal"):
         a, b = stages.FAMILIES[family]
-        rows = sorted(stages.family_rows(sweep["rows"], family),
-                      key=lambda r: r["weights"][labels.index(b)])  # fmt: skip
+        rows = sorted(
+            stages.family_rows(sweep["rows"], family), key=lambda r: r["weights"][labels.index(b)]
+        )
         table = next(v for k, v in tables.items() if k.startswith(f"{a} <-> {b}:"))
         assert table[0][1:] == [f"{r['weights'][labels.index(b)]:.2f}" for r in rows]
         for cells in table[1:]:
@@ -166,8 +178,11 @@ def test_selection_picks_the_best_union_soup_and_the_soups_that_beat_every_ingre
     sweep = {"settings": {"labels": labels, "metrics": metrics}, "rows": rows}
     chosen = selection.select(sweep, labels + ["nominal"])
     assert [c["weights"] for c in chosen] == [[0.5, 0.5, 0.0, 0.0]]
-    assert chosen[0]["why"] == ["best union", "beats every ingredient on l2:0.8",
-                                "beats every ingredient on union"]  # fmt: skip
+    assert chosen[0]["why"] == [
+        "best union",
+        "beats every ingredient on l2:0.8",
+        "beats every ingredient on union",
+    ]
     # No soup beats any ingredient anywhere: only the best union soup is re-checked.
     rows[3].update(**{"l2:0.8": 0.69}, union=0.35)
     chosen = selection.select(sweep, labels)
@@ -176,14 +191,19 @@ def test_selection_picks_the_best_union_soup_and_the_soups_that_beat_every_ingre
 
 def test_verdicts_say_where_a_soup_won_and_where_none_did():
     labels = ["linf", "l2"]
-    rows = [_row([1.0, 0.0], a=0.5, b=0.3), _row([0.0, 1.0], a=0.4, b=0.6),
-            _row([0.5, 0.5], a=0.45, b=0.65)]  # fmt: skip
+    rows = [
+        _row([1.0, 0.0], a=0.5, b=0.3),
+        _row([0.0, 1.0], a=0.4, b=0.6),
+        _row([0.5, 0.5], a=0.45, b=0.65),
+    ]
     lines = report.verdicts(rows, labels, ["a", "b"], 20)
     assert lines[0].startswith("- **a**: no soup beat every ingredient")
     assert "0.50 linf + 0.50 l2 45.0" not in lines[0] and "(linf) 50.0" in lines[0]
-    assert lines[1] == ("- **b**: a soup beat every ingredient: 0.50 linf + 0.50 l2 65.0 vs 60.0 "
-                        "for the best ingredient (l2), +5.0 points (per-point flags not "
-                        "recorded: not tested against noise).")  # fmt: skip
+    assert lines[1] == (
+        "- **b**: a soup beat every ingredient: 0.50 linf + 0.50 l2 65.0 vs 60.0 "
+        "for the best ingredient (l2), +5.0 points (per-point flags not "
+        "recorded: not tested against noise)."
+    )
 
 
 def test_a_verdict_tests_the_gap_on_the_points_only_one_model_gets_right():
@@ -203,10 +223,18 @@ def test_a_verdict_tests_the_gap_on_the_points_only_one_model_gets_right():
             "flags": {"b": stats.pack_flags(flags)},
         }
 
-    for soup, expected in ((close, "1 point only the soup gets right, 0 only the ingredient "
-                                   "(exact McNemar p = 1: within the noise of 20 points)"),
-                           (far, "6 points only the soup gets right, 0 only the ingredient "
-                                 "(exact McNemar p = 0.031: unlikely to be noise)")):  # fmt: skip
+    for soup, expected in (
+        (
+            close,
+            "1 point only the soup gets right, 0 only the ingredient "
+            "(exact McNemar p = 1: within the noise of 20 points)",
+        ),
+        (
+            far,
+            "6 points only the soup gets right, 0 only the ingredient "
+            "(exact McNemar p = 0.031: unlikely to be noise)",
+        ),
+    ):
         rows = [row([1.0, 0.0], ingredient), row([0.0, 1.0], other), row([0.5, 0.5], soup)]
         (line,) = report.verdicts(rows, ["linf", "l2"], ["b"], 20)
         assert line.endswith(f"points: {expected}."), line
@@ -227,8 +255,9 @@ def test_sweep_weights_hold_each_family_once():
     assert len(stages.family_rows(sweep, "linf_l2_l1")) == (m + 1) * (m + 2) // 2 + line - m - 1
     assert len(rows) == 2 * line - 1 + (m + 1) * (m + 2) // 2 - m - 1
     # The argv spells them as the soup config's list grid, and the config accepts it.
-    stage = stages.soup_stage(config, "runs/x", "sweep", "t", "sweep", rows,
-                              config.sweep.attack, "grid")  # fmt: skip
+    stage = stages.soup_stage(
+        config, "runs/x", "sweep", "t", "sweep", rows, config.sweep.attack, "grid"
+    )
     weights = next(a for a in stage.argv if a.startswith("--config.grid.weights="))
     parsed = config_lib.load_config(
         "configs/soup_fmnist.py:soup=four", ["grid.kind=list", weights.removeprefix("--config.")]
@@ -250,8 +279,9 @@ def test_the_plan_runs_the_fine_tunes_and_then_the_recheck_and_shift_side_by_sid
 
 def test_eta_scales_the_expected_time_by_how_the_finished_stages_went(tmp_path):
     stage = lambda name, seconds, group="": stages.Stage(name, name, ("-m", name), seconds, group)
-    plan = stages.stage_groups([stage("a", 10.0), stage("b", 20.0, "g"), stage("c", 20.0, "g"),
-                           stage("d", 30.0)])  # fmt: skip
+    plan = stages.stage_groups(
+        [stage("a", 10.0), stage("b", 20.0, "g"), stage("c", 20.0, "g"), stage("d", 30.0)]
+    )
     assert [[s.name for s in batch] for batch in plan] == [["a"], ["b", "c"], ["d"]]
     record = stages.Record(str(tmp_path))
     assert stages.eta_seconds(plan, record, 0) == 60.0  # a group counts once

@@ -13,10 +13,12 @@ apgd = importlib.import_module("seasoning.attacks.apgd")  # (attacks.apgd is the
 
 @pytest.mark.parametrize(
     "old, new, args",
-    [(apgd.checkpoints, apgd.step_size_checkpoints, (100, "linf")),
-     (grid.mix, grid.mix_stacked, ({"w": np.array([[1.0], [3.0]])}, np.array([0.25, 0.75]))),
-     (stages.batches, stages.stage_groups, ([],))],
-)  # fmt: skip
+    [
+        (apgd.checkpoints, apgd.step_size_checkpoints, (100, "linf")),
+        (grid.mix, grid.mix_stacked, ({"w": np.array([[1.0], [3.0]])}, np.array([0.25, 0.75]))),
+        (stages.batches, stages.stage_groups, ([],)),
+    ],
+)
 def test_old_names_warn_and_compute_the_same(old, new, args):
     with pytest.warns(DeprecationWarning, match=f"use {new.__module__}.{new.__qualname__}"):
         got = old(*args)

@@ -15,8 +15,15 @@ from seasoning import checkpoints, cli, config_lib, divergence, errors, runs, tr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
 # Nominal training at lr 1e9: step 1 leaves huge weights, step 2 a NaN gradient.
-DIVERGING = ["optimizer.lr=1e9", "max_steps=12", "checkpoint_every_steps=1", "log_every_steps=5",
-             "threat.norm=none", "threat.eps=0.0", "attack.name=none"]  # fmt: skip
+DIVERGING = [
+    "optimizer.lr=1e9",
+    "max_steps=12",
+    "checkpoint_every_steps=1",
+    "log_every_steps=5",
+    "threat.norm=none",
+    "threat.eps=0.0",
+    "attack.name=none",
+]
 
 
 def _metrics(flags, loss=1.0):
@@ -26,8 +33,10 @@ def _metrics(flags, loss=1.0):
 
 
 def test_first_nonfinite_names_the_leaf():
-    tree = {"params": {"b": np.zeros(3), "a": np.array([1.0, np.inf, np.nan, 2.0])},
-            "step": np.array(3, np.int32)}  # fmt: skip
+    tree = {
+        "params": {"b": np.zeros(3), "a": np.array([1.0, np.inf, np.nan, 2.0])},
+        "step": np.array(3, np.int32),
+    }
     assert trees.first_nonfinite(tree) == "params/a: 2 of 4 values are NaN or infinite"
     tree["params"]["a"] = np.ones(4, np.float32)
     assert trees.first_nonfinite(tree) is None
@@ -78,9 +87,11 @@ def test_each_error_exits_with_its_status_and_one_line(capsys, error, status):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("nonfinite=halt", "Unknown nonfinite 'halt'; expected one of: stop, skip"),
-     ("max_nonfinite_in_row=0", "max_nonfinite_in_row=0: expected an integer >= 1")],
-)  # fmt: skip
+    [
+        ("nonfinite=halt", "Unknown nonfinite 'halt'; expected one of: stop, skip"),
+        ("max_nonfinite_in_row=0", "max_nonfinite_in_row=0: expected an integer >= 1"),
+    ],
+)
 def test_the_policy_values_are_checked(override, message):
     config = config_lib.base_train_config()
     config_lib.apply_override(config, override)

@@ -41,8 +41,14 @@ def synthetic_run(tmp_path_factory):
     """A cnn-small trained for 5 steps on synthetic 32x32 RGB images of 10 classes (the shape
     and class count of CIFAR-10), nominally."""
     workdir = str(tmp_path_factory.mktemp("runs") / "synthetic")
-    overrides = ["dataset.name=synthetic", "dataset.image_size=32", "max_steps=5",
-                 "threat.norm=none", "threat.eps=0.0", "attack.name=none"]  # fmt: skip
+    overrides = [
+        "dataset.name=synthetic",
+        "dataset.image_size=32",
+        "max_steps=5",
+        "threat.norm=none",
+        "threat.eps=0.0",
+        "attack.name=none",
+    ]
     train.train_and_evaluate(config_lib.load_config(f"{FMNIST}:runlocal", overrides), workdir)
     return workdir
 
@@ -89,9 +95,11 @@ def test_eval_json_is_complete_and_not_silently_replaced(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(n_examples=-5), "n_examples=-5: expected an integer >= 0"),
-     (dict(batch_size=0), "batch_size=0: expected an integer >= 1")],
-)  # fmt: skip
+    [
+        (dict(n_examples=-5), "n_examples=-5: expected an integer >= 0"),
+        (dict(batch_size=0), "batch_size=0: expected an integer >= 1"),
+    ],
+)
 def test_bad_sizes_are_refused_before_anything_is_written(runs, kwargs, message):
     with pytest.raises(errors.UserError, match=message):
         evaluate.evaluate_run(runs["run"], [LINF], output="bad.json", **kwargs)
@@ -105,8 +113,9 @@ def test_an_evaluation_stopped_by_sigterm_resumes_to_the_same_result(runs, tmp_p
     --resume, and resumed does not attack it again and ends with the uninterrupted result."""
     threats = [LINF, threat.parse("l2:0.8")]
     settings = dict(version="fast", n_iter=5, n_examples=48, batch_size=8)
-    whole = evaluate.evaluate_run(runs["run"], threats, output=str(tmp_path / "whole.json"),
-                                  **settings)  # fmt: skip
+    whole = evaluate.evaluate_run(
+        runs["run"], threats, output=str(tmp_path / "whole.json"), **settings
+    )
     output = str(tmp_path / "stopped.json")
     real = evaluation.Evaluator._attack
     attacked = []
@@ -147,9 +156,15 @@ def test_an_output_another_live_evaluation_writes_is_refused(runs, tmp_path):
 
 def test_default_threats_follow_the_dataset():
     assert [str(t) for t in data.default_threats("fashion_mnist")] == [
-        "linf:0.1", "l2:0.8", "l1:10"]  # fmt: skip
+        "linf:0.1",
+        "l2:0.8",
+        "l1:10",
+    ]
     assert [str(t) for t in data.default_threats("cifar10")] == [
-        "linf:0.0313725", "l2:0.5", "l1:12"]  # fmt: skip
+        "linf:0.0313725",
+        "l2:0.5",
+        "l1:12",
+    ]
     assert data.default_threats("imagenet2012")[0].eps == pytest.approx(4 / 255)
     with pytest.raises(errors.UserError, match="'synthetic'.*eval.threats"):
         data.default_threats("synthetic")
@@ -157,9 +172,13 @@ def test_default_threats_follow_the_dataset():
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("linf", "not of the form norm:eps"), ("linf:abc", "eps 'abc' is not a number"),
-     ("l5:0.1", "unknown threat norm 'l5'"), ("l2:-1", "eps must be a finite number >= 0")],
-)  # fmt: skip
+    [
+        ("linf", "not of the form norm:eps"),
+        ("linf:abc", "eps 'abc' is not a number"),
+        ("l5:0.1", "unknown threat norm 'l5'"),
+        ("l2:-1", "eps must be a finite number >= 0"),
+    ],
+)
 def test_threat_specs(spec, message):
     with pytest.raises(ValueError, match=message):
         threat.parse(spec)
@@ -169,10 +188,22 @@ def test_threat_specs(spec, message):
 @pytest.mark.slow
 def test_cli_error_is_one_line_and_exit_2(runs):
     """The real command (`--n_examples=-5` once wrote an eval.json of NaN and exited 0)."""
-    argv = [sys.executable, "-m", "seasoning.evaluate", f"--workdir={runs['run']}",
-            "--n_examples=-5", "--output=bad.json"]  # fmt: skip
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "seasoning.evaluate",
+        f"--workdir={runs['run']}",
+        "--n_examples=-5",
+        "--output=bad.json",
+    ]
+    proc = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "n_examples=-5: expected an integer >= 0" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -182,16 +213,19 @@ def test_cli_error_is_one_line_and_exit_2(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
-    [(["--threat=linf:abc"], "eps 'abc' is not a number"),
-     (["--workdir=/nonexistent/run"], "config.json not found"),
-     (["--batch_size=0"], "batch_size=0: expected an integer >= 1"),
-     (["--dataset=cifar-10"], "Unknown dataset 'cifar-10'")],
-)  # fmt: skip
+    [
+        (["--threat=linf:abc"], "eps 'abc' is not a number"),
+        (["--workdir=/nonexistent/run"], "config.json not found"),
+        (["--batch_size=0"], "batch_size=0: expected an integer >= 1"),
+        (["--dataset=cifar-10"], "Unknown dataset 'cifar-10'"),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(runs, capsys, args, message):
     """The command's entry point in this process (its flags parsed as absl parses them)."""
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["evaluate", f"--workdir={runs['run']}", "--cpu_devices=0",
-                 "--output=bad.json", *args])  # fmt: skip
+    flags.FLAGS(
+        ["evaluate", f"--workdir={runs['run']}", "--cpu_devices=0", "--output=bad.json", *args]
+    )
     try:
         with pytest.raises(SystemExit) as exit_info:
             evaluate.main(["evaluate"])
@@ -211,9 +245,16 @@ def test_another_dataset_is_evaluated_and_recorded(synthetic_run, tmp_path):
     output = str(tmp_path / "cifar.json")
     with tfds.testing.mock_data(num_examples=24):
         result = evaluate.evaluate_run(
-            synthetic_run, dataset="cifar10", version="fast", n_examples=16, batch_size=16,
-            output=output, n_iter=2, n_target_classes=1, search_dtype="bfloat16",
-        )  # fmt: skip
+            synthetic_run,
+            dataset="cifar10",
+            version="fast",
+            n_examples=16,
+            batch_size=16,
+            output=output,
+            n_iter=2,
+            n_target_classes=1,
+            search_dtype="bfloat16",
+        )
     with open(output) as f:
         on_disk = json.load(f)
     assert on_disk == json.loads(json.dumps(result))
@@ -241,12 +282,14 @@ def test_a_dataset_without_radii_needs_threats(synthetic_run, tmp_path):
 
 @pytest.mark.parametrize(
     "setting, environ, expected",
-    [("auto", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache", "XDG_CACHE_HOME": "/x"}, "/jax/cache"),
-     ("auto", {"XDG_CACHE_HOME": "/x"}, "/x/seasoning/jax"),
-     ("auto", {}, os.path.join(os.path.expanduser("~"), ".cache", "seasoning", "jax")),
-     ("/my/cache", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, "/my/cache"),
-     ("off", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, None)],
-)  # fmt: skip
+    [
+        ("auto", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache", "XDG_CACHE_HOME": "/x"}, "/jax/cache"),
+        ("auto", {"XDG_CACHE_HOME": "/x"}, "/x/seasoning/jax"),
+        ("auto", {}, os.path.join(os.path.expanduser("~"), ".cache", "seasoning", "jax")),
+        ("/my/cache", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, "/my/cache"),
+        ("off", {"JAX_COMPILATION_CACHE_DIR": "/jax/cache"}, None),
+    ],
+)
 def test_the_commands_compilation_cache_is_on_by_default_in_the_users_cache(
     setting, environ, expected
 ):

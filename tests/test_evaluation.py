@@ -236,8 +236,9 @@ def test_one_evaluation_set_up_for_every_driver():
     assert own.split == run_dataset.eval_split and own.dataset.name == "fashion_mnist"
     assert own.threats == tuple(data.default_threats("fashion_mnist"))
     section = {"n_iter": 7, "n_queries": 0, "batch_size": 16, "dataset": "ignored"}
-    other = evaluation.target(run_dataset, "cifar10:test", threats=["linf:8/255"],
-                              version="fast", overrides=section)  # fmt: skip
+    other = evaluation.target(
+        run_dataset, "cifar10:test", threats=["linf:8/255"], version="fast", overrides=section
+    )
     assert (other.dataset.name, other.split) == ("cifar10", "test")
     assert [str(t) for t in other.threats] == ["linf:0.0313725"]
     assert other.settings.overrides == (("n_iter", 7),) and other.settings.version == "fast"

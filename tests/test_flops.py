@@ -48,8 +48,7 @@ def test_a_training_step_counts_as_xla_cpu_counts_the_compiled_step():
     count from the lowering agrees within 5% (XLA's fusions drop a few element-wise ops)."""
     model = models.get_model("cnn-small", num_classes=10)
     per_image = flops.pass_flops(model, (28, 28, 1), batch=8)
-    state = training.create_train_state(model, optax.sgd(0.01, 0.9), jax.random.key(0),
-                                        (28, 28, 1))  # fmt: skip
+    state = training.create_train_state(model, optax.sgd(0.01, 0.9), jax.random.key(0), (28, 28, 1))
     batch = {"image": np.zeros((8, 28, 28, 1), np.float32), "label": np.zeros(8, np.int32)}
     step = jax.jit(functools.partial(training.train_step, model=model))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()

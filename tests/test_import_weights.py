@@ -83,29 +83,62 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 def _torch_cases():
     return {
         # RobustBench WRN as TRADES saved it: DataParallel prefixes, an unused sub_block1.
-        "wrn": ("wrn-10-2", lambda t: t.WideResNet(10, 10, 2, sub_block1=True), 32, None, {},
-                lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}, "epoch": 1}),
+        "wrn": (
+            "wrn-10-2",
+            lambda t: t.WideResNet(10, 10, 2, sub_block1=True),
+            32,
+            None,
+            {},
+            lambda s: {"state_dict": {f"module.{k}": v for k, v in s.items()}, "epoch": 1},
+        ),
         # Normalises inside, with mean/std buffers that the import reads.
-        "dm-wrn": ("dm-wrn-10-2", lambda t: t.DMWideResNet(10, depth=10, width=2), 32, None, {},
-                   None),
-        "resnet-18": ("resnet-18", lambda t: t.CifarResNet(t.BasicBlock, (2, 2, 2, 2)), 32, None,
-                      {}, lambda s: {"net": s, "acc": 0.5}),
+        "dm-wrn": (
+            "dm-wrn-10-2",
+            lambda t: t.DMWideResNet(10, depth=10, width=2),
+            32,
+            None,
+            {},
+            None,
+        ),
+        "resnet-18": (
+            "resnet-18",
+            lambda t: t.CifarResNet(t.BasicBlock, (2, 2, 2, 2)),
+            32,
+            None,
+            {},
+            lambda s: {"net": s, "acc": 0.5},
+        ),
         # Rice et al.'s normalises outside the model: the import is told with --mean/--std.
-        "preact-resnet-18": ("preact-resnet-18",
-                             lambda t: t.CifarResNet(t.PreActBlock, (2, 2, 2, 2), final_bn=True),
-                             32, CIFAR10, dict(mean=CIFAR10[0], std=CIFAR10[1]), None),
-        "preact-resnet-18-kuangliu": ("preact-resnet-18",
-                                      lambda t: t.CifarResNet(t.PreActBlock, (2, 2, 2, 2)), 32,
-                                      None, {}, lambda s: {"model_state_dict": s}),
+        "preact-resnet-18": (
+            "preact-resnet-18",
+            lambda t: t.CifarResNet(t.PreActBlock, (2, 2, 2, 2), final_bn=True),
+            32,
+            CIFAR10,
+            dict(mean=CIFAR10[0], std=CIFAR10[1]),
+            None,
+        ),
+        "preact-resnet-18-kuangliu": (
+            "preact-resnet-18",
+            lambda t: t.CifarResNet(t.PreActBlock, (2, 2, 2, 2)),
+            32,
+            None,
+            {},
+            lambda s: {"model_state_dict": s},
+        ),
         # torchvision's preprocessing statistics are the import's default for ResNet-50. At
         # 128 px the last stage's BatchNorm sees 4x4 values an image: in train mode, batch
         # statistics over fewer values amplify float32 rounding of the 50 layers to ~1e-4.
-        "resnet-50": ("resnet-50", lambda t: t.ResNet50(num_classes=1000), 128, IMAGENET, {},
-                      None),
+        "resnet-50": ("resnet-50", lambda t: t.ResNet50(num_classes=1000), 128, IMAGENET, {}, None),
         # timm's augreg ViTs: 0.5 / 0.5, the default for ViTs.
-        "vit": ("vit-ti16", lambda t: t.VisionTransformer(32, 16, 10, 192, 12, 3), 32,
-                ((0.5,), (0.5,)), {}, None),
-    }  # fmt: skip
+        "vit": (
+            "vit-ti16",
+            lambda t: t.VisionTransformer(32, 16, 10, 192, 12, 3),
+            32,
+            ((0.5,), (0.5,)),
+            {},
+            None,
+        ),
+    }
 
 
 @pytest.mark.slow
@@ -145,10 +178,16 @@ def test_haiku_checkpoint_of_deepmind_gives_the_source_logits(tmp_path):
     rng = np.random.default_rng(1)
     # Random moving averages (Haiku reads `average`), so eval mode is no identity.
     state = {
-        module: {k: (rng.random(v.shape).astype(np.float32) + (0.5 if "var" in module else -0.5)
-                     if k == "average" else np.asarray(v)) for k, v in leaves.items()}
+        module: {
+            k: (
+                rng.random(v.shape).astype(np.float32) + (0.5 if "var" in module else -0.5)
+                if k == "average"
+                else np.asarray(v)
+            )
+            for k, v in leaves.items()
+        }
         for module, leaves in state.items()
-    }  # fmt: skip
+    }
     params = jax.tree.map(
         lambda v: np.asarray(v) + 0.1 * rng.standard_normal(v.shape, np.float32), params
     )
@@ -165,8 +204,9 @@ def test_haiku_checkpoint_of_deepmind_gives_the_source_logits(tmp_path):
     # The same arrays as an .npz (params and state flattened) import to the same model.
     flat = {**published_models.flatten(params), **published_models.flatten(state)}
     np.savez(tmp_path / "dm.npz", **flat)
-    import_weights.import_run("haiku", str(tmp_path / "dm.npz"), "dm-wrn-10-2",
-                              str(tmp_path / "run_npz"))  # fmt: skip
+    import_weights.import_run(
+        "haiku", str(tmp_path / "dm.npz"), "dm-wrn-10-2", str(tmp_path / "run_npz")
+    )
     assert np.abs(_ours(runs.load(str(tmp_path / "run_npz")), x) - expected).max() <= TOLERANCE
 
 
@@ -181,8 +221,11 @@ def test_npz_vit_gives_the_source_logits(tmp_path, naming):
     expected = np.asarray(jax.jit(vit.apply)({"params": params}, x))
     flat = published_models.flatten(params)
     if naming == "vision_transformer":  # the older names, class token inside the positions
-        renames = {"LayerNorm_1": "LayerNorm_2", "MultiHeadDotProductAttention_0":
-                   "MultiHeadDotProductAttention_1", "MlpBlock_0": "MlpBlock_3"}  # fmt: skip
+        renames = {
+            "LayerNorm_1": "LayerNorm_2",
+            "MultiHeadDotProductAttention_0": "MultiHeadDotProductAttention_1",
+            "MlpBlock_0": "MlpBlock_3",
+        }
         old = {}
         for key, value in flat.items():
             for a, b in renames.items():
@@ -196,8 +239,9 @@ def test_npz_vit_gives_the_source_logits(tmp_path, naming):
     else:
         flat = {f"params/{k}": v for k, v in flat.items()}
     np.savez(tmp_path / "vit.npz", **flat)
-    import_weights.import_run("npz", str(tmp_path / "vit.npz"), "vit-ti16", str(tmp_path / "run"),
-                              dataset="synthetic")  # fmt: skip
+    import_weights.import_run(
+        "npz", str(tmp_path / "vit.npz"), "vit-ti16", str(tmp_path / "run"), dataset="synthetic"
+    )
     run = runs.load(str(tmp_path / "run"))
     assert np.abs(_ours(run, x) - expected).max() <= TOLERANCE
     assert run.config.model.gelu_approximate and run.config.model.image_size == 32
@@ -240,8 +284,10 @@ def _check_layout(name, fmt, stored, num_classes):
     expected = flax.core.unfreeze(
         jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, size, size, 3), np.float32))
     )
-    shapes = {trees.path_str(p): tuple(leaf.shape)
-              for p, leaf in jax.tree_util.tree_leaves_with_path(expected)}  # fmt: skip
+    shapes = {
+        trees.path_str(p): tuple(leaf.shape)
+        for p, leaf in jax.tree_util.tree_leaves_with_path(expected)
+    }
     read = set()
     for path, rule in layouts.rules(lay, expected).items():
         assert rule.keys[0] in stored, (name, path, rule.keys)
@@ -288,11 +334,13 @@ def test_wrong_shapes_and_keys_are_named_and_nothing_is_written(tmp_path):
 
 def test_missing_file_and_format_errors(tmp_path):
     with pytest.raises(errors.MissingInputError, match="RobustBench's model zoo"):
-        import_weights.import_run("torch", str(tmp_path / "nope.pt"), "wrn-28-10",
-                                  str(tmp_path / "run"))  # fmt: skip
+        import_weights.import_run(
+            "torch", str(tmp_path / "nope.pt"), "wrn-28-10", str(tmp_path / "run")
+        )
     with pytest.raises(errors.MissingInputError, match="adversarial_robustness"):
-        import_weights.import_run("haiku", str(tmp_path / "x.npy"), "dm-wrn-28-10",
-                                  str(tmp_path / "run"))  # fmt: skip
+        import_weights.import_run(
+            "haiku", str(tmp_path / "x.npy"), "dm-wrn-28-10", str(tmp_path / "run")
+        )
     with pytest.raises(errors.UserError, match="not one of"):
         readers.read("onnx", __file__)
     with pytest.raises(errors.UserError, match=r"--from=npz has no layout for --model='wrn-28-10'"):
@@ -317,8 +365,9 @@ class _Payload:
 def test_pickles_that_would_run_code_are_refused(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.npy"
-    np.save(path, np.array([{"a": np.zeros(2)}, _Payload(str(target))], dtype=object),
-            allow_pickle=True)  # fmt: skip
+    np.save(
+        path, np.array([{"a": np.zeros(2)}, _Payload(str(target))], dtype=object), allow_pickle=True
+    )
     with pytest.raises(errors.UserError, match=r"names (io|builtins)\.open.*refused"):
         readers.read("haiku", str(path))
     assert not target.exists()
@@ -383,8 +432,13 @@ def test_weights_with_a_nan_are_not_imported(tmp_path):
     state["fc.bias"][3] = float("nan")
     torch.save(state, tmp_path / "wrn.pt")
     with pytest.raises(errors.UserError, match="fc.bias holds NaN or infinite values"):
-        import_weights.import_run("torch", str(tmp_path / "wrn.pt"), "wrn-10-1",
-                                  str(tmp_path / "run"), dataset="synthetic")  # fmt: skip
+        import_weights.import_run(
+            "torch",
+            str(tmp_path / "wrn.pt"),
+            "wrn-10-1",
+            str(tmp_path / "run"),
+            dataset="synthetic",
+        )
     assert not (tmp_path / "run").exists()
 
 
@@ -399,8 +453,16 @@ def test_imported_run_fine_tunes_evaluates_and_soups(tmp_path):
     torch.save(t.WideResNet(10, 10, 1).state_dict(), path)
     parent = str(tmp_path / "rb")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    command = [sys.executable, "-m", "seasoning.import_weights", "--from=torch", f"--src={path}",
-               "--model=wrn-10-1", "--dataset=synthetic", f"--workdir={parent}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seasoning.import_weights",
+        "--from=torch",
+        f"--src={path}",
+        "--model=wrn-10-1",
+        "--dataset=synthetic",
+        f"--workdir={parent}",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Wrote the run" in done.stdout
@@ -433,11 +495,15 @@ def test_imported_run_fine_tunes_evaluates_and_soups(tmp_path):
     assert child_config.imported_from.file == ""
     train.train_and_evaluate(child_config, child)
     child_run, parent_run = runs.load(child), runs.load(parent)
-    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), child_run.variables["params"],
-                         parent_run.variables["params"])  # fmt: skip
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(a - b).max()),
+        child_run.variables["params"],
+        parent_run.variables["params"],
+    )
     assert max(jax.tree.leaves(moved)) > 0  # fine-tuning changed the imported weights
-    result = evaluate.evaluate_run(parent, [threat.parse("linf:8/255")], version="fast",
-                                   n_examples=16, batch_size=16, n_iter=2)  # fmt: skip
+    result = evaluate.evaluate_run(
+        parent, [threat.parse("linf:8/255")], version="fast", n_examples=16, batch_size=16, n_iter=2
+    )
     assert 0 <= result["union"]["robust_accuracy"] <= result["clean_accuracy"] <= 1
     assert os.path.exists(os.path.join(parent, "eval.json"))
     ingredients = runs.load_ingredients([parent, child])

@@ -37,9 +37,13 @@ def runs(family):
 
 def _robust(workdir, tm, n_examples):
     result = evaluate.evaluate_run(
-        workdir, [tm], version="fast", n_examples=n_examples, batch_size=16,
+        workdir,
+        [tm],
+        version="fast",
+        n_examples=n_examples,
+        batch_size=16,
         output=f"eval_{tm.norm}.json",
-    )  # fmt: skip
+    )
     return result["threat_models"][str(tm)]["robust_accuracy"]
 
 

@@ -43,12 +43,21 @@ _BAD_OPS = [
     ("value_range(0, 1)", "'value_range(0, 1)'", r"batches are always float32 in \[0, 1\]"),
     ("central_crop(0)", "'central_crop(0)'", "size=0: expected an integer >= 1"),
     ("central_crop('a')", "\"central_crop('a')\"", "size='a': expected an integer >= 1"),
-    ("inception_crop(224, area=(0.5, 0.1))", "'inception_crop(224, area=(0.5, 0.1))'",
-     r"area=\(0.5, 0.1\): expected \(low, high\) with 0.0 < low <= high <= 1.0"),
-    ("inception_crop(224, aspect=(0, 1))", "'inception_crop(224, aspect=(0, 1))'",
-     r"aspect=\(0, 1\): expected \(low, high\) with 0.0 < low"),
-    ("resize_small(256, method='lanczos')", "\"resize_small(256, method='lanczos')\"",
-     r"method='lanczos'; expected one of \['area', 'bilinear', 'bicubic'\]"),
+    (
+        "inception_crop(224, area=(0.5, 0.1))",
+        "'inception_crop(224, area=(0.5, 0.1))'",
+        r"area=\(0.5, 0.1\): expected \(low, high\) with 0.0 < low <= high <= 1.0",
+    ),
+    (
+        "inception_crop(224, aspect=(0, 1))",
+        "'inception_crop(224, aspect=(0, 1))'",
+        r"aspect=\(0, 1\): expected \(low, high\) with 0.0 < low",
+    ),
+    (
+        "resize_small(256, method='lanczos')",
+        "\"resize_small(256, method='lanczos')\"",
+        r"method='lanczos'; expected one of \['area', 'bilinear', 'bicubic'\]",
+    ),
     ("flip_lr(3)", "'flip_lr(3)'", "takes 1 positional argument but 2 were given"),
     ("flip_lr(p=0.3)", "'flip_lr(p=0.3)'", "unexpected keyword argument 'p'"),
     ("pad_crop(-1)", "'pad_crop(-1)'", "padding=-1: expected an integer >= 0"),
@@ -57,7 +66,7 @@ _BAD_OPS = [
     ("__import__('os')", "\"__import__('os')\"", "Unknown preprocessing op '__import__'"),
     ("os.system('true')", "\"os.system('true')\"", "is not NAME or NAME\\(arguments\\)"),
     ("central_crop(224", "'central_crop(224'", "is not NAME or NAME\\(arguments\\)"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("spec, named, pattern", _BAD_OPS, ids=[c[0] for c in _BAD_OPS])
@@ -73,8 +82,11 @@ def test_parse_refuses_bad_ops_naming_them(spec, named, pattern):
 def test_parse_never_executes_arguments(tmp_path):
     """Arguments are literals only: a call in them is refused, not run."""
     path = tmp_path / "created"
-    calls = [f"central_crop(open({str(path)!r}, 'w'))", "pad_crop(__import__('os').getpid())",
-             "resize_small(size=len('abc'))"]  # fmt: skip
+    calls = [
+        f"central_crop(open({str(path)!r}, 'w'))",
+        "pad_crop(__import__('os').getpid())",
+        "resize_small(size=len('abc'))",
+    ]
     for spec in calls:
         with pytest.raises(errors.UserError, match="arguments must be numbers, strings or tuples"):
             ops_lib.parse(spec)
@@ -82,8 +94,10 @@ def test_parse_never_executes_arguments(tmp_path):
 
 
 def test_parse_round_trips_a_good_spec():
-    spec = (" decode | resize_small(256, method='bicubic')|central_crop(224)|"
-            "inception_crop(224, area=(0.05, 1.0))|flip_lr|pad_crop(4)")  # fmt: skip
+    spec = (
+        " decode | resize_small(256, method='bicubic')|central_crop(224)|"
+        "inception_crop(224, area=(0.05, 1.0))|flip_lr|pad_crop(4)"
+    )
     ops = ops_lib.parse(spec)
     assert ops == (
         ops_lib.Decode(),
@@ -99,7 +113,13 @@ def test_parse_round_trips_a_good_spec():
     assert ops_lib.parse("") == () and ops_lib.parse("decode()") == (ops_lib.Decode(),)
     assert ops_lib.is_random(ops) and not ops_lib.is_random(ops[:3])
     assert [d is None for d in ops_lib.draw(ops, np.random.default_rng(0), 3)] == [
-        True, True, True, False, False, False]  # fmt: skip
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_random_ops_need_draws():
@@ -107,8 +127,11 @@ def test_random_ops_need_draws():
     with pytest.raises(errors.UserError, match="Op flip_lr is random; it needs draws"):
         ops_lib.apply(ops_lib.parse("central_crop(4)|flip_lr"), images)
     with pytest.raises(errors.UserError, match="'decode\\|flip_lr' is random"):
-        data.Preprocessed(data.ArraySource(images, np.zeros(2, np.int32), 2),
-                          ops_lib.parse("decode|flip_lr"), "decode|flip_lr")  # fmt: skip
+        data.Preprocessed(
+            data.ArraySource(images, np.zeros(2, np.int32), 2),
+            ops_lib.parse("decode|flip_lr"),
+            "decode|flip_lr",
+        )
 
 
 # ------------------------------------------------------------------------------------------
@@ -144,8 +167,9 @@ def test_image_size_ops_equal_the_old_resize_and_crop(size):
         np.testing.assert_array_equal(got[0], _old_centre_crop(image, size), err_msg=str(shape))
     # A TFDS dataset's `image_size` is exactly these ops after decode, for evaluation and
     # (with no crop_padding or flip) training.
-    config = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir="", image_size=size,
-                                            crop_padding=0, flip=False))  # fmt: skip
+    config = ml_collections.ConfigDict(
+        dict(name="imagenet2012", data_dir="", image_size=size, crop_padding=0, flip=False)
+    )
     for make_ops in (data.eval_ops, data.train_ops):
         spec, found = make_ops(config)
         assert found == (ops_lib.Decode(), *ops), spec
@@ -165,8 +189,9 @@ def test_central_crop_of_a_batch_is_its_centre():
     crop = ops_lib.parse("central_crop(8)")
     np.testing.assert_array_equal(ops_lib.apply(crop, images), images[:, 2:10, 5:13])
     np.testing.assert_array_equal(ops_lib.apply(crop, list(images)), images[:, 2:10, 5:13])
-    np.testing.assert_array_equal(ops_lib.apply(ops_lib.parse("central_crop(13)"), images),
-                                  images[:, :, 2:15])  # fmt: skip
+    np.testing.assert_array_equal(
+        ops_lib.apply(ops_lib.parse("central_crop(13)"), images), images[:, :, 2:15]
+    )
     with pytest.raises(errors.UserError, match=r"central_crop\(14\) got an image of 13x18"):
         ops_lib.apply(ops_lib.parse("central_crop(14)"), images)
     # Images of different sizes need a crop to one size to end up in one batch.
@@ -174,7 +199,11 @@ def test_central_crop_of_a_batch_is_its_centre():
     with pytest.raises(errors.UserError, match="'resize_small\\(9\\)' leaves images of"):
         ops_lib.apply(ops_lib.parse("resize_small(9)"), mixed, spec="resize_small(9)")
     assert ops_lib.apply(ops_lib.parse("resize_small(9)|central_crop(9)"), mixed).shape == (
-        2, 9, 9, 3)  # fmt: skip
+        2,
+        9,
+        9,
+        3,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -265,8 +294,9 @@ def test_inception_crop_and_flip_apply():
     flips = draws[1][0]
     assert flips.any() and not flips.all()  # both outcomes
     unflipped = ops_lib.apply(ops[:1], images, draws[:1])
-    np.testing.assert_array_equal(out, np.where(flips[:, None, None, None],
-                                                unflipped[:, :, ::-1], unflipped))  # fmt: skip
+    np.testing.assert_array_equal(
+        out, np.where(flips[:, None, None, None], unflipped[:, :, ::-1], unflipped)
+    )
     # The window is cropped out of the image and resized (bilinear: a constant stays constant).
     flat = [np.full((40, 56, 3), 200, np.uint8)] * 12
     np.testing.assert_array_equal(ops_lib.apply(ops, flat, draws), 200)
@@ -366,12 +396,15 @@ def test_hosts_read_disjoint_rows_of_the_same_global_batches():
     expected = _take(data.train_batches(source, 8, num_workers=0, **kwargs), 8)
     assert len({e["image"].tobytes() for e in expected}) == 8
     hosts = [
-        _take(data.train_batches(source, 8, start_step=5, process_index=i, process_count=2,
-                                 **kwargs), 3)
+        _take(
+            data.train_batches(source, 8, start_step=5, process_index=i, process_count=2, **kwargs),
+            3,
+        )
         for i in range(2)
-    ]  # fmt: skip
-    make = data.StepBatch(source, kwargs["ops"], spec, global_batch_size=8, seed=5,
-                          rows=slice(0, 8))  # fmt: skip
+    ]
+    make = data.StepBatch(
+        source, kwargs["ops"], spec, global_batch_size=8, seed=5, rows=slice(0, 8)
+    )
     for step, (zero, one) in enumerate(zip(*hosts, strict=True), start=5):
         assert len(zero["label"]) == len(one["label"]) == 4
         whole = {k: np.concatenate([zero[k], one[k]]) for k in ("image", "label")}
@@ -391,12 +424,17 @@ def tfds_dir(tmp_path_factory):
     and a CIFAR-like PNG dataset (16 images of 32x32, labelled with their index)."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     jpegs = tfds_datasets.imagenet_like_jpegs(24, sizes=((40, 56), (56, 40)))
-    tfds_datasets.write(data_dir, IMAGENET_LIKE, {"train": (jpegs, [i % 4 for i in range(24)])},
-                        num_classes=4)  # fmt: skip
+    tfds_datasets.write(
+        data_dir, IMAGENET_LIKE, {"train": (jpegs, [i % 4 for i in range(24)])}, num_classes=4
+    )
     pixels = np.random.default_rng(1).integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8)
-    tfds_datasets.write(data_dir, CIFAR_LIKE,
-                        {"train": (tfds_datasets.png_images(pixels), list(range(16)))},
-                        num_classes=16, encoding="png")  # fmt: skip
+    tfds_datasets.write(
+        data_dir,
+        CIFAR_LIKE,
+        {"train": (tfds_datasets.png_images(pixels), list(range(16)))},
+        num_classes=16,
+        encoding="png",
+    )
     return {"dir": data_dir, "jpegs": jpegs, "pixels": pixels}
 
 
@@ -414,10 +452,20 @@ def test_tfds_jpegs_through_workers(tfds_dir):
     for batch in expected:
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.uint8
     hosts = [
-        _take(data.train_batches(source, 4, start_step=1, process_index=i, process_count=2,
-                                 num_workers=workers, **kwargs), 4)
+        _take(
+            data.train_batches(
+                source,
+                4,
+                start_step=1,
+                process_index=i,
+                process_count=2,
+                num_workers=workers,
+                **kwargs,
+            ),
+            4,
+        )
         for i, workers in [(0, 0), (1, 2)]
-    ]  # fmt: skip
+    ]
     assert not multiprocessing.active_children()  # close() stopped the workers
     for step, (zero, one) in enumerate(zip(*hosts, strict=True), start=1):
         whole = {k: np.concatenate([zero[k], one[k]]) for k in ("image", "label")}
@@ -510,8 +558,10 @@ def _tfrecord(tfds_dir, tmp_path):
     _edit_info(folder, lambda info: info.update(fileFormat="tfrecord"))
     for name in os.listdir(folder):
         if "array_record" in name:
-            os.rename(os.path.join(folder, name),
-                      os.path.join(folder, name.replace("array_record", "tfrecord")))  # fmt: skip
+            os.rename(
+                os.path.join(folder, name),
+                os.path.join(folder, name.replace("array_record", "tfrecord")),
+            )
     return IMAGENET_LIKE, "train", data_dir
 
 
@@ -563,8 +613,9 @@ def test_missing_or_half_built_tfds_dataset_is_one_line(case, tfds_dir, tmp_path
         "manual download), then copy the data_dir here."
     )
     if case in ("no_folder", "default_data_dir"):
-        folder = os.path.join(data_dir or os.path.join(os.environ["HOME"], "tensorflow_datasets"),
-                              name)  # fmt: skip
+        folder = os.path.join(
+            data_dir or os.path.join(os.environ["HOME"], "tensorflow_datasets"), name
+        )
         assert f"(no folder {folder})" in message
     if case == "default_data_dir":
         assert f"in {os.environ['HOME']}/tensorflow_datasets" in message
@@ -579,11 +630,20 @@ def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
     empty, workdir = tmp_path / "empty", tmp_path / "run"
     empty.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "seasoning.train", "--config=configs/cifar10_wrn28_10_linf.py",
-         f"--workdir={workdir}", f"--config.dataset.data_dir={empty}"],
-        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "seasoning.train",
+            "--config=configs/cifar10_wrn28_10_linf.py",
+            f"--workdir={workdir}",
+            f"--config.dataset.data_dir={empty}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out, out
@@ -602,17 +662,25 @@ def test_cli_missing_dataset_is_one_line_and_writes_nothing(tmp_path):
     "overrides, pattern",
     [
         (["dataset.pp_train=decode|flop_lr"], "Unknown preprocessing op 'flop_lr'"),
-        (["dataset.pp_train=decode|pad_crop(2)|flip_lr", "dataset.flip=True"],
-         r"dataset.pp_train='decode\|pad_crop\(2\)\|flip_lr'.*dataset.flip=True"),
-        (["dataset.pp_train=decode|flip_lr", "dataset.crop_padding=2"],
-         r"dataset.pp_train='decode\|flip_lr'.*dataset.crop_padding=2"),
-        (["dataset.pp_eval=decode|flip_lr"],
-         r"dataset.pp_eval='decode\|flip_lr' has a random op"),
+        (
+            ["dataset.pp_train=decode|pad_crop(2)|flip_lr", "dataset.flip=True"],
+            r"dataset.pp_train='decode\|pad_crop\(2\)\|flip_lr'.*dataset.flip=True",
+        ),
+        (
+            ["dataset.pp_train=decode|flip_lr", "dataset.crop_padding=2"],
+            r"dataset.pp_train='decode\|flip_lr'.*dataset.crop_padding=2",
+        ),
+        (["dataset.pp_eval=decode|flip_lr"], r"dataset.pp_eval='decode\|flip_lr' has a random op"),
         (["dataset.pp_eval=decode|central_crop(0)"], r"Op 'central_crop\(0\)': size=0"),
     ],
-    ids=["unknown_op", "pp_train_and_flip", "pp_train_and_crop_padding", "random_pp_eval",
-         "bad_pp_eval"],
-)  # fmt: skip
+    ids=[
+        "unknown_op",
+        "pp_train_and_flip",
+        "pp_train_and_crop_padding",
+        "random_pp_eval",
+        "bad_pp_eval",
+    ],
+)
 def test_config_ops_are_refused_before_anything_is_written(overrides, pattern, tmp_path):
     config = config_lib.load_config(f"{FMNIST}:runlocal", overrides)
     workdir = tmp_path / "run"
@@ -624,9 +692,16 @@ def test_config_ops_are_refused_before_anything_is_written(overrides, pattern, t
 
 def test_config_image_size_with_ops_is_refused():
     config = ml_collections.ConfigDict(
-        dict(name="imagenet2012", data_dir="", image_size=224, crop_padding=0, flip=False,
-             pp_train="decode|inception_crop(224)", pp_eval="decode|central_crop(224)")
-    )  # fmt: skip
+        dict(
+            name="imagenet2012",
+            data_dir="",
+            image_size=224,
+            crop_padding=0,
+            flip=False,
+            pp_train="decode|inception_crop(224)",
+            pp_eval="decode|central_crop(224)",
+        )
+    )
     for make_ops, key in ((data.train_ops, "pp_train"), (data.eval_ops, "pp_eval")):
         with pytest.raises(errors.UserError, match=f"dataset.{key}=.*image_size=224"):
             make_ops(config)
@@ -659,12 +734,15 @@ def _linear(variables, x):
 def test_evaluator_decodes_each_point_once():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 10, 10, 3), dtype=np.uint8)
-    variables = {"w": rng.normal(size=(8 * 8 * 3, 10)).astype(np.float32),
-                 "b": np.zeros(10, np.float32)}  # fmt: skip
+    variables = {
+        "w": rng.normal(size=(8 * 8 * 3, 10)).astype(np.float32),
+        "b": np.zeros(10, np.float32),
+    }
     crops = data.to_float(images[:, 1:9, 1:9])
     labels = np.argmax(np.asarray(_linear(variables, crops)), axis=1).astype(np.int32)
-    settings = evaluation.AttackSettings.make([threat.parse("linf:1/255")], "fast",
-                                              attacks=("apgd-ce",), n_iter=2)  # fmt: skip
+    settings = evaluation.AttackSettings.make(
+        [threat.parse("linf:1/255")], "fast", attacks=("apgd-ce",), n_iter=2
+    )
     evaluator = evaluation.Evaluator(_linear, settings, batch_size=8)
     results, reads = [], []
     for cache in (True, False):

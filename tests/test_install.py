@@ -35,6 +35,9 @@ def test_the_jax_range_keeps_the_versions_the_project_was_checked_with():
 def test_each_accelerator_extra_brings_the_jax_build_for_it():
     expected = {"cuda": "cuda12", "cuda13": "cuda13", "tpu": "tpu"}
     for extra, jax_extra in expected.items():
-        found = [r for r in _requirements()
-                 if r.marker is not None and r.marker.evaluate({"extra": extra})]  # fmt: skip
+        found = [
+            r
+            for r in _requirements()
+            if r.marker is not None and r.marker.evaluate({"extra": extra})
+        ]
         assert [(r.name, r.extras) for r in found] == [("jax", {jax_extra})], (extra, found)

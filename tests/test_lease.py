@@ -21,8 +21,14 @@ FMNIST = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs/fmnis
 
 def _held_by(file, **fields) -> None:
     """Writes a lease file of another job (host, pid, heartbeat as given)."""
-    record = {"token": "other", "host": "elsewhere", "pid": 1, "started": "2026-01-01",
-              "heartbeat": time.time(), "command": "python -m seasoning.train"}  # fmt: skip
+    record = {
+        "token": "other",
+        "host": "elsewhere",
+        "pid": 1,
+        "started": "2026-01-01",
+        "heartbeat": time.time(),
+        "command": "python -m seasoning.train",
+    }
     record.update(fields)
     workdir_lib.write_json(file, record)
 
@@ -64,8 +70,12 @@ def test_a_stale_or_forced_lease_is_taken_over_with_a_warning(root, caplog):
 
 def test_the_lease_of_a_process_gone_from_this_host_is_taken_over(tmp_path, caplog):
     """A job killed with SIGKILL and started again at once: no need to wait for staleness."""
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     file = tmp_path / "w" / lease.FILE
     _held_by(file, host=socket.gethostname(), pid=int(dead.stdout))
     with caplog.at_level(logging.WARNING), lease.of_workdir(tmp_path / "w"):

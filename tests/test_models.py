@@ -114,9 +114,10 @@ def test_small_models_run(name, kwargs, shape):
             variables["batch_stats"]
         )
         moved = jax.tree.map(
-            lambda new, old: bool(jnp.any(new != old)), updates["batch_stats"],
+            lambda new, old: bool(jnp.any(new != old)),
+            updates["batch_stats"],
             variables["batch_stats"],
-        )  # fmt: skip
+        )
         assert all(jax.tree.leaves(moved))  # every running mean and variance was updated
         assert not np.allclose(train_logits, logits)  # batch statistics, not running ones
     else:  # train changes nothing without BatchNorm or dropout
@@ -249,11 +250,15 @@ def test_vit_fused_attention_equals_flax_attention_and_its_gradient():
     def loss(model, x):
         return model.apply(variables, x).sum()
 
-    np.testing.assert_allclose(fused.apply(variables, x), einsum.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
-    np.testing.assert_allclose(jax.grad(functools.partial(loss, fused))(x),
-                               jax.grad(functools.partial(loss, einsum))(x),
-                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        fused.apply(variables, x), einsum.apply(variables, x), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jax.grad(functools.partial(loss, fused))(x),
+        jax.grad(functools.partial(loss, einsum))(x),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_param_count_of_arrays_and_shapes():
@@ -276,9 +281,13 @@ def test_jitted_apply_matches_eager():
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "strides, padding, lhs_dilation, rhs_dilation",
-    [((1, 1), "SAME", None, None), ((2, 2), ((1, 1), (1, 1)), None, None),
-     ((2, 1), "VALID", None, (2, 2)), ((1, 1), ((0, 2), (1, 0)), (2, 2), None)],
-)  # fmt: skip
+    [
+        ((1, 1), "SAME", None, None),
+        ((2, 2), ((1, 1), (1, 1)), None, None),
+        ((2, 1), "VALID", None, (2, 2)),
+        ((1, 1), ((0, 2), (1, 0)), (2, 2), None),
+    ],
+)
 def test_loop_friendly_conv_has_the_same_values_and_gradients(
     strides, padding, lhs_dilation, rhs_dilation
 ):
@@ -291,9 +300,11 @@ def test_loop_friendly_conv_has_the_same_values_and_gradients(
     x = jax.random.normal(jax.random.key(0), (3, 9, 8, 4))
     k = jax.random.normal(jax.random.key(1), (3, 3, 4, 5))
     common = dict(
-        padding=padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )  # fmt: skip
+    )
 
     def loss(fn, x, k):
         return jnp.sum(jnp.sin(fn(x, k, strides, **common)))

@@ -38,13 +38,21 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
     settings = dict(version="fast", n_iter=10, n_target_classes=1, n_examples=42, batch_size=4)
     output = str(tmp_path / "eval_2.json")
     flags = [f"--{k}={v}" for k, v in settings.items()]
-    logs = jobs.run("seasoning.evaluate", [f"--workdir={run}", "--threat=l2:2", *flags,
-                                           f"--output={output}"], str(tmp_path))  # fmt: skip
+    logs = jobs.run(
+        "seasoning.evaluate",
+        [f"--workdir={run}", "--threat=l2:2", *flags, f"--output={output}"],
+        str(tmp_path),
+    )
     assert "Wrote" in logs[0] and "Wrote" not in logs[1]  # only process 0 writes
     with open(output) as f:
         two = json.load(f)
-    one = evaluate.evaluate_run(run, [threat.parse("l2:2")], output=str(tmp_path / "eval_1.json"),
-                                mesh=jobs.one_process_mesh(), **settings)  # fmt: skip
+    one = evaluate.evaluate_run(
+        run,
+        [threat.parse("l2:2")],
+        output=str(tmp_path / "eval_1.json"),
+        mesh=jobs.one_process_mesh(),
+        **settings,
+    )
     assert (one["processes"], two["processes"]) == (1, 2)
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
     assert one["n_examples"] == two["n_examples"] == 42
@@ -60,15 +68,27 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     """The sweep that reported 129% accuracy on two processes (each fed the whole batch).
     (Mode per_soup runs the evaluator of `seasoning.evaluate`, tested above.)"""
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},runlocal")
-    overrides = ["evaluation=grid", "eval.n_examples=44", "eval.batch_size=24", "chunk=3",
-                 "eval.threats=('linf:0.1',)", "front=()"]  # fmt: skip
+    overrides = [
+        "evaluation=grid",
+        "eval.n_examples=44",
+        "eval.batch_size=24",
+        "chunk=3",
+        "eval.threats=('linf:0.1',)",
+        "front=()",
+    ]
     workdir = str(tmp_path / "soup_2")
-    jobs.run("seasoning.soup", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
-                                f"--workdir={workdir}"], str(tmp_path))  # fmt: skip
+    jobs.run(
+        "seasoning.soup",
+        [f"--config={spec}", *(f"--config.{o}" for o in overrides), f"--workdir={workdir}"],
+        str(tmp_path),
+    )
     with open(os.path.join(workdir, "grid.json")) as f:
         two = json.load(f)
-    one = sweep.run_sweep(config_lib.load_config(spec, overrides), str(tmp_path / "soup_1"),
-                          mesh=jobs.one_process_mesh())  # fmt: skip
+    one = sweep.run_sweep(
+        config_lib.load_config(spec, overrides),
+        str(tmp_path / "soup_1"),
+        mesh=jobs.one_process_mesh(),
+    )
     assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
     assert two["settings"]["evaluation"] == one["settings"]["evaluation"] == "grid"
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
@@ -85,16 +105,26 @@ def test_shift_on_two_processes_equals_one_process(runs, tmp_path):
     """Grid and learned selection, and every row's unseen accuracy, on two processes: the same
     as one process with the same 4 devices (the learned soup's batches are sharded too)."""
     spec = os.path.join(CONFIGS, f"shift_fmnist.py:runlocal,runs={runs}")
-    overrides = ["shifts=('fashion_mnist_rotated',)", "columns=('rotated',)",
-                 "methods=('grid','learned')", "robust.enabled=False"]  # fmt: skip
+    overrides = [
+        "shifts=('fashion_mnist_rotated',)",
+        "columns=('rotated',)",
+        "methods=('grid','learned')",
+        "robust.enabled=False",
+    ]
     workdir = str(tmp_path / "shift_2")
-    logs = jobs.run("seasoning.shift", [f"--config={spec}", *(f"--config.{o}" for o in overrides),
-                                        f"--workdir={workdir}"], str(tmp_path))  # fmt: skip
+    logs = jobs.run(
+        "seasoning.shift",
+        [f"--config={spec}", *(f"--config.{o}" for o in overrides), f"--workdir={workdir}"],
+        str(tmp_path),
+    )
     assert "Wrote" in logs[0] and "Wrote" not in logs[1]
     with open(os.path.join(workdir, run_lib.SHIFT_FILE)) as f:
         two = json.load(f)
-    one = run_lib.run_shift(config_lib.load_config(spec, overrides), str(tmp_path / "shift_1"),
-                            mesh=jobs.one_process_mesh())  # fmt: skip
+    one = run_lib.run_shift(
+        config_lib.load_config(spec, overrides),
+        str(tmp_path / "shift_1"),
+        mesh=jobs.one_process_mesh(),
+    )
     assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
     assert two["grid"]["adaptation"] == one["grid"]["adaptation"]
     assert two["selection"]["grid"] == one["selection"]["grid"]

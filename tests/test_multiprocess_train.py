@@ -105,15 +105,22 @@ def test_linf_training_on_two_processes_survives_a_dead_process_and_equals_one_p
     holds its lease: both processes exit 6."""
     heartbeat = 5
     # An evaluation every step slows the run enough to kill it mid-way.
-    overrides = ["max_steps=10", "eval_every_steps=1", "dataset.num_eval_examples=200",
-                 "attack.random_start=True", "attack.steps=3", *EVERY_STEP]  # fmt: skip
+    overrides = [
+        "max_steps=10",
+        "eval_every_steps=1",
+        "dataset.num_eval_examples=200",
+        "attack.random_start=True",
+        "attack.steps=3",
+        *EVERY_STEP,
+    ]
     workdir = str(tmp_path / "two")
     args = [*_flags(overrides, workdir), f"--heartbeat_timeout={heartbeat}"]
     job = jobs.start("seasoning.train", args, str(tmp_path))
     ckpt_dir = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
     deadline = time.monotonic() + jobs.TIMEOUT
-    while not (os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 3
-                                               for d in os.listdir(ckpt_dir))):  # fmt: skip
+    while not (
+        os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= 3 for d in os.listdir(ckpt_dir))
+    ):
         assert job[0].popen.poll() is None, job[0].output()[-4000:]
         assert time.monotonic() < deadline
         time.sleep(0.2)

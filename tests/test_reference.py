@@ -165,10 +165,17 @@ def _ours(variables, x, y, tm):
     @jax.jit
     def run(variables, x, y, key):
         return attacks.auto_attack(
-            lambda z: model.apply(variables, z, train=False), x, y, tm, key=key,
-            attacks=("apgd-ce", "apgd-t"), n_iter=N_ITER[tm.norm], n_restarts=N_RESTARTS,
-            n_target_classes=N_TARGETS, return_info=True,
-        )  # fmt: skip
+            lambda z: model.apply(variables, z, train=False),
+            x,
+            y,
+            tm,
+            key=key,
+            attacks=("apgd-ce", "apgd-t"),
+            n_iter=N_ITER[tm.norm],
+            n_restarts=N_RESTARTS,
+            n_target_classes=N_TARGETS,
+            return_info=True,
+        )
 
     x_adv, info = run(variables, x, y, jax.random.key(0))
     return np.asarray(x_adv), np.asarray(info.robust), np.asarray(info.inside)
@@ -243,9 +250,15 @@ def _ours_alone(variables, x, y, tm, name):
     @jax.jit
     def run(variables, x, y, key):
         return attacks.auto_attack(
-            lambda z: model.apply(variables, z, train=False), x, y, tm, key=key,
-            attacks=(name,), return_info=True, **budget,
-        )  # fmt: skip
+            lambda z: model.apply(variables, z, train=False),
+            x,
+            y,
+            tm,
+            key=key,
+            attacks=(name,),
+            return_info=True,
+            **budget,
+        )
 
     x_adv, info = run(variables, x, y, jax.random.key(0))
     return np.asarray(x_adv), np.asarray(info.robust)

@@ -288,8 +288,12 @@ def test_accumulation_with_batchnorm_averages_the_micro_batch_steps():
         rtol=1e-5,
         atol=1e-7,
     )
-    assert _max_rel(whole.batch_stats["BatchNorm_0"]["var"],
-                    accumulated.batch_stats["BatchNorm_0"]["var"]) > 1e-3  # fmt: skip
+    assert (
+        _max_rel(
+            whole.batch_stats["BatchNorm_0"]["var"], accumulated.batch_stats["BatchNorm_0"]["var"]
+        )
+        > 1e-3
+    )
 
 
 def test_split_batch_moves_no_data_between_devices():
@@ -300,11 +304,15 @@ def test_split_batch_moves_no_data_between_devices():
     split = jax.jit(lambda b: training.split_batch(b, 2, mesh))
     parts = split(batch)
     np.testing.assert_array_equal(parts["image"], x[_micro_rows(len(x), mesh.size, 2)])
-    np.testing.assert_array_equal(jax.jit(training.merge_batch, static_argnums=1)(parts, mesh)
-                                  ["image"], x)  # fmt: skip
-    naive = jax.jit(lambda b: jax.lax.with_sharding_constraint(
-        jax.tree.map(lambda v: v.reshape(2, -1, *v.shape[1:]), b),
-        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))))  # fmt: skip
+    np.testing.assert_array_equal(
+        jax.jit(training.merge_batch, static_argnums=1)(parts, mesh)["image"], x
+    )
+    naive = jax.jit(
+        lambda b: jax.lax.with_sharding_constraint(
+            jax.tree.map(lambda v: v.reshape(2, -1, *v.shape[1:]), b),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data")),
+        )
+    )
     moves = re.compile(r"all-gather|all-to-all|collective-permute|all-reduce")
     assert not moves.search(split.lower(batch).compile().as_text())
     assert moves.search(naive.lower(batch).compile().as_text())
@@ -333,8 +341,9 @@ def test_attack_in_chunks_is_exactly_the_attack_in_one_piece():
         def run(batch, plan, chunks, attack=attack):
             x, y = batch["image"], batch["label"]
             key = jax.random.key(0)
-            return training.perturb_batch(attack, logits_fn, x, y, key, plan, chunks=chunks,
-                                          mesh=mesh)  # fmt: skip
+            return training.perturb_batch(
+                attack, logits_fn, x, y, key, plan, chunks=chunks, mesh=mesh
+            )
 
         plans = [jnp.int32(i) for i in range(3)] if attack is multi else [None]
         for plan in plans:
@@ -374,8 +383,11 @@ def test_multi_norm_attack_with_micro_batches_and_chunks():
 
 
 def test_batch_split_errors_name_the_values(tmp_path):
-    with pytest.raises(ValueError, match=r"batch_size=48 is not divisible by accumulate_steps=4 "
-                       r"times the 8 devices \(= 32\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size=48 is not divisible by accumulate_steps=4 "
+        r"times the 8 devices \(= 32\)",
+    ):
         training.check_batch_split(48, 8, accumulate_steps=4)
     with pytest.raises(ValueError, match=r"attack.chunks=3 does not divide the 4 rows"):
         training.check_batch_split(64, 8, accumulate_steps=2, attack_chunks=3)

@@ -78,23 +78,35 @@ def test_grid_learned_and_greedy_put_their_weight_on_the_best_ingredient(best):
     stacked = jax.device_put(soup.stack(trees), parallel.replicated(mesh))
     indices = np.arange(len(source))
     grid = soup.simplex_grid(4, 0.25)
-    predicted, labels = predict.predict_rows(_linear, None, stacked, grid, source, indices,
-                                             mesh=mesh, batch_size=128)  # fmt: skip
+    predicted, labels = predict.predict_rows(
+        _linear, None, stacked, grid, source, indices, mesh=mesh, batch_size=128
+    )
     member = np.zeros(len(indices), int)
     accuracy = report.shift_accuracy(predicted, labels, member)
     assert accuracy[np.flatnonzero(grid[:, best] == 1)[0]] == 1.0
     specific, single = select.grid_choice(accuracy[None])
     assert grid[specific[0], best] == 1.0 and single == specific[0]
 
-    out = select.learn(_linear, [None], stacked, [(source, indices)], mesh=mesh, seed=(0,),
-                       steps=60, batch_size=64, learning_rate=0.2, extrapolate=False)  # fmt: skip
+    out = select.learn(
+        _linear,
+        [None],
+        stacked,
+        [(source, indices)],
+        mesh=mesh,
+        seed=(0,),
+        steps=60,
+        batch_size=64,
+        learning_rate=0.2,
+        extrapolate=False,
+    )
     assert np.argmax(out.weights) == best and out.weights[best] > 0.7
     assert out.losses[-1] < out.losses[0]
     assert np.isclose(out.weights.sum(), 1.0, atol=1e-5)
 
     def score(tree):
-        pred, lab = predict.predict_model(_linear, None, tree, source, indices, mesh=mesh,
-                                          batch_size=128)  # fmt: skip
+        pred, lab = predict.predict_model(
+            _linear, None, tree, source, indices, mesh=mesh, batch_size=128
+        )
         return float(np.mean(pred == lab))
 
     greedy = select.greedy_weights(trees, score)
@@ -105,9 +117,18 @@ def test_learned_extrapolation_may_leave_the_simplex():
     trees, source = _linear_setup(2)
     mesh = parallel.make_mesh()
     stacked = jax.device_put(soup.stack(trees), parallel.replicated(mesh))
-    out = select.learn(_linear, [None], stacked, [(source, np.arange(len(source)))], mesh=mesh,
-                       seed=(1,), steps=60, batch_size=64, learning_rate=0.2,
-                       extrapolate=True)  # fmt: skip
+    out = select.learn(
+        _linear,
+        [None],
+        stacked,
+        [(source, np.arange(len(source)))],
+        mesh=mesh,
+        seed=(1,),
+        steps=60,
+        batch_size=64,
+        learning_rate=0.2,
+        extrapolate=True,
+    )
     # From the uniform soup, the descent pushes the others' weights below zero.
     assert np.argmax(out.weights) == 2 and out.weights.min() < 0
     assert out.losses[-1] < out.losses[0]
@@ -119,9 +140,17 @@ def test_ensembles_average_logits_and_heads_map_labels():
     stacked = jax.device_put(soup.stack(trees), parallel.replicated(mesh))
     indices = np.arange(64)
     weights = np.eye(4)
-    predicted, labels = predict.predict_rows(_linear, None, stacked, weights, source, indices,
-                                             mesh=mesh, batch_size=32,
-                                             ensembles=[(0, 1), (0, 1, 2, 3)])  # fmt: skip
+    predicted, labels = predict.predict_rows(
+        _linear,
+        None,
+        stacked,
+        weights,
+        source,
+        indices,
+        mesh=mesh,
+        batch_size=32,
+        ensembles=[(0, 1), (0, 1, 2, 3)],
+    )
     x = data.to_float(source.get(indices)[0]).reshape(64, -1)
     logits = np.stack([x @ t["params"]["w"] for t in trees])
     assert np.array_equal(predicted[:4], np.argmax(logits, axis=-1))
@@ -129,8 +158,9 @@ def test_ensembles_average_logits_and_heads_map_labels():
     assert np.array_equal(predicted[5], np.argmax(logits.mean(0), axis=-1))
     assert np.array_equal(labels, source.labels)
     # A head that keeps classes {1, 3} only: predictions never leave them.
-    masked = predict.predict_rows(_linear, _keep_1_3, stacked, weights, source, indices,
-                                  mesh=mesh, batch_size=32)[0]  # fmt: skip
+    masked = predict.predict_rows(
+        _linear, _keep_1_3, stacked, weights, source, indices, mesh=mesh, batch_size=32
+    )[0]
     assert set(np.unique(masked)) <= {1, 3}
 
 

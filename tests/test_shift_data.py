@@ -15,8 +15,14 @@ from seasoning import data, errors
 from seasoning.data import shifts
 from seasoning.data.tfds_source import TfdsSource
 
-IMAGENET_SETS = ["imagenet2012_real", "imagenet_v2/matched-frequency", "imagenet_a",
-                 "imagenet_r", "imagenet_sketch", "geirhos_conflict_stimuli"]  # fmt: skip
+IMAGENET_SETS = [
+    "imagenet2012_real",
+    "imagenet_v2/matched-frequency",
+    "imagenet_a",
+    "imagenet_r",
+    "imagenet_sketch",
+    "geirhos_conflict_stimuli",
+]
 CIFAR10_SETS = ["cifar10_1/v6"]
 GROUPS = {"imagenet2012_corrupted": "imagenet2012", "cifar10_corrupted": "cifar10"}
 
@@ -62,11 +68,17 @@ def test_other_tfds_configs_exist():
 
 @pytest.mark.parametrize(
     "name, image_size, num_classes",
-    [("imagenet_a", 32, 1000), ("imagenet_r", 32, 1000), ("imagenet_sketch", 32, 1000),
-     ("imagenet_v2/matched-frequency", 32, 1000), ("imagenet2012_corrupted/glass_blur_2", 32, 1000),
-     ("geirhos_conflict_stimuli", 32, 16), ("cifar10_1/v6", 0, 10),
-     ("cifar10_corrupted/frosted_glass_blur_5", 0, 10)],
-)  # fmt: skip
+    [
+        ("imagenet_a", 32, 1000),
+        ("imagenet_r", 32, 1000),
+        ("imagenet_sketch", 32, 1000),
+        ("imagenet_v2/matched-frequency", 32, 1000),
+        ("imagenet2012_corrupted/glass_blur_2", 32, 1000),
+        ("geirhos_conflict_stimuli", 32, 16),
+        ("cifar10_1/v6", 0, 10),
+        ("cifar10_corrupted/frosted_glass_blur_5", 0, 10),
+    ],
+)
 def test_entries_load_mock_data(name, image_size, num_classes):
     entry = data.DATASETS[name]
     with tfds.testing.mock_data(num_examples=6):
@@ -94,8 +106,9 @@ def test_imagenet_real_pads_label_sets_and_rejects_longer_ones():
         # Mock label lists hold 5 to 49 labels, more than ReaL's 9: reading them must fail.
         with pytest.raises(errors.UserError, match=r"has \d+ labels in 'real_label'.*at most 9"):
             source.get(np.arange(4))
-        records = TfdsSource("imagenet2012_real", "validation", label_key="real_label",
-                             max_labels=64)  # fmt: skip
+        records = TfdsSource(
+            "imagenet2012_real", "validation", label_key="real_label", max_labels=64
+        )
         wide = data.Preprocessed(records, data.ops.parse("resize_small(37)|central_crop(32)"), "")
         images, labels = wide.get(np.array([3, 0]))
         raw = [np.asarray(records._source[i]["real_label"]) for i in (3, 0)]
@@ -122,8 +135,10 @@ def test_missing_dataset_names_the_build_command_with_its_config(tmp_path):
         data.get_source(config, "test")
 
 
-@pytest.mark.parametrize("name, indices", [("imagenet_a", shifts.IMAGENET_A_INDICES),
-                                           ("imagenet_r", shifts.IMAGENET_R_INDICES)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, indices",
+    [("imagenet_a", shifts.IMAGENET_A_INDICES), ("imagenet_r", shifts.IMAGENET_R_INDICES)],
+)
 def test_imagenet_a_r_masks(name, indices):
     head = data.DATASETS[name].head
     mask = np.flatnonzero(np.isfinite(head(jnp.zeros(1000))))
@@ -161,8 +176,9 @@ def test_conflict_stimuli_decide_by_mean_not_sum():
     assert shifts.CONFLICT_CATEGORIES[int(jnp.argmax(log_probs))] == "cat"
     # The head is the log of the normalised means.
     p = probs / probs.sum()
-    means = np.array([p[list(shifts.CONFLICT_IMAGENET_INDICES[c])].mean()
-                      for c in shifts.CONFLICT_CATEGORIES])  # fmt: skip
+    means = np.array(
+        [p[list(shifts.CONFLICT_IMAGENET_INDICES[c])].mean() for c in shifts.CONFLICT_CATEGORIES]
+    )
     np.testing.assert_allclose(jnp.exp(log_probs), means / means.sum(), rtol=1e-4)
 
 
@@ -181,8 +197,9 @@ def test_multi_label_scoring_with_padding_and_an_unlabelled_row():
     np.testing.assert_array_equal(shifts.scored(labels), [True, False, True])
     predicted = np.array([[5, 0, 1], [3, 4, 2], [0, 0, 0]])  # one row per model
     np.testing.assert_array_equal(
-        shifts.correct(predicted, labels), [[True, False, False], [True, False, True],
-                                            [False, False, False]])  # fmt: skip
+        shifts.correct(predicted, labels),
+        [[True, False, False], [True, False, True], [False, False, False]],
+    )
     np.testing.assert_allclose(shifts.accuracy(predicted, labels), [0.5, 1.0, 0.0])
     with pytest.raises(ValueError, match="No scored point"):
         shifts.accuracy(predicted[:, 1:2], labels[1:2])
@@ -190,8 +207,9 @@ def test_multi_label_scoring_with_padding_and_an_unlabelled_row():
 
 @pytest.mark.parametrize("name", ["imagenet_a", "imagenet_r", "geirhos_conflict_stimuli"])
 def test_evaluate_and_soup_refuse_datasets_scored_through_a_head(name):
-    train = ml_collections.ConfigDict(dict(name="imagenet2012", data_dir="", image_size=224,
-                                           eval_split="validation"))  # fmt: skip
+    train = ml_collections.ConfigDict(
+        dict(name="imagenet2012", data_dir="", image_size=224, eval_split="validation")
+    )
     with pytest.raises(errors.UserError, match=f"{name}.*seasoning.shift"):
         data.eval_dataset(train, name)
     section, split = data.eval_dataset(train, name, allow_heads=True)

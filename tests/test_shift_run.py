@@ -131,9 +131,12 @@ def test_splits_are_disjoint_and_selection_follows_the_adaptation_accuracies(fmn
         adapt, unseen = arrays[f"adaptation/{column}/indices"], arrays[f"unseen/{column}/indices"]
         assert len(adapt) == config.n_adaptation and len(unseen) == config.n_unseen
         assert not set(adapt.tolist()) & set(unseen.tolist())
-        acc = [_mean_over_members(p, arrays[f"adaptation/{column}/labels"],
-                                  arrays[f"adaptation/{column}/member"])
-               for p in arrays[f"adaptation/{column}/grid"]]  # fmt: skip
+        acc = [
+            _mean_over_members(
+                p, arrays[f"adaptation/{column}/labels"], arrays[f"adaptation/{column}/member"]
+            )
+            for p in arrays[f"adaptation/{column}/grid"]
+        ]
         assert np.allclose(acc, result["grid"]["adaptation"][column])
         adaptation_acc.append(acc)
         chosen = result["selection"]["grid"]["specific"][column]
@@ -145,8 +148,10 @@ def test_splits_are_disjoint_and_selection_follows_the_adaptation_accuracies(fmn
     means = np.mean(adaptation_acc, axis=0)
     assert means[int(np.flatnonzero((grid == single).all(axis=1))[0])] == means.max()
     for method in ("learned", "greedy"):
-        for w in [result["selection"][method]["single"],
-                  *result["selection"][method]["specific"].values()]:  # fmt: skip
+        for w in [
+            result["selection"][method]["single"],
+            *result["selection"][method]["specific"].values(),
+        ]:
             assert min(w) >= 0 and sum(w) == pytest.approx(1, abs=1e-5)
 
 
@@ -186,9 +191,11 @@ def test_resume_recomputes_a_lost_stage_identically(fmnist_run, tmp_path, monkey
     assert again["selection"] == result["selection"]
     assert [r["unseen"] for r in again["rows"]] == [r["unseen"] for r in result["rows"]]
     assert (copy / run_lib.REPORT_FILE).read_text().split("## Time")[0] == open(
-        os.path.join(out, run_lib.REPORT_FILE)).read().split("## Time")[0]  # fmt: skip
+        os.path.join(out, run_lib.REPORT_FILE)
+    ).read().split("## Time")[0]
     assert run_lib.run_shift(config, str(copy)) == json.loads(
-        (copy / run_lib.SHIFT_FILE).read_text())  # fmt: skip
+        (copy / run_lib.SHIFT_FILE).read_text()
+    )
     other = config_lib.load_config(
         os.path.join(CONFIGS, "shift_fmnist.py:runlocal"), ["split_seed=1"]
     )
@@ -215,18 +222,29 @@ class _UnseenLabelsShifted:
 
 def test_selection_reads_only_the_adaptation_split(family, cache_dir, tmp_path, monkeypatch):
     """Corrupting every unseen label changes every unseen accuracy and no selected weight."""
-    overrides = ["shifts=('fashion_mnist_rotated',)", "columns=('rotated',)",
-                 "robust.enabled=False", "methods=('grid','learned','greedy')"]  # fmt: skip
+    overrides = [
+        "shifts=('fashion_mnist_rotated',)",
+        "columns=('rotated',)",
+        "robust.enabled=False",
+        "methods=('grid','learned','greedy')",
+    ]
     config = _fmnist_config(family, *overrides)
     clean = run_lib.run_shift(config, str(tmp_path / "clean"))
-    (split,) = splits.split_shift([("fashion_mnist_rotated:test", 10000)], config.n_adaptation,
-                                  config.n_unseen, config.split_seed)  # fmt: skip
+    (split,) = splits.split_shift(
+        [("fashion_mnist_rotated:test", 10000)],
+        config.n_adaptation,
+        config.n_unseen,
+        config.split_seed,
+    )
     get_source = data.get_source
 
     def patched(section, split_name, seed=0):
         source = get_source(section, split_name, seed=seed)
-        return _UnseenLabelsShifted(source, split.unseen) if section.name.endswith(
-            "rotated") else source  # fmt: skip
+        return (
+            _UnseenLabelsShifted(source, split.unseen)
+            if section.name.endswith("rotated")
+            else source
+        )
 
     monkeypatch.setattr(data, "get_source", patched)
     shifted = run_lib.run_shift(config, str(tmp_path / "shifted"))
@@ -239,10 +257,18 @@ def test_selection_reads_only_the_adaptation_split(family, cache_dir, tmp_path, 
 def test_cli_bad_value_is_one_line(tmp_path):
     spec = os.path.join(CONFIGS, "shift_fmnist.py:runlocal")
     proc = subprocess.run(
-        [sys.executable, "-m", "seasoning.shift", f"--config={spec}",
-         f"--workdir={tmp_path}", "--config.n_adaptation=-5"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "seasoning.shift",
+            f"--config={spec}",
+            f"--workdir={tmp_path}",
+            "--config.n_adaptation=-5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "n_adaptation=-5: expected an integer >= 1" in proc.stderr
     assert "Traceback" not in proc.stderr and not os.listdir(tmp_path)
@@ -254,9 +280,16 @@ def test_rows_are_keyed_by_stable_ids_and_older_runs_are_upgraded():
     selection method is a bug, not greedy."""
     rows = run_lib.table_rows(["linf", "l2", "l1"], [[0, 2], [0, 1, 2]], ["grid", "greedy"])
     assert [r["id"] for r in rows] == [
-        "ingredient/linf", "ingredient/l2", "ingredient/l1", "ensemble/0+2", "ensemble/0+1+2",
-        "single/grid", "specific/grid", "single/greedy", "specific/greedy",
-    ]  # fmt: skip
+        "ingredient/linf",
+        "ingredient/l2",
+        "ingredient/l1",
+        "ensemble/0+2",
+        "ensemble/0+1+2",
+        "single/grid",
+        "specific/grid",
+        "single/greedy",
+        "specific/greedy",
+    ]
     assert rows[5]["name"] == "single soup (grid)"
     old_rows = [{k: v for k, v in r.items() if k != "id"} for r in rows]
     arrays = {f"unseen/c/row/{r['name']}": np.full(3, i) for i, r in enumerate(rows)}

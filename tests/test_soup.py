@@ -256,9 +256,16 @@ def test_simplex_grid_two_ingredients_order_and_exact_entries():
 
 @pytest.mark.parametrize(
     "n, step, match",
-    [(0, 0.1, "n=0"), (-1, 0.1, "n=-1"), (2.5, 0.1, "integer"), (3, 0.3, "does not divide 1"),
-     (3, 0.0, r"\(0, 1\]"), (3, 1.5, r"\(0, 1\]"), (3, float("nan"), r"\(0, 1\]")],
-)  # fmt: skip
+    [
+        (0, 0.1, "n=0"),
+        (-1, 0.1, "n=-1"),
+        (2.5, 0.1, "integer"),
+        (3, 0.3, "does not divide 1"),
+        (3, 0.0, r"\(0, 1\]"),
+        (3, 1.5, r"\(0, 1\]"),
+        (3, float("nan"), r"\(0, 1\]"),
+    ],
+)
 def test_simplex_grid_errors(n, step, match):
     with pytest.raises(ValueError, match=match):
         soup.simplex_grid(n, step)
@@ -292,8 +299,10 @@ def test_line_grid():
 
 
 def _scalar_trees(values):
-    return [{"w": jnp.asarray([v], jnp.float32), "n": jnp.asarray(i, jnp.int32)}
-            for i, v in enumerate(values)]  # fmt: skip
+    return [
+        {"w": jnp.asarray([v], jnp.float32), "n": jnp.asarray(i, jnp.int32)}
+        for i, v in enumerate(values)
+    ]
 
 
 def _distance_score(tree):

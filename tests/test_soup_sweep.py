@@ -109,9 +109,16 @@ def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs,
     parent = os.path.join(runs, "fmnist_cnn_linf")
     threats = [threat.parse(s) for s in THREATS]
     evaluated = evaluate.evaluate_run(
-        parent, threats, version="fast", n_examples=120, batch_size=8, seed=0,
-        output=str(tmp_path / "eval.json"), n_iter=8, n_target_classes=2,
-    )  # fmt: skip
+        parent,
+        threats,
+        version="fast",
+        n_examples=120,
+        batch_size=8,
+        seed=0,
+        output=str(tmp_path / "eval.json"),
+        n_iter=8,
+        n_target_classes=2,
+    )
     row = result["rows"][0]
     assert row["clean"] == evaluated["clean_accuracy"]
     for name in THREATS:
@@ -171,17 +178,30 @@ def test_compiled_grid_equals_one_soup_at_a_time(runs):
     indices = np.arange(90)  # batches of 48: a padded last batch
     key = jax.random.key(3)
     fast = grid_lib.evaluate_grid(
-        first.apply_fn, grid_lib.stacked_on_mesh(soup.stack(ingredients), mesh), weights,
-        source, indices, settings=settings, key=key, mesh=mesh, batch_size=48, chunk=2,
-    )  # fmt: skip
+        first.apply_fn,
+        grid_lib.stacked_on_mesh(soup.stack(ingredients), mesh),
+        weights,
+        source,
+        indices,
+        settings=settings,
+        key=key,
+        mesh=mesh,
+        batch_size=48,
+        chunk=2,
+    )
     evaluator = evaluation.Evaluator(
         first.apply_fn, settings, schedule="all_points", batch_size=48, mesh=mesh
     )
-    slow = np.stack([
-        evaluation.flag_accuracies(evaluator.run(
-            soup.combine(ingredients, w, allow_extrapolation=True), source, indices, key=key
-        ).flags) for w in weights
-    ])  # fmt: skip
+    slow = np.stack(
+        [
+            evaluation.flag_accuracies(
+                evaluator.run(
+                    soup.combine(ingredients, w, allow_extrapolation=True), source, indices, key=key
+                ).flags
+            )
+            for w in weights
+        ]
+    )
     np.testing.assert_allclose(fast, slow, atol=1 / 90 + 1e-9)  # at most one boundary point
     assert np.mean(np.abs(fast - slow)) < 0.005
 
@@ -197,10 +217,17 @@ def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     mesh = parallel.make_mesh()
     weights = np.array([[0.5, 0.5]], np.float32)
     acc = grid_lib.evaluate_per_soup(
-        first.apply_fn, soup.stack(ingredients), weights, source, np.arange(200),
-        settings=evaluation.AttackSettings(), key=jax.random.key(0), mesh=mesh, batch_size=200,
+        first.apply_fn,
+        soup.stack(ingredients),
+        weights,
+        source,
+        np.arange(200),
+        settings=evaluation.AttackSettings(),
+        key=jax.random.key(0),
+        mesh=mesh,
+        batch_size=200,
         prepare=bn.make_prepare("recalibrate", first.model, calibration),
-    )  # fmt: skip
+    )
     mixed = soup.mix(ingredients[0], ingredients[1], 0.5)
     recalibrated = soup.recalibrate_batch_stats(first.model, mixed, calibration, batch_size=64)
     apply_fn = jax.jit(first.apply_fn)
@@ -216,8 +243,11 @@ def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     first_images = data.to_float(train.get(np.arange(32))[0])
     by_driver = runs_lib.soup_prepare(first, "recalibrate", 32)(mixed)
     by_hand = soup.recalibrate_batch_stats(first.model, mixed, first_images, batch_size=32)
-    for got, expected in zip(jax.tree.leaves(by_driver["batch_stats"]),
-                             jax.tree.leaves(by_hand["batch_stats"]), strict=True):  # fmt: skip
+    for got, expected in zip(
+        jax.tree.leaves(by_driver["batch_stats"]),
+        jax.tree.leaves(by_hand["batch_stats"]),
+        strict=True,
+    ):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert runs_lib.soup_prepare(first, "interpolate", 32) is None  # the mixed statistics stay
 
@@ -225,10 +255,22 @@ def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
 def test_the_soup_cli_has_only_its_own_flags(runs, tmp_path):
     """The soup driver imports no other driver, so evaluate's flags are unknown to it."""
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs}")
-    argv = [sys.executable, "-m", "seasoning.soup", f"--config={spec}",
-            f"--workdir={tmp_path / 'soup'}", "--n_examples=10"]  # fmt: skip
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "seasoning.soup",
+        f"--config={spec}",
+        f"--workdir={tmp_path / 'soup'}",
+        "--n_examples=10",
+    ]
+    proc = subprocess.run(
+        argv,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert proc.returncode != 0
     assert "Unknown command line flag 'n_examples'" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "soup").exists()

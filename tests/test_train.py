@@ -80,9 +80,14 @@ def test_vit_runlocal_trains_on_synthetic_data_and_is_attacked_in_float32(tmp_pa
     assert runs.load(workdir).model.dtype == jnp.float32
     assert runs.load(workdir, compute_dtype="bfloat16").model.dtype == jnp.bfloat16
     result = evaluate.evaluate_run(
-        workdir, [threat.parse("linf:4/255")], version="fast", n_examples=8, batch_size=8,
-        n_iter=1, n_target_classes=1,
-    )  # fmt: skip
+        workdir,
+        [threat.parse("linf:4/255")],
+        version="fast",
+        n_examples=8,
+        batch_size=8,
+        n_iter=1,
+        n_target_classes=1,
+    )
     assert result["settings"]["compute_dtype"] == "float32"
     assert "float32" in evaluate.format_table(result)
 
@@ -112,8 +117,9 @@ def test_workdir_of_another_config_is_not_overwritten(tmp_path):
 def test_cli_error_exits_nonzero_and_writes_nothing(tmp_path):
     """The real command: an error found once the run starts is one line, no traceback."""
     workdir = tmp_path / "run"
-    proc = _cli(f"--config={FMNIST}:runlocal", f"--workdir={workdir}",
-                "--config.model.name=resnet-5O")  # fmt: skip
+    proc = _cli(
+        f"--config={FMNIST}:runlocal", f"--workdir={workdir}", "--config.model.name=resnet-5O"
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2, out
     assert "Unknown model name 'resnet-5O'" in out
@@ -166,11 +172,16 @@ def test_kill_and_resume_reaches_the_same_parameters(tmp_path):
     one and the uninterrupted run (this process's) in a thread, on the same 4 CPU devices
     (tests/conftest.py) as the CLI's `--cpu_devices=4`. The killed run's worker ends too."""
     # Nominal training keeps the runs short; the adversarial step is covered elsewhere.
-    overrides = ["max_steps=60", "batch_size=32", "checkpoint_every_steps=20",
-                 "log_every_steps=40", "threat.norm=none", "threat.eps=0",
-                 "attack.name=none"]  # fmt: skip
-    args = [f"--config={FMNIST}:runlocal", "--cpu_devices=4",
-            *(f"--config.{o}" for o in overrides)]  # fmt: skip
+    overrides = [
+        "max_steps=60",
+        "batch_size=32",
+        "checkpoint_every_steps=20",
+        "log_every_steps=40",
+        "threat.norm=none",
+        "threat.eps=0",
+        "attack.name=none",
+    ]
+    args = [f"--config={FMNIST}:runlocal", "--cpu_devices=4", *(f"--config.{o}" for o in overrides)]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     workers = "--config.dataset.num_workers=1"
     proc = _cli(*args, workers, f"--workdir={killed}")
@@ -212,9 +223,15 @@ def test_sigterm_saves_the_step_reached_and_the_same_command_resumes_bitwise(tmp
     at step 5): the run stops at the end of that step with a checkpoint of it (off the periodic
     schedule), exit status 5 on the command line (tests/test_divergence.py); resumed, it ends
     with the parameters of an uninterrupted run."""
-    overrides = ["max_steps=20", "batch_size=32", "checkpoint_every_steps=15",
-                 "log_every_steps=5", "threat.norm=none", "threat.eps=0",
-                 "attack.name=none"]  # fmt: skip
+    overrides = [
+        "max_steps=20",
+        "batch_size=32",
+        "checkpoint_every_steps=15",
+        "log_every_steps=5",
+        "threat.norm=none",
+        "threat.eps=0",
+        "attack.name=none",
+    ]
     config = config_lib.load_config(f"{FMNIST}:runlocal", overrides)
     stopped, clean = str(tmp_path / "stopped"), str(tmp_path / "clean")
     write, sent = metrics_lib.MetricWriter.write, []
@@ -270,7 +287,13 @@ def test_checkpoint_reads_on_another_device_count(tmp_path):
         "print(step, meta['num_classes'], tree['params']['Dense_0']['kernel'].shape)"
     )
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code, workdir], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, workdir],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[:2] == ["2", "10"]

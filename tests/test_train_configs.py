@@ -18,16 +18,28 @@ pytestmark = pytest.mark.slow  # training runs
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Nominal training: the configs' attacks are tested elsewhere, and the step compiles faster.
-SHRINK = ["batch_size=8", "eval_batch_size=8", "max_steps=2", "dataset.num_eval_examples=8",
-          "threat.norm=none", "threat.eps=0.0", "attack.name=none", "log_every_steps=1",
-          "compute_dtype=float32", "accumulate_steps=1", "schedule.warmup_steps=0"]  # fmt: skip
+SHRINK = [
+    "batch_size=8",
+    "eval_batch_size=8",
+    "max_steps=2",
+    "dataset.num_eval_examples=8",
+    "threat.norm=none",
+    "threat.eps=0.0",
+    "attack.name=none",
+    "log_every_steps=1",
+    "compute_dtype=float32",
+    "accumulate_steps=1",
+    "schedule.warmup_steps=0",
+]
 
 
 @pytest.mark.parametrize(
     "path, train_ops, size",
-    [("cifar10_wrn28_10_linf.py", "decode|pad_crop(4)|flip_lr", 32),
-     ("resnet50_linf.py", "decode|inception_crop(224, area=(0.08, 1.0))|flip_lr", 224)],
-)  # fmt: skip
+    [
+        ("cifar10_wrn28_10_linf.py", "decode|pad_crop(4)|flip_lr", 32),
+        ("resnet50_linf.py", "decode|inception_crop(224, area=(0.08, 1.0))|flip_lr", 224),
+    ],
+)
 def test_training_config_runs_on_mock_data(path, train_ops, size, tmp_path):
     config = config_lib.load_config(os.path.join(CONFIGS, path), SHRINK)
     mean, std = config.model.get("mean", (0.5,)), config.model.get("std", (0.5,))

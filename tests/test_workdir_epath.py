@@ -182,12 +182,19 @@ def test_plots_and_a_report_table_from_the_bucket(bucket):
         assert buckets.objects()[f"bucket/s/{name}"].startswith(b"\x89PNG")
     run = "gs://bucket/runs/linf"
     workdir_lib.claim(run, {"threat": {"norm": "linf", "eps": 0.1}})
-    result = {"settings": {"threats": ["linf:0.1"], "split": "test", "version": "fast"},
-              "threat_models": {"linf:0.1": {"robust_accuracy": 0.25}}, "clean_accuracy": 0.5,
-              "union": {"robust_accuracy": 0.25}, "n_examples": 8, "dataset": "d"}  # fmt: skip
+    result = {
+        "settings": {"threats": ["linf:0.1"], "split": "test", "version": "fast"},
+        "threat_models": {"linf:0.1": {"robust_accuracy": 0.25}},
+        "clean_accuracy": 0.5,
+        "union": {"robust_accuracy": 0.25},
+        "n_examples": 8,
+        "dataset": "d",
+    }
     workdir_lib.write_json(f"{run}/eval.json", result)
-    workdir_lib.write_atomic(f"{run}/metrics.jsonl", '{"step": 0, "time": 0, "event": "start"}\n'
-                             '{"step": 9, "time": 120.0}\n')  # fmt: skip
+    workdir_lib.write_atomic(
+        f"{run}/metrics.jsonl",
+        '{"step": 0, "time": 0, "event": "start"}\n{"step": 9, "time": 120.0}\n',
+    )
     assert "| linf | linf 0.1 | 50.0 | 25.0 | 25.0 | 2.0 min |" in report.table([run])
     with pytest.raises(errors.MissingInputError, match="evaluate the run first"):
         report.table([run], eval_file="absent.json")

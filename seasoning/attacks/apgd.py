@@ -214,8 +214,9 @@ def _checkpoint_l1(s: _State, row: dict[str, Any], x: jax.Array, eps_i, n_fts: f
     )
 
 
-def _fresh(x_new, loss, g, wrong_now, row: dict[str, Any], x: jax.Array, cfg: _Config, eps_i,
-           n_fts: float) -> _State:  # fmt: skip
+def _fresh(
+    x_new, loss, g, wrong_now, row: dict[str, Any], x: jax.Array, cfg: _Config, eps_i, n_fts: float
+) -> _State:
     """The state of a run (or stage) that starts at x_new (an init row)."""
     alpha = L1_ALPHA if cfg.norm == "l1" else DENSE_ALPHA
     sp0 = l0(x_new - x)

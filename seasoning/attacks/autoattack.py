@@ -47,9 +47,14 @@ ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 VERSIONS = ("standard", "fast")
 # The settings a caller may override (`auto_attack`'s keyword arguments of the same names).
 SETTINGS = (
-    "attacks", "n_iter", "n_restarts", "n_target_classes", "fab_n_iter",
-    "fab_n_target_classes", "n_queries",
-)  # fmt: skip
+    "attacks",
+    "n_iter",
+    "n_restarts",
+    "n_target_classes",
+    "fab_n_iter",
+    "fab_n_target_classes",
+    "n_queries",
+)
 # The settings that are budgets (integers; 0 or None: the version's), as config sections and
 # flags name them.
 BUDGETS = tuple(name for name in SETTINGS if name != "attacks")
@@ -166,34 +171,65 @@ def attack_unit(
         logits_clean = logits_fn(x)
     y = y.astype(jnp.int32)
     ranks = None if rank is None else jnp.reshape(jnp.asarray(rank, jnp.int32), (1,))
-    common = dict(key=key, n_iter=cfg["n_iter"], large_reps=cfg["large_reps"], unroll=unroll,
-                  logits_clean=logits_clean)  # fmt: skip
+    common = dict(
+        key=key,
+        n_iter=cfg["n_iter"],
+        large_reps=cfg["large_reps"],
+        unroll=unroll,
+        logits_clean=logits_clean,
+    )
     if name in ("apgd-ce", "apgd-dlr"):
         res = apgd_runs(
-            logits_fn, x, y, tm, targets=None, n_runs=cfg["n_restarts"] if rank is None else 1,
-            loss="ce" if name == "apgd-ce" else "dlr", **common,
-        )  # fmt: skip
+            logits_fn,
+            x,
+            y,
+            tm,
+            targets=None,
+            n_runs=cfg["n_restarts"] if rank is None else 1,
+            loss="ce" if name == "apgd-ce" else "dlr",
+            **common,
+        )
         x_a = res.x_adv
     elif name == "apgd-t":
         res = apgd_targeted_runs(
-            logits_fn, x, y, tm, n_target_classes=cfg["n_target_classes"], target_ranks=ranks,
+            logits_fn,
+            x,
+            y,
+            tm,
+            n_target_classes=cfg["n_target_classes"],
+            target_ranks=ranks,
             **common,
-        )  # fmt: skip
+        )
         x_a = res.x_adv
     elif name == "fab-t":
         res = fab_targeted_runs(
-            logits_fn, x, y, tm.norm, key=key, eps=tm.eps,
-            n_target_classes=cfg["fab_n_target_classes"], n_iter=cfg["fab_n_iter"],
-            target_ranks=ranks, unroll=unroll, logits_clean=logits_clean,
-        )  # fmt: skip
+            logits_fn,
+            x,
+            y,
+            tm.norm,
+            key=key,
+            eps=tm.eps,
+            n_target_classes=cfg["fab_n_target_classes"],
+            n_iter=cfg["fab_n_iter"],
+            target_ranks=ranks,
+            unroll=unroll,
+            logits_clean=logits_clean,
+        )
         x_a = where(res.distance <= tm.eps, res.x_adv, x)
     elif name == "square":
         if active is None:
             active = jnp.argmax(logits_clean, axis=-1) == y
         x_a, _ = square_run(
-            logits_fn, x, y, tm, key=key, n_queries=cfg["n_queries"], p_init=0.8,
-            rescale_schedule=False, active=active,
-        )  # fmt: skip
+            logits_fn,
+            x,
+            y,
+            tm,
+            key=key,
+            n_queries=cfg["n_queries"],
+            p_init=0.8,
+            rescale_schedule=False,
+            active=active,
+        )
     else:
         raise errors.UserError(f"unknown attack {name!r}; allowed: {ATTACKS}")
     return tm.clamp(x_a, x)
@@ -312,11 +348,18 @@ def auto_attack(
       x_adv [B, ...], or (x_adv, info) with `return_info`.
     """
     cfg = resolve_settings(
-        version, tm.norm,
-        dict(attacks=attacks, n_iter=n_iter, n_restarts=n_restarts,
-             n_target_classes=n_target_classes, fab_n_iter=fab_n_iter,
-             fab_n_target_classes=fab_n_target_classes, n_queries=n_queries),
-    )  # fmt: skip
+        version,
+        tm.norm,
+        dict(
+            attacks=attacks,
+            n_iter=n_iter,
+            n_restarts=n_restarts,
+            n_target_classes=n_target_classes,
+            fab_n_iter=fab_n_iter,
+            fab_n_target_classes=fab_n_target_classes,
+            n_queries=n_queries,
+        ),
+    )
     y = y.astype(jnp.int32)
     with full_precision():
         logits_clean = logits_fn(x)
@@ -331,9 +374,17 @@ def auto_attack(
             if name is None:
                 continue  # no targeted (or DLR) loss for 2 classes: APGD-CE covers it
             x_a = attack_unit(
-                search_fn, x, y, tm, name, key=k, cfg=cfg, logits_clean=logits_clean,
-                active=robust, unroll=unroll,
-            )  # fmt: skip
+                search_fn,
+                x,
+                y,
+                tm,
+                name,
+                key=k,
+                cfg=cfg,
+                logits_clean=logits_clean,
+                active=robust,
+                unroll=unroll,
+            )
             ok = decided_correct(logits_fn, x_a, y)
             # The first attack's point stands for every correctly classified example (for the
             # robust ones it is APGD-CE's highest-loss point); later attacks replace it only
@@ -410,10 +461,12 @@ def run_standard_evaluation(
     source = _Arrays(x, y, int(jax.eval_shape(logits_fn, shape).shape[-1]))
     search = None if search_logits_fn is None else _ApplyLogits(search_logits_fn)
     evaluator = evaluation.Evaluator(
-        _ApplyLogits(logits_fn), evaluation.AttackSettings.make([tm], version, **overrides),
-        batch_size=batch_size, mesh=parallel.make_mesh(jax.local_devices()),
+        _ApplyLogits(logits_fn),
+        evaluation.AttackSettings.make([tm], version, **overrides),
+        batch_size=batch_size,
+        mesh=parallel.make_mesh(jax.local_devices()),
         search_apply_fn=search,
-    )  # fmt: skip
+    )
     result = evaluator.run(None, source, np.arange(len(x)), key=key, keep_points=True)
     return result.points[str(tm)]
 

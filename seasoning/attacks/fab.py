@@ -315,8 +315,18 @@ def fab(
     if tm.trivial:
         return x
     res = fab_targeted_runs(
-        logits_fn, x, y, tm.norm, key=key, eps=tm.eps, n_target_classes=n_target_classes,
-        n_restarts=n_restarts, n_iter=n_iter, alpha_max=alpha_max, eta=eta, beta=beta,
+        logits_fn,
+        x,
+        y,
+        tm.norm,
+        key=key,
+        eps=tm.eps,
+        n_target_classes=n_target_classes,
+        n_restarts=n_restarts,
+        n_iter=n_iter,
+        alpha_max=alpha_max,
+        eta=eta,
+        beta=beta,
         unroll=unroll,
-    )  # fmt: skip
+    )
     return tm.clamp(where(res.distance <= tm.eps, res.x_adv, x), x)

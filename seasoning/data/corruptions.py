@@ -67,11 +67,22 @@ from seasoning.data.source import ArraySource, DatasetEntry
 # `imagecorruptions.get_corruption_names()` (listed here so that building the registry does not
 # import the library, which takes a second).
 CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise", "shot_noise", "impulse_noise",
-    "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
-    "snow", "frost", "fog",
-    "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
-)  # fmt: skip
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 GROUP = "fashion_mnist_corrupted"
 INVERTED = "fashion_mnist_inverted"
@@ -386,9 +397,14 @@ def _check(name: str, split: str, seed: int) -> None:
 
 
 def load_corrupted(
-    corruption: str, severity: int, split: str = "test", *, seed: int = 0, data_dir: str = "",
+    corruption: str,
+    severity: int,
+    split: str = "test",
+    *,
+    seed: int = 0,
+    data_dir: str = "",
     cache_dir: str = "",
-) -> ShiftedSource:  # fmt: skip
+) -> ShiftedSource:
     """Fashion-MNIST-C: one corruption at one severity of the test set, cached on disk.
 
     Args:
@@ -465,10 +481,15 @@ ENTRIES: Mapping[str, DatasetEntry] = {
 
 
 def generate(
-    corruptions: Sequence[str] = CORRUPTIONS, severities: Sequence[int] = SEVERITIES, *,
-    seed: int = 0, n_images: int | None = None, data_dir: str = "", cache_dir: str = "",
+    corruptions: Sequence[str] = CORRUPTIONS,
+    severities: Sequence[int] = SEVERITIES,
+    *,
+    seed: int = 0,
+    n_images: int | None = None,
+    data_dir: str = "",
+    cache_dir: str = "",
     log_every_s: float = 10.0,
-) -> None:  # fmt: skip
+) -> None:
     """Fills the disk cache of corrupted sets (all 75 by default), logging progress.
 
     Args:
@@ -527,9 +548,14 @@ def _main() -> None:
                 f"--severities={','.join(f.severities)}: expected integers in 1..5."
             ) from None
         generate(
-            f.corruptions, severities, seed=f.seed, n_images=f.n_images, data_dir=f.data_dir,
-            cache_dir=f.cache_dir, log_every_s=5.0,
-        )  # fmt: skip
+            f.corruptions,
+            severities,
+            seed=f.seed,
+            n_images=f.n_images,
+            data_dir=f.data_dir,
+            cache_dir=f.cache_dir,
+            log_every_s=5.0,
+        )
 
     def main(argv: Sequence[str]) -> None:
         if len(argv) > 1:

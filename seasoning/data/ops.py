@@ -175,8 +175,9 @@ class ResizeSmall(Op):
             h, w = image.shape[:2]
             scale = self.size / min(h, w)
             low = round(self.size)  # size may be fractional (image_size / 0.875)
-            return resize(image, max(low, round(h * scale)), max(low, round(w * scale)),
-                          self.method)  # fmt: skip
+            return resize(
+                image, max(low, round(h * scale)), max(low, round(w * scale)), self.method
+            )
 
         return _per_example(one, images)
 
@@ -395,9 +396,13 @@ def draw(ops: Sequence[Op], rng: np.random.Generator, n: int) -> list:
 
 
 def apply(
-    ops: Sequence[Op], images: Images, draws: Sequence | None = None, *, rows: slice | None = None,
+    ops: Sequence[Op],
+    images: Images,
+    draws: Sequence | None = None,
+    *,
+    rows: slice | None = None,
     spec: str = "",
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Runs `ops` on a batch and returns it as uint8 [n, H, W, C].
 
     Args:

@@ -87,8 +87,16 @@ class StepBatch:
     A plain, picklable callable (Grain ships it to its workers).
     """
 
-    def __init__(self, source: Any, ops: Sequence[ops_lib.Op], spec: str, *,
-                 global_batch_size: int, seed: int, rows: slice):  # fmt: skip
+    def __init__(
+        self,
+        source: Any,
+        ops: Sequence[ops_lib.Op],
+        spec: str,
+        *,
+        global_batch_size: int,
+        seed: int,
+        rows: slice,
+    ):
         self.source, self.ops, self.spec = source, tuple(ops), spec
         self.global_size, self.seed, self.rows = global_batch_size, seed, rows
         self.per_epoch = steps_per_epoch(len(source), global_batch_size)
@@ -154,12 +162,14 @@ def step_batches(make: StepBatch, start_step: int, num_workers: int) -> Any:
     if num_workers == 0:
         options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=WORKER_BUFFER)
         return iter(dataset.to_iter_dataset(options))
-    options = grain.MultiprocessingOptions(num_workers=num_workers,
-                                           per_worker_buffer_size=WORKER_BUFFER)  # fmt: skip
+    options = grain.MultiprocessingOptions(
+        num_workers=num_workers, per_worker_buffer_size=WORKER_BUFFER
+    )
     return iter(
-        dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        .mp_prefetch(options, worker_init_fn=_die_with_parent)
-    )  # fmt: skip
+        dataset.to_iter_dataset(
+            grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        ).mp_prefetch(options, worker_init_fn=_die_with_parent)
+    )
 
 
 def train_batches(
@@ -186,8 +196,14 @@ def train_batches(
       process_index, process_count: this host and the host count.
       num_workers: worker processes (0: a background thread).
     """
-    make = StepBatch(source, ops, spec, global_batch_size=global_batch_size, seed=seed,
-                     rows=host_slice(global_batch_size, process_index, process_count))  # fmt: skip
+    make = StepBatch(
+        source,
+        ops,
+        spec,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        rows=host_slice(global_batch_size, process_index, process_count),
+    )
     return step_batches(make, start_step, num_workers)
 
 

@@ -237,8 +237,11 @@ class Cached:
         for i, point in read.items():
             if self._bytes + point[0].nbytes > self.max_bytes:
                 if not self._warned:
-                    logging.warning("Decoded-image cache full (%d bytes): later points are "
-                                    "decoded each time they are read.", self.max_bytes)  # fmt: skip
+                    logging.warning(
+                        "Decoded-image cache full (%d bytes): later points are "
+                        "decoded each time they are read.",
+                        self.max_bytes,
+                    )
                     self._warned = True
                 break
             self._points[i] = point

@@ -42,13 +42,21 @@ def tfds_entry(
     def load(dataset, split: str, seed: int) -> TfdsSource:
         del seed  # a fixed dataset
         return TfdsSource(
-            tfds_name, split, data_dir=dataset.data_dir, label_key=label_key,
+            tfds_name,
+            split,
+            data_dir=dataset.data_dir,
+            label_key=label_key,
             max_labels=max_labels,
-        )  # fmt: skip
+        )
 
-    return DatasetEntry(load=load, tfds_name=tfds_name, threats=threats,
-                        default_split=default_split, head=head,
-                        model_classes=model_classes)  # fmt: skip
+    return DatasetEntry(
+        load=load,
+        tfds_name=tfds_name,
+        threats=threats,
+        default_split=default_split,
+        head=head,
+        model_classes=model_classes,
+    )
 
 
 class TfdsSource:
@@ -77,8 +85,9 @@ class TfdsSource:
         label_key: str = "label",
         max_labels: int | None = None,
     ):
-        self._args = dict(name=name, split=split, data_dir=data_dir, label_key=label_key,
-                          max_labels=max_labels)  # fmt: skip
+        self._args = dict(
+            name=name, split=split, data_dir=data_dir, label_key=label_key, max_labels=max_labels
+        )
         self._name, self._label_key = name, label_key
         self._source = open_records(name, split, data_dir)
         import tensorflow_datasets as tfds
@@ -114,8 +123,10 @@ class TfdsSource:
             images = [r["image"] for r in records]
             raw = [r[self._label_key] for r in records] if labels else None
         else:
-            images, raw = _parse(self._source.__getitems__(indices) if indices else [],
-                                 self._label_key if labels else None)  # fmt: skip
+            images, raw = _parse(
+                self._source.__getitems__(indices) if indices else [],
+                self._label_key if labels else None,
+            )
         if not labels:
             return images, None
         if self.label_width is None:
@@ -165,17 +176,19 @@ def open_records(name: str, split: str, data_dir: str):
     try:
         # download=False: offline, a download attempt hangs instead of failing.
         source = tfds.data_source(
-            name, split=split, data_dir=data_dir or None, download=False,
+            name,
+            split=split,
+            data_dir=data_dir or None,
+            download=False,
             deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES,
-        )  # fmt: skip
+        )
         try:
             if len(source):
                 source[0]  # missing or unreadable files fail here, not in a worker later
         except ModuleNotFoundError:
             # Only `tfds.testing.mock_data` gets here: it serializes its fake records with
             # TensorFlow. Read them decoded instead.
-            source = tfds.data_source(name, split=split, data_dir=data_dir or None,
-                                      download=False)  # fmt: skip
+            source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
             source.mock = True
     except (RuntimeError, OSError, KeyError, ValueError, AssertionError) as e:
         where = data_dir or tfds.core.constants.DATA_DIR  # TFDS's default: TFDS_DATA_DIR or ~

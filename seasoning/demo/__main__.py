@@ -55,8 +55,11 @@ def _run(group: list[stages.Stage], index: int, plan, record, env) -> None:
     eta = stages.eta_seconds(plan, record, index)
     titles = ", ".join(s.title for s in todo)
     together = " (side by side)" if len(todo) > 1 else ""
-    print(f"{position} {titles}{together}: ~{_minutes(max(s.expected_seconds for s in todo))} "
-          f"(demo ETA {_minutes(eta)})", flush=True)  # fmt: skip
+    print(
+        f"{position} {titles}{together}: ~{_minutes(max(s.expected_seconds for s in todo))} "
+        f"(demo ETA {_minutes(eta)})",
+        flush=True,
+    )
     for stage in todo:
         print(f"  $ {stages.command_line(stage)}", flush=True)
     start = time.monotonic()
@@ -64,9 +67,12 @@ def _run(group: list[stages.Stage], index: int, plan, record, env) -> None:
     procs, relays = [], []
     for stage in todo:
         proc = subprocess.Popen(
-            [sys.executable, *stage.argv], env=env, text=True,
-            stdout=subprocess.PIPE if pipe else None, stderr=subprocess.STDOUT if pipe else None,
-        )  # fmt: skip
+            [sys.executable, *stage.argv],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE if pipe else None,
+            stderr=subprocess.STDOUT if pipe else None,
+        )
         procs.append(proc)
         if pipe:
             relays.append(threading.Thread(target=_relay, args=(stage.name, proc.stdout)))
@@ -128,8 +134,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
     chosen = selection.select(sweep, stages.LABELS)
     workdir_lib.write_json(workdir_lib.path(workdir, stages.SELECTION_FILE), {"soups": chosen})
     rows = selection.one_hot_rows(stages.LABELS) + [c["weights"] for c in chosen]
-    plan[last] = [stages.recheck_stage(config, workdir, rows) if s.name == "recheck" else s
-                  for s in plan[last]]  # fmt: skip
+    plan[last] = [
+        stages.recheck_stage(config, workdir, rows) if s.name == "recheck" else s
+        for s in plan[last]
+    ]
     _run(plan[last], last, plan, record, env)
     print(f"[{total}/{total}] report", flush=True)
     record.data["seconds_this_session"] = round(time.monotonic() - start, 2)

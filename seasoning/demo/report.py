@@ -80,11 +80,15 @@ def attack_text(settings: dict[str, Any], points: str) -> str:
         }
         text = ", ".join(budgets[a] for a in cfg["attacks"])
         per_norm.setdefault(text, []).append(norm)
-    parts = [text if len(per_norm) == 1 else f"{'/'.join(norms)}: {text}"
-             for text, norms in per_norm.items()]  # fmt: skip
+    parts = [
+        text if len(per_norm) == 1 else f"{'/'.join(norms)}: {text}"
+        for text, norms in per_norm.items()
+    ]
     cut = ", budgets cut" if overrides else ""
-    return (f"AutoAttack `{settings['version']}`{cut}: {'; '.join(parts)}; each attack on the "
-            f"points the ones before left robust; {points}.")  # fmt: skip
+    return (
+        f"AutoAttack `{settings['version']}`{cut}: {'; '.join(parts)}; each attack on the "
+        f"points the ones before left robust; {points}."
+    )
 
 
 def _points(settings: dict[str, Any]) -> str:
@@ -105,8 +109,9 @@ def _threat_metrics(metrics: Sequence[str]) -> list[str]:
     return [m for m in metrics if ":" in m]
 
 
-def verdicts(rows: Sequence[dict[str, Any]], labels: Sequence[str], metrics: Sequence[str],
-             num_points: int) -> list[str]:  # fmt: skip
+def verdicts(
+    rows: Sequence[dict[str, Any]], labels: Sequence[str], metrics: Sequence[str], num_points: int
+) -> list[str]:
     """Per metric, in words: whether a soup beat every ingredient, by how much, and whether
     that gap is more than the noise of the `num_points` shared points (`stats.compare` on the
     rows' per-point flags; rows without flags, from earlier versions, say so)."""
@@ -123,18 +128,21 @@ def verdicts(rows: Sequence[dict[str, Any]], labels: Sequence[str], metrics: Seq
         name_s = soup_name(best_s["weights"], labels)
         gap = 100 * (best_s[m] - best_i[m])
         if best_s[m] > best_i[m]:
-            lines.append(f"- **{m}**: a soup beat every ingredient: {name_s} {pct(best_s[m])} "
-                         f"vs {pct(best_i[m])} for the best ingredient ({name_i}), "
-                         f"+{gap:.1f} points{_noise(best_s, best_i, m, num_points)}.")  # fmt: skip
+            lines.append(
+                f"- **{m}**: a soup beat every ingredient: {name_s} {pct(best_s[m])} "
+                f"vs {pct(best_i[m])} for the best ingredient ({name_i}), "
+                f"+{gap:.1f} points{_noise(best_s, best_i, m, num_points)}."
+            )
         else:
-            lines.append(f"- **{m}**: no soup beat every ingredient: the best re-checked soup "
-                         f"({name_s}) has {pct(best_s[m])}, the best ingredient ({name_i}) "
-                         f"{pct(best_i[m])}.")  # fmt: skip
+            lines.append(
+                f"- **{m}**: no soup beat every ingredient: the best re-checked soup "
+                f"({name_s}) has {pct(best_s[m])}, the best ingredient ({name_i}) "
+                f"{pct(best_i[m])}."
+            )
     return lines
 
 
-def _noise(soup_row: dict[str, Any], ingredient_row: dict[str, Any], metric: str,
-           num: int) -> str:  # fmt: skip
+def _noise(soup_row: dict[str, Any], ingredient_row: dict[str, Any], metric: str, num: int) -> str:
     """`: <the paired test> (<verdict>)` for a soup's gap over an ingredient on `metric`."""
     if "flags" not in soup_row or "flags" not in ingredient_row:
         return " (per-point flags not recorded: not tested against noise)"
@@ -157,9 +165,11 @@ def trend(rows: Sequence[dict[str, Any]], metric: str, w_index: int) -> str:
         "falls" if values[-1] < values[0] else "rises" if values[-1] > values[0] else "ends level"
     )
     down = int((steps < 0).sum())
-    return (f"{metric} {direction} from {pct(values[0])} to {pct(values[-1])} "
-            f"({down} step{'' if down == 1 else 's'} down, {int((steps > 0).sum())} up, "
-            f"{int((steps == 0).sum())} level)")  # fmt: skip
+    return (
+        f"{metric} {direction} from {pct(values[0])} to {pct(values[-1])} "
+        f"({down} step{'' if down == 1 else 's'} down, {int((steps > 0).sum())} up, "
+        f"{int((steps == 0).sum())} level)"
+    )
 
 
 def _family(sweep: dict[str, Any], family: str) -> tuple[list[dict[str, Any]], list[int]]:
@@ -178,11 +188,17 @@ def _line_section(sweep: dict[str, Any], family: str, workdir: str) -> list[str]
     title = f"{names[0]} <-> {names[1]}"
     plot = f"{PLOTS_DIR}/line_{family}.png"
     values = {m: np.array([r[m] for r in rows]) for m in metrics}
-    plots.line(np.array([r["weights"][b] for r in rows]), values, list(names),
-               str(workdir_lib.path(workdir, plot)))  # fmt: skip
+    plots.line(
+        np.array([r["weights"][b] for r in rows]),
+        values,
+        list(names),
+        str(workdir_lib.path(workdir, plot)),
+    )
     out = [f"### {title}: {len(rows)} soups", ""]
-    out += _table([f"w of {names[1]}", *(f"{r['weights'][b]:.2f}" for r in rows)],
-                  [[m, *(pct(r[m]) for r in rows)] for m in metrics])  # fmt: skip
+    out += _table(
+        [f"w of {names[1]}", *(f"{r['weights'][b]:.2f}" for r in rows)],
+        [[m, *(pct(r[m]) for r in rows)] for m in metrics],
+    )
     out += ["", f"_{attack_text(settings, _points(settings))}_", ""]
     moves = [trend(rows, m, b) for m in _threat_metrics(metrics)]
     out += [f"Along {names[0]} -> {names[1]} (w from 0 to 1): " + "; ".join(moves) + ".", ""]
@@ -197,18 +213,27 @@ def _simplex_section(sweep: dict[str, Any], family: str, workdir: str) -> list[s
     names = list(stages.FAMILIES[family])
     weights = np.array([[r["weights"][i] for i in inside] for r in rows])
     best = {m: max(rows, key=lambda r: r[m]) for m in metrics}
-    alone = {i: next(r for r in rows if selection.ingredient_of(r["weights"]) == i)
-             for i in inside}  # fmt: skip
+    alone = {i: next(r for r in rows if selection.ingredient_of(r["weights"]) == i) for i in inside}
     out = [f"### {' / '.join(names)}: {len(rows)} soups on the simplex", ""]
-    out += _table(["metric", "best soup", "its accuracy", *(f"{n} alone" for n in names)],
-                  [[m, soup_name(best[m]["weights"], labels), pct(best[m][m]),
-                    *(pct(alone[i][m]) for i in inside)] for m in metrics])  # fmt: skip
+    out += _table(
+        ["metric", "best soup", "its accuracy", *(f"{n} alone" for n in names)],
+        [
+            [
+                m,
+                soup_name(best[m]["weights"], labels),
+                pct(best[m][m]),
+                *(pct(alone[i][m]) for i in inside),
+            ]
+            for m in metrics
+        ],
+    )
     out += ["", f"_{attack_text(settings, _points(settings))}_", ""]
     images = []
     for m in ("union", *_threat_metrics(metrics)):
         plot = f"{PLOTS_DIR}/simplex_{m.replace(':', '_')}.png"
-        plots.simplex(weights, np.array([r[m] for r in rows]), names, m,
-                      str(workdir_lib.path(workdir, plot)))  # fmt: skip
+        plots.simplex(
+            weights, np.array([r[m] for r in rows]), names, m, str(workdir_lib.path(workdir, plot))
+        )
         images.append(f"![{m}]({plot})")
     out += [" ".join(images), ""]
     return out
@@ -219,11 +244,20 @@ def _front_section(sweep: dict[str, Any], workdir: str) -> list[str]:
     settings = sweep["settings"]
     labels, rows = settings["labels"], sweep["rows"]
     x_name, y_name = _threat_metrics(settings["metrics"])[:2]
-    corners = {labels[i]: k for k, r in enumerate(rows)
-               if (i := selection.ingredient_of(r["weights"])) is not None}  # fmt: skip
+    corners = {
+        labels[i]: k
+        for k, r in enumerate(rows)
+        if (i := selection.ingredient_of(r["weights"])) is not None
+    }
     plot = f"{PLOTS_DIR}/front.png"
-    plots.front(np.array([r[x_name] for r in rows]), np.array([r[y_name] for r in rows]),
-                corners, x_name, y_name, str(workdir_lib.path(workdir, plot)))  # fmt: skip
+    plots.front(
+        np.array([r[x_name] for r in rows]),
+        np.array([r[y_name] for r in rows]),
+        corners,
+        x_name,
+        y_name,
+        str(workdir_lib.path(workdir, plot)),
+    )
     return [
         f"### The front: all {len(rows)} soups, {x_name} against {y_name}",
         "",
@@ -244,8 +278,12 @@ def _headline(recheck: dict[str, Any], chosen: list[dict[str, Any]]) -> list[str
         body.append([soup_name(row["weights"], labels), reason, *(pct(row[m]) for m in metrics)])
     out = _table(["model", "why re-checked", *metrics], body, left=2)
     half = 100 * stats.half_width(_num_points(recheck))
-    out += ["", f"_Accuracy (%), each within a 95% interval of at most +-{half:.1f} points. "
-            f"{attack_text(settings, _points(settings))}_", ""]  # fmt: skip
+    out += [
+        "",
+        f"_Accuracy (%), each within a 95% interval of at most +-{half:.1f} points. "
+        f"{attack_text(settings, _points(settings))}_",
+        "",
+    ]
     return out
 
 
@@ -268,12 +306,18 @@ def _stages_section(record: dict[str, Any]) -> list[str]:
         command = shlex.join(["python", *entry["command"]])
         body.append([name, entry["title"], f"`{command}`", f"{entry['seconds']:.0f}"])
     out = _table(["stage", "what", "command", "seconds"], body, left=3)
-    together = "; ".join(" and ".join(", ".join(names).rsplit(", ", 1)) + " ran side by side"
-                         for names in stages.ran_together(record) if len(names) > 1)  # fmt: skip
-    out += ["", f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
-            f"{record['machine']}" + (f"; {together}" if together else "") + ". Each stage "
-            "is timed from its group's start to its own end, in the session that finished it "
-            "(an interrupted stage's earlier sessions are not counted)."]  # fmt: skip
+    together = "; ".join(
+        " and ".join(", ".join(names).rsplit(", ", 1)) + " ran side by side"
+        for names in stages.ran_together(record)
+        if len(names) > 1
+    )
+    out += [
+        "",
+        f"{stages.wall_seconds(record) / 60:.1f} minutes of wall-clock time in all on "
+        f"{record['machine']}" + (f"; {together}" if together else "") + ". Each stage "
+        "is timed from its group's start to its own end, in the session that finished it "
+        "(an interrupted stage's earlier sessions are not counted).",
+    ]
     return out
 
 
@@ -282,24 +326,30 @@ def _training_line(label: str, run: str) -> str:
     steps = c["max_steps"] or c["num_epochs"] * (FMNIST_TRAIN // c["batch_size"])
     t, attack = c["threat"], c["attack"]
     how = f"{t['norm']} {t['eps']:g}, {attack['name'].upper()} {attack['steps']} steps"
-    return (f"  - {label}: {steps} steps of {c['batch_size']} images "
-            f"({steps * c['batch_size'] / FMNIST_TRAIN:.2f} epoch), "
-            f"{'nominal training' if t['norm'] == 'none' else how}, "
-            f"lr {c['optimizer']['lr']:g}")  # fmt: skip
+    return (
+        f"  - {label}: {steps} steps of {c['batch_size']} images "
+        f"({steps * c['batch_size'] / FMNIST_TRAIN:.2f} epoch), "
+        f"{'nominal training' if t['norm'] == 'none' else how}, "
+        f"lr {c['optimizer']['lr']:g}"
+    )
 
 
 def _cuts(record: dict[str, Any], sweep: dict, recheck: dict, shift: dict, workdir: str):
     config = ml_collections.ConfigDict(record["config"])
     s, r = sweep["settings"], recheck["settings"]
-    out = ["- Training, much shorter than the shipped configs (the Linf parent: 10 epochs of "
-           "APGD-CE 10) and the fine-tuning reference (1 epoch at lr 0.01; a short fine-tune "
-           "needs the larger lr to move):"]  # fmt: skip
+    out = [
+        "- Training, much shorter than the shipped configs (the Linf parent: 10 epochs of "
+        "APGD-CE 10) and the fine-tuning reference (1 epoch at lr 0.01; a short fine-tune "
+        "needs the larger lr to move):"
+    ]
     out += [_training_line(lab, run) for lab, run in stages.run_dirs(config, workdir).items()]
     usual = [str(tm) for tm in data.default_threats(s["dataset"])]
     if list(config.threats) != usual:
-        out.append(f"- Threat models {', '.join(config.threats)}, not the registry's usual "
-                   f"radii for {s['dataset']} ({', '.join(usual)}): `configs/demo.py` says "
-                   "why.")  # fmt: skip
+        out.append(
+            f"- Threat models {', '.join(config.threats)}, not the registry's usual "
+            f"radii for {s['dataset']} ({', '.join(usual)}): `configs/demo.py` says "
+            "why."
+        )
     out += [
         f"- Robust accuracy on {s['n_examples']} test points, not {PAPER_POINTS}: a 95% "
         f"interval of up to +-{100 * stats.half_width(s['n_examples']):.1f} points "

@@ -18,8 +18,9 @@ import numpy as np
 UNION = "union"
 
 
-def full_weights(row_weights: Sequence[float], sweep_labels: Sequence[str],
-                 labels: Sequence[str]) -> list[float]:  # fmt: skip
+def full_weights(
+    row_weights: Sequence[float], sweep_labels: Sequence[str], labels: Sequence[str]
+) -> list[float]:
     """A sweep row's weights over `sweep_labels`, spelt over all ingredients `labels`."""
     out = [0.0] * len(labels)
     for w, label in zip(row_weights, sweep_labels, strict=True):

@@ -30,8 +30,11 @@ CHILDREN = (("_to_l2", "l2"), ("_to_l1", "l1"), ("_to_nominal", "nominal"))
 LABELS = ("linf", "l2", "l1", "nominal")  # every ingredient, in the order of soup weights
 # The soups the sweep evaluates: family -> the ingredients it mixes (the paper's figures: the
 # Linf/L2 and Linf/nominal lines, the Linf/L2/L1 simplex).
-FAMILIES = {"linf_l2": ("linf", "l2"), "linf_nominal": ("linf", "nominal"),
-            "linf_l2_l1": ("linf", "l2", "l1")}  # fmt: skip
+FAMILIES = {
+    "linf_l2": ("linf", "l2"),
+    "linf_nominal": ("linf", "nominal"),
+    "linf_l2_l1": ("linf", "l2", "l1"),
+}
 SWEEP_DIR, RECHECK_DIR, SHIFT_DIR = "sweep", "recheck", "shift"
 # The re-check and the shift soups run side by side: the shift run only needs the
 # ingredients, and the re-check leaves part of the CPU idle while it compiles.
@@ -82,13 +85,16 @@ def _literal(strings: Sequence[str]) -> str:
 
 
 def _attack_flags(config: ml_collections.ConfigDict, attack: ml_collections.ConfigDict):
-    flags = [f"--config.eval.n_examples={config.points.n_examples}",
-             f"--config.eval.batch_size={config.points.batch_size}",
-             f"--config.eval.threats={_literal(config.threats)}",
-             f"--config.front={_literal(config.threats[:2])}"]  # fmt: skip
+    flags = [
+        f"--config.eval.n_examples={config.points.n_examples}",
+        f"--config.eval.batch_size={config.points.batch_size}",
+        f"--config.eval.threats={_literal(config.threats)}",
+        f"--config.front={_literal(config.threats[:2])}",
+    ]
     # A budget of 0 is the soup config's default already (the version's).
-    return flags + [f"--config.eval.{key}={value}" for key, value in attack.items()
-                    if key == "version" or value]  # fmt: skip
+    return flags + [
+        f"--config.eval.{key}={value}" for key, value in attack.items() if key == "version" or value
+    ]
 
 
 # Demo config keys of `parent` / `children` -> the training config keys they set (0: unset).
@@ -98,8 +104,11 @@ _TRAIN_KEYS = {"max_steps": "max_steps", "attack_steps": "attack.steps", "lr": "
 def _train_overrides(section: ml_collections.ConfigDict, attacked: bool = True) -> list[str]:
     """The `--config.` flags of a demo config's `parent` / `children` section (no attack
     steps for nominal training, which has no attack)."""
-    return [f"--config.{_TRAIN_KEYS[key]}={value:g}" for key, value in section.items()
-            if value and (attacked or key != "attack_steps")]  # fmt: skip
+    return [
+        f"--config.{_TRAIN_KEYS[key]}={value:g}"
+        for key, value in section.items()
+        if value and (attacked or key != "attack_steps")
+    ]
 
 
 def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
@@ -112,25 +121,45 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> list[Stage]:
     expected = config.expected_seconds
     eps = radii(config)
     parent_argv = [
-        "-m", "seasoning.train", f"--config={config.parent_config}:eps={eps['linf']}{local}",
+        "-m",
+        "seasoning.train",
+        f"--config={config.parent_config}:eps={eps['linf']}{local}",
         f"--workdir={runs['linf']}",
-    ]  # fmt: skip
-    stages = [Stage("parent", "Linf adversarial training of the root ingredient",
-                    (*parent_argv, *_train_overrides(config.parent)), expected.parent)]  # fmt: skip
+    ]
+    stages = [
+        Stage(
+            "parent",
+            "Linf adversarial training of the root ingredient",
+            (*parent_argv, *_train_overrides(config.parent)),
+            expected.parent,
+        )
+    ]
     stem = os.path.splitext(config.parent_config)[0]
     for suffix, label in CHILDREN:
         radius = f",eps={eps[label]}" if label in eps else ""
-        argv = ["-m", "seasoning.train",
-                f"--config={stem}{suffix}.py:parent={runs['linf']}{radius}{local}",
-                f"--workdir={runs[label]}",
-                *_train_overrides(config.children, attacked=label != "nominal")]  # fmt: skip
+        argv = [
+            "-m",
+            "seasoning.train",
+            f"--config={stem}{suffix}.py:parent={runs['linf']}{radius}{local}",
+            f"--workdir={runs[label]}",
+            *_train_overrides(config.children, attacked=label != "nominal"),
+        ]
         what = "nominal training" if label == "nominal" else label.upper()
-        stages.append(Stage(label, f"fine-tuning to {what}", tuple(argv), expected.children,
-                            group="children"))  # fmt: skip
+        stages.append(
+            Stage(label, f"fine-tuning to {what}", tuple(argv), expected.children, group="children")
+        )
     stages.append(
-        soup_stage(config, workdir, "sweep", "sweep of the soups, cheap attack", SWEEP_DIR,
-                   sweep_weights(config), config.sweep.attack, config.sweep.evaluation)
-    )  # fmt: skip
+        soup_stage(
+            config,
+            workdir,
+            "sweep",
+            "sweep of the soups, cheap attack",
+            SWEEP_DIR,
+            sweep_weights(config),
+            config.sweep.attack,
+            config.sweep.evaluation,
+        )
+    )
     placeholder = recheck_stage(config, workdir, selection.one_hot_rows(LABELS))
     return stages + [placeholder, shift_stage(config, workdir)]
 
@@ -153,45 +182,76 @@ def sweep_weights(config: ml_collections.ConfigDict) -> list[list[float]]:
 def family_rows(rows: Sequence[dict[str, Any]], family: str) -> list[dict[str, Any]]:
     """The rows of a grid.json (weights over `LABELS`) that mix only `family`'s ingredients."""
     inside = [LABELS.index(label) for label in FAMILIES[family]]
-    return [r for r in rows
-            if all(w == 0 for i, w in enumerate(r["weights"]) if i not in inside)]  # fmt: skip
+    return [r for r in rows if all(w == 0 for i, w in enumerate(r["weights"]) if i not in inside)]
 
 
-def soup_stage(config: ml_collections.ConfigDict, workdir: str, name: str, title: str,
-               folder: str, weights: Sequence[Sequence[float]],
-               attack: ml_collections.ConfigDict, evaluation: str,
-               group: str = "") -> Stage:  # fmt: skip
+def soup_stage(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    name: str,
+    title: str,
+    folder: str,
+    weights: Sequence[Sequence[float]],
+    attack: ml_collections.ConfigDict,
+    evaluation: str,
+    group: str = "",
+) -> Stage:
     """`seasoning.soup` on the four ingredients, soups `weights` over `LABELS`."""
     rows = "(" + "".join("(" + ",".join(f"{w:.6g}" for w in r) + ")," for r in weights) + ")"
-    argv = ("-m", "seasoning.soup", f"--config={config.soup_config}:soup=four,runs={workdir}",
-            f"--workdir={os.path.join(workdir, folder)}", "--resume",
-            f"--config.evaluation={evaluation}", "--config.grid.kind=list",
-            f"--config.grid.weights={rows}",
-            *_attack_flags(config, attack))  # fmt: skip
+    argv = (
+        "-m",
+        "seasoning.soup",
+        f"--config={config.soup_config}:soup=four,runs={workdir}",
+        f"--workdir={os.path.join(workdir, folder)}",
+        "--resume",
+        f"--config.evaluation={evaluation}",
+        "--config.grid.kind=list",
+        f"--config.grid.weights={rows}",
+        *_attack_flags(config, attack),
+    )
     return Stage(name, title, argv, config.expected_seconds[name], group)
 
 
-def recheck_stage(config: ml_collections.ConfigDict, workdir: str,
-                  weights: Sequence[Sequence[float]]) -> Stage:  # fmt: skip
+def recheck_stage(
+    config: ml_collections.ConfigDict, workdir: str, weights: Sequence[Sequence[float]]
+) -> Stage:
     """The re-check of the ingredients and selected soups, `weights` over `LABELS`, each soup
     attacked as `seasoning.evaluate` attacks a model (evaluation per_soup)."""
-    return soup_stage(config, workdir, "recheck", "re-check of the ingredients and selected "
-                      "soups, stronger attack", RECHECK_DIR, weights, config.recheck.attack,
-                      "per_soup", LAST_GROUP)  # fmt: skip
+    return soup_stage(
+        config,
+        workdir,
+        "recheck",
+        "re-check of the ingredients and selected soups, stronger attack",
+        RECHECK_DIR,
+        weights,
+        config.recheck.attack,
+        "per_soup",
+        LAST_GROUP,
+    )
 
 
 def shift_stage(config: ml_collections.ConfigDict, workdir: str) -> Stage:
     """Soups for distribution shifts with the four ingredients."""
     s = config.shift
-    argv = ("-m", "seasoning.shift",
-            f"--config={config.shift_config}:runs={workdir},step={s.grid_step}",
-            f"--workdir={os.path.join(workdir, SHIFT_DIR)}", "--resume",
-            f"--config.n_adaptation={s.n_adaptation}", f"--config.n_unseen={s.n_unseen}",
-            f"--config.learned.steps={s.learned_steps}",
-            f"--config.methods={_literal(s.methods)}",
-            "--config.robust.enabled=False")  # fmt: skip
-    return Stage("shift", "shift soups: selection on adaptation images, unseen images",
-                 argv, config.expected_seconds.shift, LAST_GROUP)  # fmt: skip
+    argv = (
+        "-m",
+        "seasoning.shift",
+        f"--config={config.shift_config}:runs={workdir},step={s.grid_step}",
+        f"--workdir={os.path.join(workdir, SHIFT_DIR)}",
+        "--resume",
+        f"--config.n_adaptation={s.n_adaptation}",
+        f"--config.n_unseen={s.n_unseen}",
+        f"--config.learned.steps={s.learned_steps}",
+        f"--config.methods={_literal(s.methods)}",
+        "--config.robust.enabled=False",
+    )
+    return Stage(
+        "shift",
+        "shift soups: selection on adaptation images, unseen images",
+        argv,
+        config.expected_seconds.shift,
+        LAST_GROUP,
+    )
 
 
 def command_line(stage: Stage) -> str:
@@ -252,8 +312,9 @@ def ran_together(record: dict[str, Any]) -> list[list[str]]:
 def wall_seconds(record: dict[str, Any]) -> float:
     """The demo's wall-clock seconds from a stages.json: a group's side-by-side stages count
     once (the longest)."""
-    return sum(max(record["stages"][name]["seconds"] for name in names)
-               for names in ran_together(record))  # fmt: skip
+    return sum(
+        max(record["stages"][name]["seconds"] for name in names) for names in ran_together(record)
+    )
 
 
 def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int) -> float:
@@ -263,8 +324,11 @@ def eta_seconds(plan: Sequence[Sequence[Stage]], record: Record, next_index: int
     def expected(group: Sequence[Stage]) -> float:
         return max(s.expected_seconds for s in group)
 
-    done = [(max(record.data["stages"][s.name]["seconds"] for s in group), expected(group))
-            for group in plan[:next_index] if all(record.finished(s) for s in group)]  # fmt: skip
+    done = [
+        (max(record.data["stages"][s.name]["seconds"] for s in group), expected(group))
+        for group in plan[:next_index]
+        if all(record.finished(s) for s in group)
+    ]
     ratio = sum(a for a, _ in done) / sum(e for _, e in done) if done else 1.0
     return ratio * sum(expected(group) for group in plan[next_index:])
 

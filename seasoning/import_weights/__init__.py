@@ -121,14 +121,18 @@ def import_run(
         imported, dataset, fmt=fmt, src=os.path.abspath(src), digest=readers.sha256(src)
     )
     config_json = config_lib.as_json(config)
-    meta = {"model": config_json["model"], "image_shape": list(imported.image_shape),
-            "num_classes": num_classes}  # fmt: skip
+    meta = {
+        "model": config_json["model"],
+        "image_shape": list(imported.image_shape),
+        "num_classes": num_classes,
+    }
     with lease_lib.hold(lease_lib.of_workdir(workdir)):
         workdir_lib.claim(workdir, config_json, config_lib.as_json(config_lib.base_train_config()))
         ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
         if ckpt.latest_step() is not None:
-            logging.info("%s already holds this import (step %d); kept.", workdir,
-                         ckpt.latest_step())  # fmt: skip
+            logging.info(
+                "%s already holds this import (step %d); kept.", workdir, ckpt.latest_step()
+            )
         else:
             ckpt.save(0, {"step": np.zeros((), np.int32), **imported.variables}, meta)
         ckpt.close()
@@ -160,8 +164,9 @@ def run_config(imported: Imported, dataset: str, *, fmt: str, src: str, digest: 
             f"{num_classes}."
         )
     c.model = imported.model
-    c.imported_from.update(format=fmt, file=src, sha256=digest,
-                           normalization=imported.normalization)  # fmt: skip
+    c.imported_from.update(
+        format=fmt, file=src, sha256=digest, normalization=imported.normalization
+    )
     config_lib.validate_train_config(c)
     return c
 
@@ -283,8 +288,10 @@ def _choose_normalization(stored, mean, std, lay, src):
     logging.warning(
         "%s holds no input statistics: using mean=%s, std=%s, the usual ones of such "
         "checkpoints; pass --mean and --std if its model was trained otherwise.",
-        src, lay.normalization[0], lay.normalization[1],
-    )  # fmt: skip
+        src,
+        lay.normalization[0],
+        lay.normalization[1],
+    )
     return lay.normalization, "default"
 
 

@@ -23,9 +23,11 @@ _MODEL = flags.DEFINE_string(
     "model", None, f"Our model name for its architecture ({layouts.importable_models()})."
 )
 _MEAN = flags.DEFINE_list(
-    "mean", [], "Input mean the source model expects, per channel or one value (default: "
+    "mean",
+    [],
+    "Input mean the source model expects, per channel or one value (default: "
     "the file's, else the usual one of its kind).",
-)  # fmt: skip
+)
 _STD = flags.DEFINE_list("std", [], "Input standard deviation, likewise.")
 
 

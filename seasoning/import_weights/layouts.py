@@ -167,24 +167,33 @@ def _renamer(top: Mapping[str, str], block: Callable[[int, int], str], inner: Ma
 _BLOCK_INNER = {name: name for name in ("conv1", "conv2", "conv3", "bn1", "bn2", "bn3")}
 # DeepMind's WRN module names, the same in its Haiku and PyTorch releases.
 _DM_TOP = {"stem": "init_conv", "bn": "batchnorm", "head": "logits"}
-_DM_INNER = {"bn1": "batchnorm_0", "conv1": "conv_0", "bn2": "batchnorm_1", "conv2": "conv_1",
-             "shortcut": "shortcut"}  # fmt: skip
+_DM_INNER = {
+    "bn1": "batchnorm_0",
+    "conv1": "conv_0",
+    "bn2": "batchnorm_1",
+    "conv2": "conv_1",
+    "shortcut": "shortcut",
+}
 
 
 def _torch(module: Callable, normalization_stats, extra_ignored: str = "") -> Layout:
     """A PyTorch state dict's layout: BatchNorm's `num_batches_tracked` counters (and what
     `extra_ignored` matches) belong to no variable of ours."""
     ignored = r".*\.num_batches_tracked" + (f"|{extra_ignored}" if extra_ignored else "")
-    return Layout(module, _torch_leaf, ".", ignored=f"({ignored})$",
-                  normalization=normalization_stats)  # fmt: skip
+    return Layout(
+        module, _torch_leaf, ".", ignored=f"({ignored})$", normalization=normalization_stats
+    )
 
 
 LAYOUTS: dict[tuple[str, str], Layout] = {
     ("wrn", "torch"): _torch(
-        _renamer({"stem": "conv1", "bn": "bn1", "head": "fc"},
-                 lambda g, i: f"block{g + 1}.layer.{i}.",
-                 {**_BLOCK_INNER, "shortcut": "convShortcut"}),
-        ((0.0,), (1.0,)), extra_ignored=r"sub_block1\..*",
+        _renamer(
+            {"stem": "conv1", "bn": "bn1", "head": "fc"},
+            lambda g, i: f"block{g + 1}.layer.{i}.",
+            {**_BLOCK_INNER, "shortcut": "convShortcut"},
+        ),
+        ((0.0,), (1.0,)),
+        extra_ignored=r"sub_block1\..*",
     ),
     ("dm-wrn", "torch"): _torch(
         _renamer(_DM_TOP, lambda g, i: f"layer.{g}.block.{i}.", _DM_INNER),
@@ -192,29 +201,38 @@ LAYOUTS: dict[tuple[str, str], Layout] = {
     ),
     ("dm-wrn", "haiku"): Layout(
         _renamer(_DM_TOP, lambda g, i: f"resnet_lay_{g}_block_{i}/~/", _DM_INNER),
-        _haiku_leaf, "/", ignored=r".*_ema/(hidden|counter)$",
+        _haiku_leaf,
+        "/",
+        ignored=r".*_ema/(hidden|counter)$",
         normalization=(normalization.CIFAR10_MEAN, normalization.CIFAR10_STD),
     ),
     ("resnet-18", "torch"): _torch(
-        _renamer({"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"},
-                 lambda s, i: f"layer{s + 1}.{i}.",
-                 {**_BLOCK_INNER, "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"}),
+        _renamer(
+            {"stem_conv": "conv1", "stem_bn": "bn1", "head": "linear"},
+            lambda s, i: f"layer{s + 1}.{i}.",
+            {**_BLOCK_INNER, "shortcut_conv": "shortcut.0", "shortcut_bn": "shortcut.1"},
+        ),
         ((0.0,), (1.0,)),
     ),
     ("preact-resnet-18", "torch"): _torch(
-        _renamer({"stem": "conv1", "bn": "bn", "head": "linear"},
-                 lambda s, i: f"layer{s + 1}.{i}.", {**_BLOCK_INNER, "shortcut": "shortcut.0"}),
+        _renamer(
+            {"stem": "conv1", "bn": "bn", "head": "linear"},
+            lambda s, i: f"layer{s + 1}.{i}.",
+            {**_BLOCK_INNER, "shortcut": "shortcut.0"},
+        ),
         ((0.0,), (1.0,)),
     ),
     # Madry et al.'s robustness library also keeps its attacker's copy of the model.
     ("resnet-50", "torch"): _torch(
-        _renamer({"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"},
-                 lambda s, i: f"layer{s + 1}.{i}.",
-                 {**_BLOCK_INNER, "shortcut_conv": "downsample.0",
-                  "shortcut_bn": "downsample.1"}),
-        (normalization.IMAGENET_MEAN, normalization.IMAGENET_STD), extra_ignored=r"attacker\..*",
+        _renamer(
+            {"stem_conv": "conv1", "stem_bn": "bn1", "head": "fc"},
+            lambda s, i: f"layer{s + 1}.{i}.",
+            {**_BLOCK_INNER, "shortcut_conv": "downsample.0", "shortcut_bn": "downsample.1"},
+        ),
+        (normalization.IMAGENET_MEAN, normalization.IMAGENET_STD),
+        extra_ignored=r"attacker\..*",
     ),
-}  # fmt: skip
+}
 
 
 def _vit_torch_module(parts: tuple[str, ...]) -> str:
@@ -245,8 +263,11 @@ def _vit_torch_special(path: str) -> Rule | None:
 
 def _vit_npz_module(parts: tuple[str, ...]) -> tuple[str, ...]:
     if len(parts) == 1:
-        return {"embedding": ("embedding",), "head": ("head",),
-                "encoder_norm": ("Transformer/encoder_norm",)}[parts[0]]  # fmt: skip
+        return {
+            "embedding": ("embedding",),
+            "head": ("head",),
+            "encoder_norm": ("Transformer/encoder_norm",),
+        }[parts[0]]
     _, index = _block(parts[0])
     block = f"Transformer/encoderblock_{index - 1}/"
     # big_vision's names first, then google-research/vision_transformer's (older) ones.
@@ -272,13 +293,19 @@ def _vit_npz_special(path: str) -> Rule | None:
 
 
 LAYOUTS[("vit", "torch")] = Layout(
-    _vit_torch_module, _torch_leaf, ".", normalization=(normalization.HALF, normalization.HALF),
+    _vit_torch_module,
+    _torch_leaf,
+    ".",
+    normalization=(normalization.HALF, normalization.HALF),
     special=_vit_torch_special,
-)  # fmt: skip
+)
 LAYOUTS[("vit", "npz")] = Layout(
-    _vit_npz_module, _flax_leaf, "/", normalization=(normalization.HALF, normalization.HALF),
+    _vit_npz_module,
+    _flax_leaf,
+    "/",
+    normalization=(normalization.HALF, normalization.HALF),
     special=_vit_npz_special,
-)  # fmt: skip
+)
 
 
 def family(model_name: str) -> str:
@@ -305,8 +332,12 @@ def family(model_name: str) -> str:
 def importable_models() -> str:
     """The model names import accepts, by format, for messages and README."""
     by_format: dict[str, list[str]] = {}
-    names = {"wrn": "wrn-D-W", "dm-wrn": "dm-wrn-D-W", "vit": "vit-ti16/s16/b16",
-             "resnet-18": "resnet-18/34"}  # fmt: skip
+    names = {
+        "wrn": "wrn-D-W",
+        "dm-wrn": "dm-wrn-D-W",
+        "vit": "vit-ti16/s16/b16",
+        "resnet-18": "resnet-18/34",
+    }
     for fam, fmt in LAYOUTS:
         by_format.setdefault(fmt, []).append(names.get(fam, fam))
     return "; ".join(f"{fmt}: {', '.join(fams)}" for fmt, fams in by_format.items())

@@ -29,9 +29,15 @@ from jax import lax
 
 def _plain(lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, precision):
     return lax.conv_general_dilated(
-        lhs, rhs, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, precision=precision,
-    )  # fmt: skip
+        lhs,
+        rhs,
+        strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        precision=precision,
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
@@ -98,9 +104,14 @@ def _kernel_gradient(lhs, rhs, g, strides, padding, rhs_dilation, precision):
     x = lax.optimization_barrier(jnp.transpose(x, (3, 1, 2, 0)))  # [I, H, W, N]
     kernel = lax.optimization_barrier(jnp.transpose(g, (1, 2, 0, 3)))  # [H', W', N, O]
     out = lax.conv_general_dilated(
-        x, kernel, dilation, "VALID", rhs_dilation=tuple(strides),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision,
-    )  # fmt: skip
+        x,
+        kernel,
+        dilation,
+        "VALID",
+        rhs_dilation=tuple(strides),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
+    )
     return jnp.transpose(out, (1, 2, 0, 3)).astype(rhs.dtype)  # [kh, kw, I, O]
 
 
@@ -126,14 +137,27 @@ def conv_general_dilated(
     """`lax.conv_general_dilated` (same arguments) with a loop-friendly input gradient."""
     if feature_group_count != 1 or kwargs or jax.default_backend() != "cpu":
         return lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, precision=precision, **kwargs,
-        )  # fmt: skip
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     if not isinstance(padding, str):
         padding = tuple(tuple(p) for p in padding)
     return _loop_friendly(
-        lhs, rhs, tuple(window_strides), padding, _tuple(lhs_dilation), _tuple(rhs_dilation),
-        numbers, precision,
-    )  # fmt: skip
+        lhs,
+        rhs,
+        tuple(window_strides),
+        padding,
+        _tuple(lhs_dilation),
+        _tuple(rhs_dilation),
+        numbers,
+        precision,
+    )

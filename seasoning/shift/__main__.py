@@ -31,13 +31,18 @@ def main(argv, config: ml_collections.ConfigDict) -> None:
     def go():
         cli.start(max(config.batch_size, 1))
         run_lib.run_shift(
-            config, cli.WORKDIR.value, resume=cli.RESUME.value, overwrite=_OVERWRITE.value,
+            config,
+            cli.WORKDIR.value,
+            resume=cli.RESUME.value,
+            overwrite=_OVERWRITE.value,
             force_lease=cli.FORCE_LEASE.value,
-        )  # fmt: skip
+        )
         if jax.process_index() == 0:
             print(workdir_lib.read_text(workdir_lib.path(cli.WORKDIR.value, run_lib.REPORT_FILE)))
-            print(f"Wrote {cli.WORKDIR.value}/{{{run_lib.SHIFT_FILE},{run_lib.ARRAYS_FILE},"
-                  f"{run_lib.REPORT_FILE},{run_lib.WEIGHTS_PLOT}}}.")  # fmt: skip
+            print(
+                f"Wrote {cli.WORKDIR.value}/{{{run_lib.SHIFT_FILE},{run_lib.ARRAYS_FILE},"
+                f"{run_lib.REPORT_FILE},{run_lib.WEIGHTS_PLOT}}}."
+            )
 
     cli.exit_on_user_error(go)
 

@@ -105,8 +105,9 @@ def predict_rows(
     ensembles = tuple(tuple(int(i) for i in e) for e in ensembles)
     fn = rows_fn(apply_fn, head, prepare, ensembles)
     weights = np.asarray(weights, np.float32)
-    out = evaluation.run_all_points(fn, (stacked, weights), source, indices, key=_no_key(),
-                                    batch_size=batch_size, mesh=mesh)  # fmt: skip
+    out = evaluation.run_all_points(
+        fn, (stacked, weights), source, indices, key=_no_key(), batch_size=batch_size, mesh=mesh
+    )
     return split_labels(out, len(weights) + len(ensembles))
 
 
@@ -123,9 +124,15 @@ def predict_model(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(predictions int32 [N], labels) of one model on the points `indices` of `source`."""
     variables = jax.device_put(variables, parallel.replicated(mesh))
-    out = evaluation.run_all_points(model_fn(apply_fn, head, prepare), variables, source,
-                                    indices, key=_no_key(), batch_size=batch_size,
-                                    mesh=mesh)  # fmt: skip
+    out = evaluation.run_all_points(
+        model_fn(apply_fn, head, prepare),
+        variables,
+        source,
+        indices,
+        key=_no_key(),
+        batch_size=batch_size,
+        mesh=mesh,
+    )
     predicted, labels = split_labels(out, 1)
     return predicted[0], labels
 

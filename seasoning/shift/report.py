@@ -37,8 +37,11 @@ def unseen_accuracy(arrays: dict[str, np.ndarray], column: str, row: str) -> flo
     """The accuracy of table row `row` (its `row_key`) on the unseen images of `column`, from
     the arrays."""
     prefix = f"unseen/{column}/"
-    return float(shift_accuracy(arrays[f"{prefix}row/{row}"], arrays[f"{prefix}labels"],
-                                arrays[f"{prefix}member"]))  # fmt: skip
+    return float(
+        shift_accuracy(
+            arrays[f"{prefix}row/{row}"], arrays[f"{prefix}labels"], arrays[f"{prefix}member"]
+        )
+    )
 
 
 def unseen_interval(arrays: dict[str, np.ndarray], columns: list[str], row: str) -> list[float]:
@@ -99,20 +102,29 @@ def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
         mean = f"({mean})" if row["kind"] == "specific" else mean
         cells = [row["name"], f"x{row['fp']}", *(_pct(a) for a in accs), mean]
         out.append("| " + " | ".join(cells) + " |")
-    widest = max(np.diff(unseen_interval(arrays, [c], row_key(row)))[0] / 2
-                 for c in columns for row in result["rows"])  # fmt: skip
-    out += ["", f"Each accuracy lies within a 95% interval of at most +-{100 * widest:.1f} "
-            "points (shift.json: `unseen_interval`, `mean_interval`).", ""]  # fmt: skip
+    widest = max(
+        np.diff(unseen_interval(arrays, [c], row_key(row)))[0] / 2
+        for c in columns
+        for row in result["rows"]
+    )
+    out += [
+        "",
+        f"Each accuracy lies within a 95% interval of at most +-{100 * widest:.1f} "
+        "points (shift.json: `unseen_interval`, `mean_interval`).",
+        "",
+    ]
     out += [*comparison_lines(result, values, columns), ""]
     out += ["## Chosen weights", ""]
-    out.append("| method | soup | " + " | ".join(f"w_{lab}" for lab in labels)
-               + " | adaptation acc. |")  # fmt: skip
+    out.append(
+        "| method | soup | " + " | ".join(f"w_{lab}" for lab in labels) + " | adaptation acc. |"
+    )
     out.append("|---|---|" + "---:|" * (len(labels) + 1))
     for method in settings["methods"]:
         chosen = result["selection"][method]
         entries = [("single", chosen["single"], chosen["single_adaptation"])]
-        entries += [(f"for {c}", chosen["specific"][c], chosen["specific_adaptation"][c])
-                    for c in columns]  # fmt: skip
+        entries += [
+            (f"for {c}", chosen["specific"][c], chosen["specific_adaptation"][c]) for c in columns
+        ]
         for name, w, acc in entries:
             cells = [method, name, *(f"{v:.2f}" for v in w), _pct(acc)]
             out.append("| " + " | ".join(cells) + " |")
@@ -120,15 +132,20 @@ def markdown(result: dict, arrays: dict[str, np.ndarray]) -> str:
     robust = result.get("robust")
     if robust:
         where = f"{robust['dataset']}/{robust['split']}, first {robust['n_examples']} images"
-        out += [f"## Robustness of the selected soups (%, {where}, AutoAttack "
-                f"{robust['version']})", ""]  # fmt: skip
+        out += [
+            f"## Robustness of the selected soups (%, {where}, AutoAttack {robust['version']})",
+            "",
+        ]
         metrics = robust["metrics"]
         out.append("| soup | weights | " + " | ".join(metrics) + " |")
         out.append("|---|---|" + "---:|" * len(metrics))
         for i, row in enumerate(robust["rows"]):
             accs = robust_accuracies(arrays[f"robust/{i}"], metrics)
-            cells = ["; ".join(row["names"]), _weights(row["weights"]),
-                     *(_pct(accs[m]) for m in metrics)]  # fmt: skip
+            cells = [
+                "; ".join(row["names"]),
+                _weights(row["weights"]),
+                *(_pct(accs[m]) for m in metrics),
+            ]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out += ["## Time", ""]
@@ -150,13 +167,17 @@ def comparison_lines(result: dict, values: dict[str, list[float]], columns: list
             continue
         accs = np.array(values[name])
         wins = [c for c, a, b in zip(columns, accs, best_single, strict=True) if a > b]
-        text = (f"- {name}: beats the best ingredient of each column on {len(wins)}/"
-                f"{len(columns)} ({', '.join(wins) or 'none'})")  # fmt: skip
+        text = (
+            f"- {name}: beats the best ingredient of each column on {len(wins)}/"
+            f"{len(columns)} ({', '.join(wins) or 'none'})"
+        )
         if full:
             beat = [c for c, a, b in zip(columns, accs, values[full], strict=True) if a > b]
             text += f"; the {full} on {len(beat)}/{len(columns)} ({', '.join(beat) or 'none'})"
-        lines.append(text + f"; mean {_pct(accs.mean())} vs {_pct(best_single.mean())} (best "
-                     "ingredient per column).")  # fmt: skip
+        lines.append(
+            text + f"; mean {_pct(accs.mean())} vs {_pct(best_single.mean())} (best "
+            "ingredient per column)."
+        )
     for kind in ("single", "specific"):
         grid = [n for n, r in rows.items() if r["kind"] == kind and r.get("method") == "grid"]
         other = [n for n, r in rows.items() if r["kind"] == kind and r.get("method") == "learned"]

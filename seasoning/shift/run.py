@@ -52,8 +52,11 @@ from seasoning.shift import predict, report, select, splits
 from seasoning.soup import grid as soup_grid
 
 SHIFT_FILE, ARRAYS_FILE, REPORT_FILE, WEIGHTS_PLOT = (
-    "shift.json", "predictions.npz", "report.md", "weights.png"
-)  # fmt: skip
+    "shift.json",
+    "predictions.npz",
+    "report.md",
+    "weights.png",
+)
 
 
 @dataclasses.dataclass
@@ -81,8 +84,11 @@ class Column:
         return self.source.member_of(indices)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "spec": self.spec,
-                "members": [m.to_json() for m in self.members]}  # fmt: skip
+        return {
+            "name": self.name,
+            "spec": self.spec,
+            "members": [m.to_json() for m in self.members],
+        }
 
 
 def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Column]:
@@ -107,13 +113,15 @@ def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Col
                 first.config.dataset, f"{m}:{split}" if split else m, allow_heads=True
             )
             # Decoded once for the run: every soup of the grid reads the same points.
-            source = evaluation.decoded_once(data.get_source(section, member_split,
-                                                             seed=config.seed))  # fmt: skip
+            source = evaluation.decoded_once(
+                data.get_source(section, member_split, seed=config.seed)
+            )
             first.check_source(source, f"{m}/{member_split}", data.DATASETS[m].model_classes)
             sources.append(source)
             sized.append((f"{m}:{member_split}", len(source)))
-        member_splits = splits.split_shift(sized, config.n_adaptation, config.n_unseen,
-                                           config.split_seed)  # fmt: skip
+        member_splits = splits.split_shift(
+            sized, config.n_adaptation, config.n_unseen, config.split_seed
+        )
         concat = ConcatSource(sources)
         starts = concat.offsets[:-1]
         adaptation = np.concatenate(
@@ -161,17 +169,42 @@ def row_id(kind: str, *, label: str = "", members: Sequence[int] = (), method: s
 def table_rows(labels: list[str], ensembles: list[list[int]], methods: list[str]) -> list[dict]:
     """The rows of the paper's table: ingredients, ensembles, each method's soups; each with
     its stable `id` (`row_id`) and its display `name`."""
-    rows = [{"id": row_id("ingredient", label=lab), "name": lab, "kind": "ingredient", "fp": 1,
-             "ingredient": i} for i, lab in enumerate(labels)]  # fmt: skip
+    rows = [
+        {
+            "id": row_id("ingredient", label=lab),
+            "name": lab,
+            "kind": "ingredient",
+            "fp": 1,
+            "ingredient": i,
+        }
+        for i, lab in enumerate(labels)
+    ]
     for members in ensembles:
-        name = ("ensemble of all" if len(members) == len(labels) and len(labels) > 2
-                else "ensemble " + "+".join(labels[i] for i in members))  # fmt: skip
-        rows.append({"id": row_id("ensemble", members=members), "name": name,
-                     "kind": "ensemble", "fp": len(members), "members": members})  # fmt: skip
+        name = (
+            "ensemble of all"
+            if len(members) == len(labels) and len(labels) > 2
+            else "ensemble " + "+".join(labels[i] for i in members)
+        )
+        rows.append(
+            {
+                "id": row_id("ensemble", members=members),
+                "name": name,
+                "kind": "ensemble",
+                "fp": len(members),
+                "members": members,
+            }
+        )
     for method in methods:
         for kind in ("single", "specific"):
-            rows.append({"id": row_id(kind, method=method), "name": row_label(kind, method),
-                         "kind": kind, "fp": 1, "method": method})  # fmt: skip
+            rows.append(
+                {
+                    "id": row_id(kind, method=method),
+                    "name": row_label(kind, method),
+                    "kind": kind,
+                    "fp": 1,
+                    "method": method,
+                }
+            )
     return rows
 
 
@@ -182,8 +215,12 @@ def upgrade_rows(result: dict, arrays: dict[str, np.ndarray]) -> None:
     for row in result["rows"]:
         if "id" in row:
             continue
-        row["id"] = row_id(row["kind"], label=row["name"], members=row.get("members", ()),
-                           method=row.get("method", ""))  # fmt: skip
+        row["id"] = row_id(
+            row["kind"],
+            label=row["name"],
+            members=row.get("members", ()),
+            method=row.get("method", ""),
+        )
         for column in result["columns"]:
             old = f"unseen/{column['name']}/row/{row['name']}"
             if old in arrays:
@@ -195,9 +232,12 @@ class _Files:
     of an unfinished run, SIGTERM stops it (every process saves at the same points)."""
 
     def __init__(
-        self, workdir: str, result: dict, arrays: dict[str, np.ndarray],
+        self,
+        workdir: str,
+        result: dict,
+        arrays: dict[str, np.ndarray],
         watcher: preemption.Watcher,
-    ):  # fmt: skip
+    ):
         self.json_path = workdir_lib.path(workdir, SHIFT_FILE)
         self.arrays_path = workdir_lib.path(workdir, ARRAYS_FILE)
         self.result, self.arrays = result, arrays
@@ -209,9 +249,12 @@ class _Files:
             workdir_lib.write_arrays(self.arrays_path, self.arrays)
             workdir_lib.write_json(self.json_path, self.result)
         self._saves += 1
-        self._watcher.stop_if_reached(self._saves, finished=bool(self.result.get("complete")),
-                                      progress="the stages done so far",
-                                      saved_in=self.json_path)  # fmt: skip
+        self._watcher.stop_if_reached(
+            self._saves,
+            finished=bool(self.result.get("complete")),
+            progress="the stages done so far",
+            saved_in=self.json_path,
+        )
 
 
 @dataclasses.dataclass
@@ -246,10 +289,17 @@ class _Run:
 
     def predict_rows(self, column: Column, weights: np.ndarray, indices: np.ndarray, **kw):
         return predict.predict_rows(
-            self.apply_fn, column.head, self.stacked, np.asarray(weights), column.source,
-            indices, mesh=self.mesh, batch_size=self.config.batch_size, prepare=self.prepare,
+            self.apply_fn,
+            column.head,
+            self.stacked,
+            np.asarray(weights),
+            column.source,
+            indices,
+            mesh=self.mesh,
+            batch_size=self.config.batch_size,
+            prepare=self.prepare,
             **kw,
-        )  # fmt: skip
+        )
 
     def keep_points(self, prefix: str, column: Column, indices: np.ndarray, labels) -> None:
         """Saves the points' indices, members and labels under `prefix`."""
@@ -315,20 +365,24 @@ def run_shift(
     first = ingredients[0]
     ensembles = ensembles_of(config, labels)
     planned = evaluation.target(
-        first.config.dataset, config.robust.dataset, config.robust.split,
-        threats=list(config.robust.threats), default_threats=config.robust.enabled,
-        version=config.robust.version, overrides=config.robust,
-    )  # fmt: skip
+        first.config.dataset,
+        config.robust.dataset,
+        config.robust.split,
+        threats=list(config.robust.threats),
+        default_threats=config.robust.enabled,
+        version=config.robust.version,
+        overrides=config.robust,
+    )
     robust_dataset, robust_split, attack = planned.dataset, planned.split, planned.settings
-    record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split,
-                       attack)  # fmt: skip
+    record = _settings(config, ingredients, labels, ensembles, robust_dataset, robust_split, attack)
     json_path = workdir_lib.path(workdir, SHIFT_FILE)
     with (
         lease_lib.hold(lease_lib.of_workdir(workdir, force=force_lease)),
         preemption.Watcher() as watcher,
     ):
-        previous = workdir_lib.check_result_file(json_path, record, resume=resume,
-                                                 overwrite=overwrite)  # fmt: skip
+        previous = workdir_lib.check_result_file(
+            json_path, record, resume=resume, overwrite=overwrite
+        )
         if previous and previous.get("complete"):
             logging.info("%s is complete with these settings; nothing to do.", json_path)
             return previous
@@ -352,9 +406,17 @@ def run_shift(
         }
         stacked_host = soup.stack([r.variables for r in ingredients])
         prepare = runs.soup_prepare(first, config.bn_policy, config.calibration_examples)
-        run = _Run(config, ingredients, labels, columns, grid,
-                   jax.device_put(stacked_host, parallel.replicated(mesh)), mesh, prepare,
-                   _Files(workdir, result, arrays, watcher))  # fmt: skip
+        run = _Run(
+            config,
+            ingredients,
+            labels,
+            columns,
+            grid,
+            jax.device_put(stacked_host, parallel.replicated(mesh)),
+            mesh,
+            prepare,
+            _Files(workdir, result, arrays, watcher),
+        )
         if "grid" in config.methods:
             _grid_stage(run)
         for method in config.methods:
@@ -363,15 +425,19 @@ def run_shift(
         _unseen_stage(run)
         if config.robust.enabled:
             _robust_stage(run, robust_dataset, robust_split, attack)
-        result.update(complete=True, processes=jax.process_count(),
-                      jax=parallel.runtime_info(mesh))  # fmt: skip
+        result.update(complete=True, processes=jax.process_count(), jax=parallel.runtime_info(mesh))
         run.files.save()
         if run.files.is_writer:
-            workdir_lib.write_atomic(workdir_lib.path(workdir, REPORT_FILE),
-                                     report.markdown(result, arrays))  # fmt: skip
-            chosen = {m: {"single": result["selection"][m]["single"],
-                          **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()}}
-                      for m in config.methods}  # fmt: skip
+            workdir_lib.write_atomic(
+                workdir_lib.path(workdir, REPORT_FILE), report.markdown(result, arrays)
+            )
+            chosen = {
+                m: {
+                    "single": result["selection"][m]["single"],
+                    **{f"for {c}": w for c, w in result["selection"][m]["specific"].items()},
+                }
+                for m in config.methods
+            }
             plots.weight_bars(chosen, labels, str(workdir_lib.path(workdir, WEIGHTS_PLOT)))
         return result
 
@@ -390,17 +456,28 @@ def _grid_stage(run: _Run) -> None:
         accuracy = report.shift_accuracy(predicted, labels, run.arrays[prefix + "member"])
         done[column.name] = accuracy.tolist()
         run.seconds["grid"][column.name] = round(time.monotonic() - t0, 2)
-        logging.info("grid of %d soups on %s (%d adaptation images): best %.2f%%, %.1f s",
-                     len(run.grid), column.name, len(column.adaptation), 100 * accuracy.max(),
-                     run.seconds["grid"][column.name])  # fmt: skip
+        logging.info(
+            "grid of %d soups on %s (%d adaptation images): best %.2f%%, %.1f s",
+            len(run.grid),
+            column.name,
+            len(column.adaptation),
+            100 * accuracy.max(),
+            run.seconds["grid"][column.name],
+        )
         run.files.save()
 
 
 def _adaptation_accuracy(run: _Run, tree: Any, column: Column) -> float:
     predicted, labels = predict.predict_model(
-        run.apply_fn, column.head, tree, column.source, column.adaptation, mesh=run.mesh,
-        batch_size=run.config.batch_size, prepare=run.prepare,
-    )  # fmt: skip
+        run.apply_fn,
+        column.head,
+        tree,
+        column.source,
+        column.adaptation,
+        mesh=run.mesh,
+        batch_size=run.config.batch_size,
+        prepare=run.prepare,
+    )
     return float(report.shift_accuracy(predicted, labels, column.member(column.adaptation)))
 
 
@@ -417,12 +494,24 @@ def _choose(run: _Run, method: str) -> dict:
         options = dict(mesh=run.mesh, prepare=run.prepare, **run.config.learned.to_dict())
         specific, final_loss = {}, {}
         for i, column in enumerate(columns):
-            out = select.learn(run.apply_fn, [column.head], run.stacked, [sets[i]],
-                               seed=(run.config.seed, i), **options)  # fmt: skip
+            out = select.learn(
+                run.apply_fn,
+                [column.head],
+                run.stacked,
+                [sets[i]],
+                seed=(run.config.seed, i),
+                **options,
+            )
             specific[column.name] = out.weights.tolist()
             final_loss[column.name] = float(out.losses[-1])
-        out = select.learn(run.apply_fn, [c.head for c in columns], run.stacked, sets,
-                           seed=(run.config.seed, len(columns)), **options)  # fmt: skip
+        out = select.learn(
+            run.apply_fn,
+            [c.head for c in columns],
+            run.stacked,
+            sets,
+            seed=(run.config.seed, len(columns)),
+            **options,
+        )
         final_loss["single"] = float(out.losses[-1])
         return {"single": out.weights.tolist(), "specific": specific, "final_loss": final_loss}
     if method != "greedy":
@@ -458,8 +547,12 @@ def _select_stage(run: _Run, method: str) -> None:
     chosen["single_adaptation"] = float(np.mean(singles))
     run.seconds["select"][method] = round(time.monotonic() - t0, 2)
     run.result["selection"][method] = chosen
-    logging.info("%s selection: single soup %s (%.1f s)", method,
-                 np.round(chosen["single"], 3).tolist(), run.seconds["select"][method])  # fmt: skip
+    logging.info(
+        "%s selection: single soup %s (%.1f s)",
+        method,
+        np.round(chosen["single"], 3).tolist(),
+        run.seconds["select"][method],
+    )
     run.files.save()
 
 
@@ -474,23 +567,30 @@ def _unseen_stage(run: _Run) -> None:
         soups = [r for r in rows if r["kind"] != "ensemble"]
         weights = [_row_weights(run, r, column.name) for r in soups]
         ids = [r["id"] for r in soups] + [r["id"] for r in rows if r["kind"] == "ensemble"]
-        predicted, labels = run.predict_rows(column, np.array(weights), column.unseen,
-                                             ensembles=ensembles)  # fmt: skip
+        predicted, labels = run.predict_rows(
+            column, np.array(weights), column.unseen, ensembles=ensembles
+        )
         prefix = f"unseen/{column.name}/"
         run.keep_points(prefix, column, column.unseen, labels)
         for row_key, row in zip(ids, predicted, strict=True):
             run.arrays[f"{prefix}row/{row_key}"] = row
         run.seconds["unseen"][column.name] = round(time.monotonic() - t0, 2)
         result["unseen_done"].append(column.name)
-        logging.info("%s: %d rows on %d unseen images, %.1f s", column.name, len(ids),
-                     len(column.unseen), run.seconds["unseen"][column.name])  # fmt: skip
+        logging.info(
+            "%s: %d rows on %d unseen images, %.1f s",
+            column.name,
+            len(ids),
+            len(column.unseen),
+            run.seconds["unseen"][column.name],
+        )
         run.files.save()
     names = [c.name for c in run.columns]
     for row in rows:
         row["unseen"] = {c: report.unseen_accuracy(run.arrays, c, row["id"]) for c in names}
         row["mean"] = float(np.mean(list(row["unseen"].values())))
-        row["unseen_interval"] = {c: report.unseen_interval(run.arrays, [c], row["id"])
-                                  for c in names}  # fmt: skip
+        row["unseen_interval"] = {
+            c: report.unseen_interval(run.arrays, [c], row["id"]) for c in names
+        }
         row["mean_interval"] = report.unseen_interval(run.arrays, names, row["id"])
         if row["kind"] == "single":
             row["weights"] = result["selection"][row["method"]]["single"]
@@ -509,18 +609,25 @@ def _row_weights(run: _Run, row: dict, column: str) -> list[float]:
 def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
     """Stage 5: one still_robust evaluation per distinct soup (ingredients, selected soups)."""
     config, first = run.config, run.ingredients[0]
-    robust = run.result.setdefault("robust", {
-        "dataset": dataset_cfg.name, "split": split, "n_examples": config.robust.n_examples,
-        "version": attack.version, "metrics": evaluation.metric_names(attack.threats),
-        "rows": [],
-    })  # fmt: skip
+    robust = run.result.setdefault(
+        "robust",
+        {
+            "dataset": dataset_cfg.name,
+            "split": split,
+            "n_examples": config.robust.n_examples,
+            "version": attack.version,
+            "metrics": evaluation.metric_names(attack.threats),
+            "rows": [],
+        },
+    )
     k = len(run.labels)
     candidates = [(lab, np.eye(k)[i].tolist()) for i, lab in enumerate(run.labels)]
     for method in config.methods:
         chosen = run.result["selection"][method]
         candidates.append((row_label("single", method), chosen["single"]))
-        candidates += [(row_label("specific", method, c.name), chosen["specific"][c.name])
-                       for c in run.columns]  # fmt: skip
+        candidates += [
+            (row_label("specific", method, c.name), chosen["specific"][c.name]) for c in run.columns
+        ]
     distinct: dict[tuple, dict] = {}
     for name, weights in candidates:
         new = {"names": [], "weights": [float(w) for w in weights]}
@@ -530,22 +637,41 @@ def _robust_stage(run: _Run, dataset_cfg, split: str, attack) -> None:
     first.check_source(source, f"{dataset_cfg.name}/{split}")
     indices = evaluation.check_points(None, source, config.robust.n_examples)
     evaluator = evaluation.Evaluator(
-        first.apply_fn, attack, schedule="still_robust", batch_size=config.robust.batch_size,
+        first.apply_fn,
+        attack,
+        schedule="still_robust",
+        batch_size=config.robust.batch_size,
         mesh=run.mesh,
-    )  # fmt: skip
+    )
     mix = soup_grid.compiled_mix(run.prepare, run.mesh)
     t0 = time.monotonic()
     rows = list(distinct.values())
     for i in range(len(robust["rows"]), len(rows)):
         variables = mix(run.stacked, np.asarray(rows[i]["weights"], np.float32))
-        outcome = evaluator.run(variables, source, indices, key=jax.random.key(config.seed),
-                                label=f"soup {i + 1}/{len(rows)}")  # fmt: skip
+        outcome = evaluator.run(
+            variables,
+            source,
+            indices,
+            key=jax.random.key(config.seed),
+            label=f"soup {i + 1}/{len(rows)}",
+        )
         run.arrays[f"robust/{i}"] = outcome.flags
         accuracies = outcome.accuracies()
         intervals = {m: stats.accuracy_interval(a, len(indices)) for m, a in accuracies.items()}
-        robust["rows"].append({**rows[i], "accuracy": accuracies, "intervals": intervals,
-                               "seconds": round(outcome.seconds, 2)})  # fmt: skip
-        logging.info("robust %d/%d (%s): %s", i + 1, len(rows), "; ".join(rows[i]["names"]),
-                     {n: round(100 * a, 2) for n, a in outcome.accuracies().items()})  # fmt: skip
+        robust["rows"].append(
+            {
+                **rows[i],
+                "accuracy": accuracies,
+                "intervals": intervals,
+                "seconds": round(outcome.seconds, 2),
+            }
+        )
+        logging.info(
+            "robust %d/%d (%s): %s",
+            i + 1,
+            len(rows),
+            "; ".join(rows[i]["names"]),
+            {n: round(100 * a, 2) for n, a in outcome.accuracies().items()},
+        )
         run.files.save()
     run.seconds["robust"] = round(run.seconds.get("robust", 0.0) + time.monotonic() - t0, 2)

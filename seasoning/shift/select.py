@@ -64,8 +64,9 @@ def learn(
         return stacked, tuple(pairs)
 
     k = len(jax.tree.leaves(stacked)[0])
-    return soup.learned(loss_fn, batch_fn, k, steps=steps, learning_rate=learning_rate,
-                        extrapolate=extrapolate)  # fmt: skip
+    return soup.learned(
+        loss_fn, batch_fn, k, steps=steps, learning_rate=learning_rate, extrapolate=extrapolate
+    )
 
 
 def greedy_weights(trees: Sequence[Any], score_fn: Callable[[Any], float]) -> np.ndarray:

@@ -34,8 +34,12 @@ class MemberSplit:
     unseen: np.ndarray
 
     def to_json(self) -> dict:
-        return {"name": self.name, "size": self.size, "n_adaptation": len(self.adaptation),
-                "n_unseen": len(self.unseen)}  # fmt: skip
+        return {
+            "name": self.name,
+            "size": self.size,
+            "n_adaptation": len(self.adaptation),
+            "n_unseen": len(self.unseen),
+        }
 
 
 def spread(total: int, parts: int) -> list[int]:

@@ -54,8 +54,11 @@ def mix_stacked(stacked: Any, weights: Any, prepare: Prepare | None = None) -> A
 def compiled_mix(prepare: Prepare | None, mesh: Mesh) -> Callable[[Any, Any], Any]:
     """`mix_stacked` as one compiled program (stacked, weights) -> variables, all replicated."""
     replicated = parallel.replicated(mesh)
-    return jax.jit(functools.partial(_mix_positional, prepare=prepare),
-                   in_shardings=(replicated, replicated), out_shardings=replicated)  # fmt: skip
+    return jax.jit(
+        functools.partial(_mix_positional, prepare=prepare),
+        in_shardings=(replicated, replicated),
+        out_shardings=replicated,
+    )
 
 
 def _mix_positional(stacked: Any, weights: Any, *, prepare: Prepare | None) -> Any:
@@ -151,9 +154,14 @@ def evaluate_grid(
         rows = np.asarray(weights[first : first + chunk], np.float32)
         padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), axis=0)])
         flags = evaluation.run_all_points(
-            flags_fn, (stacked, padded), source, indices, key=key, batch_size=batch_size,
+            flags_fn,
+            (stacked, padded),
+            source,
+            indices,
+            key=key,
+            batch_size=batch_size,
             mesh=mesh,
-        )[: len(rows)]  # fmt: skip
+        )[: len(rows)]
         out.append(evaluation.flag_accuracies(flags))
         if on_chunk is not None:
             on_chunk(first, flags)
@@ -185,15 +193,17 @@ def evaluate_per_soup(
       Accuracies [G - start_row, M] (`evaluation.metric_names`) of the rows evaluated.
     """
     mixed = compiled_mix(prepare, mesh)
-    evaluator = evaluation.Evaluator(apply_fn, settings, schedule="still_robust",
-                                     batch_size=batch_size, mesh=mesh)  # fmt: skip
+    evaluator = evaluation.Evaluator(
+        apply_fn, settings, schedule="still_robust", batch_size=batch_size, mesh=mesh
+    )
     out = []
     t0 = time.monotonic()
     for row in range(start_row, len(weights)):
         w = np.asarray(weights[row], np.float32)
         variables = mixed(stacked, w)
-        result = evaluator.run(variables, source, indices, key=key,
-                               label=f"soup {row + 1}/{len(weights)}")  # fmt: skip
+        result = evaluator.run(
+            variables, source, indices, key=key, label=f"soup {row + 1}/{len(weights)}"
+        )
         out.append(evaluation.flag_accuracies(result.flags)[None, :])
         if on_chunk is not None:
             on_chunk(row, result.flags[None])

@@ -200,7 +200,13 @@ def learned(
         losses.append(loss)
         if (i + 1) % log_every == 0 or i + 1 == steps:
             rate = (i + 1) / max(time.monotonic() - start, 1e-9)
-            logging.info("learned soup: step %d/%d | loss %.4f | %.1f steps/s | ETA %.0f s",
-                         i + 1, steps, float(loss), rate, (steps - i - 1) / rate)  # fmt: skip
+            logging.info(
+                "learned soup: step %d/%d | loss %.4f | %.1f steps/s | ETA %.0f s",
+                i + 1,
+                steps,
+                float(loss),
+                rate,
+                (steps - i - 1) / rate,
+            )
     weights = np.asarray(learned_weights(alpha, extrapolate), np.float64)
     return LearnedResult(weights, np.asarray(jnp.stack(losses), np.float64))

@@ -85,9 +85,13 @@ def run_sweep(
     stacked = soup.stack([r.variables for r in ingredients])  # names the first differing path
     weights = weight_grid(config.grid, len(run_dirs))
     planned = evaluation.target(
-        first.config.dataset, config.eval.dataset, config.eval.split,
-        threats=list(config.eval.threats), version=config.eval.version, overrides=config.eval,
-    )  # fmt: skip
+        first.config.dataset,
+        config.eval.dataset,
+        config.eval.split,
+        threats=list(config.eval.threats),
+        version=config.eval.version,
+        overrides=config.eval,
+    )
     dataset_cfg, split, settings = planned.dataset, planned.split, planned.settings
     threats = list(planned.threats)
     names = evaluation.metric_names(threats)
@@ -139,28 +143,45 @@ def run_sweep(
                         "n_points": len(indices),
                         "rows": rows,
                         "complete": len(rows) == len(weights),
-                    },  # fmt: skip
+                    },
                 )
-            watcher.stop_if_reached(len(rows), finished=len(rows) == len(weights),
-                                    progress=f"{len(rows)} of {len(weights)} soups",
-                                    saved_in=out_path)  # fmt: skip
+            watcher.stop_if_reached(
+                len(rows),
+                finished=len(rows) == len(weights),
+                progress=f"{len(rows)} of {len(weights)} soups",
+                saved_in=out_path,
+            )
 
         if len(rows) < len(weights):
             logging.info(
                 "Evaluating %d soups of %d ingredients (%d done) on %d points: %s",
-                len(weights), len(run_dirs), len(rows), len(indices), ", ".join(names),
-            )  # fmt: skip
+                len(weights),
+                len(run_dirs),
+                len(rows),
+                len(indices),
+                ", ".join(names),
+            )
             common = dict(
-                settings=settings, key=jax.random.key(config.seed), mesh=mesh,
-                batch_size=config.eval.batch_size, prepare=prepare, on_chunk=save,
+                settings=settings,
+                key=jax.random.key(config.seed),
+                mesh=mesh,
+                batch_size=config.eval.batch_size,
+                prepare=prepare,
+                on_chunk=save,
                 start_row=len(rows),
-            )  # fmt: skip
+            )
             stacked = grid_lib.stacked_on_mesh(stacked, mesh)
             if mode == "grid":
                 grid_lib.evaluate_grid(
-                    first.apply_fn, stacked, weights, source, indices, chunk=config.chunk,
-                    vectorize=config.vectorize, **common,
-                )  # fmt: skip
+                    first.apply_fn,
+                    stacked,
+                    weights,
+                    source,
+                    indices,
+                    chunk=config.chunk,
+                    vectorize=config.vectorize,
+                    **common,
+                )
             else:
                 grid_lib.evaluate_per_soup(
                     first.apply_fn, stacked, weights, source, indices, **common
@@ -218,9 +239,10 @@ def to_csv(rows: list[dict[str, Any]], labels: list[str], names: list[str]) -> s
     writer.writerow([f"w_{label}" for label in labels] + names + bounds)
     for row in rows:
         writer.writerow(
-            [f"{w:.4f}" for w in row["weights"]] + [f"{row[n]:.4f}" for n in names]
+            [f"{w:.4f}" for w in row["weights"]]
+            + [f"{row[n]:.4f}" for n in names]
             + [f"{v:.4f}" for n in names for v in row["intervals"][n]]
-        )  # fmt: skip
+        )
     return out.getvalue()
 
 
@@ -252,7 +274,7 @@ def make_plots(
             x_name,
             y_name,
             out("front.png"),
-        )  # fmt: skip
+        )
     )
     return paths
 

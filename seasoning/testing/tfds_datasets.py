@@ -38,12 +38,17 @@ def write(
     import tensorflow_datasets as tfds
 
     def info(self):
-        features = tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, channels), encoding_format=encoding),
-            "label": tfds.features.ClassLabel(num_classes=num_classes),
-        })  # fmt: skip
-        return tfds.core.DatasetInfo(builder=self, features=features,
-                                     supervised_keys=("image", "label"))  # fmt: skip
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(
+                    shape=(None, None, channels), encoding_format=encoding
+                ),
+                "label": tfds.features.ClassLabel(num_classes=num_classes),
+            }
+        )
+        return tfds.core.DatasetInfo(
+            builder=self, features=features, supervised_keys=("image", "label")
+        )
 
     def split_generators(self, dl_manager):
         del dl_manager
@@ -57,19 +62,26 @@ def write(
     builder_class = type(
         "".join(part.title() for part in name.split("_")),
         (tfds.core.GeneratorBasedBuilder,),
-        {"name": name, "VERSION": tfds.core.Version("1.0.0"), "_info": info,
-         "_split_generators": split_generators, "_generate_examples": generate_examples},
+        {
+            "name": name,
+            "VERSION": tfds.core.Version("1.0.0"),
+            "_info": info,
+            "_split_generators": split_generators,
+            "_generate_examples": generate_examples,
+        },
         skip_registration=True,
-    )  # fmt: skip
+    )
     builder = builder_class(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
 
 
 def imagenet_like_jpegs(
-    n: int, *, seed: int = 0, sizes: Sequence[tuple[int, int]] = ((375, 500), (500, 375),
-                                                               (333, 500), (500, 500)),
+    n: int,
+    *,
+    seed: int = 0,
+    sizes: Sequence[tuple[int, int]] = ((375, 500), (500, 375), (333, 500), (500, 500)),
     quality: int = 90,
-) -> list[bytes]:  # fmt: skip
+) -> list[bytes]:
     """`n` JPEGs of ImageNet's usual sizes (height, width) with natural-image-like content:
     smooth colour fields with edges and noise texture, about 75-110 kB at quality 90."""
     rng = np.random.default_rng(seed)
@@ -80,8 +92,9 @@ def imagenet_like_jpegs(
         image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
         image += rng.normal(0, 18, size=image.shape)
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, "JPEG",
-                                                                      quality=quality)  # fmt: skip
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+            buffer, "JPEG", quality=quality
+        )
         out.append(buffer.getvalue())
     return out
 

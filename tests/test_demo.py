@@ -3,6 +3,7 @@ the JSON files it was made from, a second run that reuses every stage; and its p
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -340,3 +341,26 @@ def test_trend_counts_the_steps_along_a_line():
     assert report.trend(rows, "a", 1) == "a falls from 50.0 to 40.0 (1 step down, 1 up, 1 level)"
     rows.append(_row([0.1, 0.9], a=0.45))
     assert "(2 steps down, 1 up, 1 level)" in report.trend(rows, "a", 1)
+
+
+def test_fresh_clears_a_demo_whose_first_stage_failed(tmp_path, monkeypatch):
+    """The failure message suggests --fresh; it must work before any stage has finished."""
+    demo_main = importlib.import_module("seasoning.demo.__main__")
+    failing = stages.Stage(
+        name="parent",
+        title="a stage that fails",
+        argv=("-c", "import sys; sys.exit(3)"),
+        expected_seconds=1.0,
+        group="",
+    )
+    never = stages.Stage(name="after", title="never run", argv=(), expected_seconds=1.0, group="")
+    monkeypatch.setattr(stages, "plan", lambda config, workdir: [failing, never])
+    workdir = str(tmp_path / "demo")
+    config = config_lib.load_config("configs/demo.py:runlocal")
+    with pytest.raises(errors.UserError, match=r"'parent' failed \(exit status 3\).*--fresh"):
+        demo_main.run_demo(config, workdir)
+    assert _read(workdir, stages.STAGES_FILE)["stages"] == {}
+    (tmp_path / "demo" / "partial.txt").write_text("left by the failed stage")
+    with pytest.raises(errors.UserError, match="'parent' failed"):
+        demo_main.run_demo(config, workdir, fresh=True)
+    assert not (tmp_path / "demo" / "partial.txt").exists()  # --fresh deleted the workdir

@@ -151,8 +151,11 @@ def _live_children(pid: int) -> list[int]:
     """The processes `pid` started (its input workers among them)."""
     found = []
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(c) for c in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(c) for c in f.read().split()]
+        except FileNotFoundError:  # a thread that ended between listdir and open
+            continue
     return found
 
 

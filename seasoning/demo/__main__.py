@@ -123,6 +123,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = Fals
     record = stages.Record(workdir)
     record.data.setdefault("machine", report.machine())
     record.data["config"] = config_lib.as_json(config)
+    record.save()  # marks the workdir as the demo's before a stage can fail: --fresh may clear it
     start = time.monotonic()
     plan = stages.stage_groups(stages.plan(config, workdir))
     total = len(plan) + 1

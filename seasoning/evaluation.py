@@ -52,9 +52,8 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from seasoning import data, errors, evaluation_setup, parallel, threat
+from seasoning import data, errors, evaluation_batches, evaluation_setup, parallel, threat
 from seasoning.attacks import autoattack
-from seasoning.data.pipeline import host_slice
 
 # The set-up's names, as evaluation.<name> (one implementation, in seasoning.evaluation_setup).
 AttackSettings = evaluation_setup.AttackSettings
@@ -62,6 +61,12 @@ Target = evaluation_setup.Target
 target = evaluation_setup.target
 SEARCH_DTYPES = evaluation_setup.SEARCH_DTYPES
 search_dtype_for = evaluation_setup.search_dtype_for
+# The points in global batches, each process its rows (evaluation_batches).
+batch_size_for = evaluation_batches.batch_size_for
+chunks = evaluation_batches.chunks
+load_batch = evaluation_batches.load_batch
+decoded_once = evaluation_batches.decoded_once
+DECODED_CACHE_BYTES = evaluation_batches.DECODED_CACHE_BYTES
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (variables, x [B, H, W, C]) -> logits [B, K]
 # (model argument, x, y, key) -> bool [..., M, B]: per-point flags of one batch.
@@ -248,66 +253,13 @@ def check_points(
     return indices
 
 
-def batch_size_for(batch_size: int, mesh: Mesh, num_points: int | None = None) -> int:
-    """`batch_size` (at most `num_points`) rounded up to a multiple of the device count.
-
-    Raises:
-      UserError: batch_size is not an integer >= 1.
-    """
-    size = errors.check_count("batch_size", batch_size, 1)
-    size = size if num_points is None else min(size, max(num_points, 1))
-    return parallel.round_up_to_devices(size, mesh)
-
-
-def chunks(positions: np.ndarray, size: int, quantum: int | None = None):
-    """Yields (padded positions, number of real ones), `size` at a time.
-
-    A last, shorter batch is padded (repeating its last position) only up to a multiple of
-    `quantum` (default: `size`).
-    """
-    quantum = quantum or size
-    for start in range(0, len(positions), size):
-        part = positions[start : start + size]
-        padded = min(size, -(-len(part) // quantum) * quantum)
-        yield np.concatenate([part, np.repeat(part[-1:], padded - len(part))]), len(part)
-
-
-def _process_rows(global_size: int) -> slice:
-    return host_slice(global_size, jax.process_index(), jax.process_count())
-
-
-def load_batch(
-    source: data.Source, point_ids: np.ndarray, mesh: Mesh
-) -> tuple[jax.Array, jax.Array]:
-    """(images, labels): global arrays of the points `point_ids`, sharded over 'data'.
-
-    This process loads only its rows of the batch (padding rows are real points repeated;
-    callers keep the results of the first rows only).
-    """
-    return parallel.host_to_global(_own_rows(source, point_ids), mesh)
-
-
-def _own_rows(source: data.Source, point_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(float images, int32 labels) of this process's rows of the batch `point_ids` (host)."""
-    images, labels = source.get(point_ids[_process_rows(len(point_ids))])
-    return data.to_float(images), np.asarray(labels, np.int32)
-
-
-def _replicated_jit(fn: Callable, mesh: Mesh, n_sharded: int, n_after: int = 0) -> Callable:
-    """jit: first argument replicated, then `n_sharded` batch arguments sharded over 'data',
-    then `n_after` replicated ones; every output replicated (the same on every process)."""
-    replicated, sharded = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    shardings = (replicated,) + (sharded,) * n_sharded + (replicated,) * n_after
-    return jax.jit(fn, in_shardings=shardings, out_shardings=replicated)
-
-
 # ------------------------------------------------------------------------------------------
 # The all_points schedule.
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_flags(flags_fn: FlagsFn, mesh: Mesh) -> Callable:
-    return _replicated_jit(flags_fn, mesh, n_sharded=2, n_after=1)
+    return evaluation_batches.replicated_jit(flags_fn, mesh, n_sharded=2, n_after=1)
 
 
 def run_all_points(
@@ -334,10 +286,10 @@ def run_all_points(
       mesh: the device mesh.
     """
     program = _compiled_flags(flags_fn, mesh)
-    size = batch_size_for(batch_size, mesh, len(indices))
+    size = evaluation_batches.batch_size_for(batch_size, mesh, len(indices))
     out = None
-    for j, (pos, n) in enumerate(chunks(np.arange(len(indices)), size)):
-        x, y = load_batch(source, indices[pos], mesh)
+    for j, (pos, n) in enumerate(evaluation_batches.chunks(np.arange(len(indices)), size)):
+        x, y = evaluation_batches.load_batch(source, indices[pos], mesh)
         flags = np.asarray(program(model_arg, x, y, jax.random.fold_in(key, j)))
         if out is None:
             out = np.zeros((*flags.shape[:-1], len(indices)), flags.dtype)
@@ -372,7 +324,7 @@ def _final(apply_fn, variables, x_adv, x, y, *, tm):
 
 @functools.lru_cache(maxsize=64)
 def _compiled_clean(apply_fn: ApplyFn, mesh: Mesh) -> Callable:
-    return _replicated_jit(functools.partial(_clean, apply_fn), mesh, n_sharded=2)
+    return evaluation_batches.replicated_jit(functools.partial(_clean, apply_fn), mesh, n_sharded=2)
 
 
 @functools.lru_cache(maxsize=64)
@@ -380,64 +332,19 @@ def _compiled_unit(
     apply_fn: ApplyFn, search_apply_fn: ApplyFn, mesh: Mesh, tm, name: str, frozen: tuple
 ) -> Callable:
     fn = functools.partial(_one_unit, apply_fn, search_apply_fn, tm=tm, name=name, frozen=frozen)
-    return _replicated_jit(fn, mesh, n_sharded=2, n_after=2)
+    return evaluation_batches.replicated_jit(fn, mesh, n_sharded=2, n_after=2)
 
 
 @functools.lru_cache(maxsize=64)
 def _compiled_final(apply_fn: ApplyFn, mesh: Mesh, tm) -> Callable:
-    return _replicated_jit(functools.partial(_final, apply_fn, tm=tm), mesh, n_sharded=3)
+    return evaluation_batches.replicated_jit(
+        functools.partial(_final, apply_fn, tm=tm), mesh, n_sharded=3
+    )
 
 
 def _num_classes(apply_fn: ApplyFn, variables: Any, image_shape: tuple[int, ...]) -> int:
     shape = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     return int(jax.eval_shape(apply_fn, variables, shape).shape[-1])
-
-
-class _OwnAdversarial:
-    """The adversarial points of the positions this process feeds in the evaluation batches.
-
-    Position k of the evaluation lies in batch k // size at row k % size; this process feeds
-    the rows `_process_rows(size)` of every batch, and keeps the points of those positions.
-    """
-
-    def __init__(self, num_points: int, size: int):
-        rows = _process_rows(size)
-        within = np.arange(num_points) % size
-        self.owned = (within >= rows.start) & (within < rows.stop)
-        self.slot = np.cumsum(self.owned) - 1
-        self.points: np.ndarray | None = None
-        self.stored = np.zeros(int(self.owned.sum()), bool)
-
-    def put(self, positions: np.ndarray, points: np.ndarray) -> None:
-        keep = self.owned[positions]
-        if not keep.any():
-            return
-        if self.points is None:
-            self.points = np.zeros((len(self.stored), *points.shape[1:]), np.float32)
-        slots = self.slot[positions[keep]]
-        self.points[slots] = points[keep]
-        self.stored[slots] = True
-
-    def get(self, positions: np.ndarray, clean: np.ndarray) -> np.ndarray:
-        """The stored points of `positions` (all owned), `clean` where none was stored."""
-        if self.points is None:
-            return clean
-        slots = self.slot[positions]
-        return np.where(self.stored[slots][:, None, None, None], self.points[slots], clean)
-
-
-# The most bytes of preprocessed images a process keeps so that an evaluation decodes each
-# point once: 2 GiB holds 14,266 ImageNet images at 224 x 224 x 3.
-DECODED_CACHE_BYTES = 2 << 30
-
-
-def decoded_once(source: data.Source) -> data.Source:
-    """`source`, made to decode each point once (up to DECODED_CACHE_BYTES) when it decodes
-    images (`data.Preprocessed`); in-memory and already cached sources are returned as they
-    are."""
-    if isinstance(source, data.Preprocessed):
-        return data.Cached(source, DECODED_CACHE_BYTES)
-    return source
 
 
 class Evaluator:
@@ -484,7 +391,7 @@ class Evaluator:
         self.settings = settings
         self.schedule = schedule
         self.mesh = parallel.make_mesh() if mesh is None else mesh
-        self.batch_size = batch_size_for(batch_size, self.mesh)
+        self.batch_size = evaluation_batches.batch_size_for(batch_size, self.mesh)
         self.names = metric_names(settings.threats)
         self._flags_fn = (
             _model_flags(apply_fn, settings, self.search_apply_fn)
@@ -531,7 +438,7 @@ class Evaluator:
             )
         start = time.monotonic()
         indices = np.asarray(indices, np.int64)
-        source = decoded_once(source)
+        source = evaluation_batches.decoded_once(source)
         if self.schedule == "all_points":
             flags = run_all_points(
                 self._flags_fn,
@@ -543,7 +450,7 @@ class Evaluator:
                 mesh=self.mesh,
             )
             return Evaluation(self.names, flags, indices, seconds=time.monotonic() - start)
-        size = batch_size_for(self.batch_size, self.mesh, len(indices))
+        size = evaluation_batches.batch_size_for(self.batch_size, self.mesh, len(indices))
         clean, loss = self._clean_pass(variables, source, indices, size)
         robust, details, points = [], {}, {}
         for i, tm in enumerate(self.settings.threats):
@@ -558,7 +465,7 @@ class Evaluator:
             if on_threat is not None:
                 on_threat(str(tm), flags, details[str(tm)])
             if keep_points:
-                x, _ = _own_rows(source, indices)  # one process: every point
+                x, _ = evaluation_batches.own_rows(source, indices)  # one process: every point
                 points[str(tm)] = adversarial.get(np.arange(len(indices)), x)
         flags = np.asarray(metric_flags(clean, robust))
         return Evaluation(
@@ -569,8 +476,8 @@ class Evaluator:
         program = _compiled_clean(self.apply_fn, self.mesh)
         clean = np.zeros(len(indices), bool)
         loss = np.zeros(len(indices), np.float32)
-        for pos, n in chunks(np.arange(len(indices)), size):
-            x, y = load_batch(source, indices[pos], self.mesh)
+        for pos, n in evaluation_batches.chunks(np.arange(len(indices)), size):
+            x, y = evaluation_batches.load_batch(source, indices[pos], self.mesh)
             ok, batch_loss = program(variables, x, y)
             clean[pos[:n]], loss[pos[:n]] = np.asarray(ok)[:n], np.asarray(batch_loss)[:n]
         return clean, loss
@@ -583,7 +490,7 @@ class Evaluator:
         frozen = tuple(sorted(settings.items()))
         quantum = parallel.round_up_to_devices(-(-size // SURVIVOR_QUANTA), self.mesh)
         robust = clean.copy()
-        adversarial = _OwnAdversarial(len(indices), size)
+        adversarial = evaluation_batches.OwnAdversarial(len(indices), size)
         after: dict[str, float] = {}
         seconds: dict[str, float] = {}
         first = True
@@ -600,9 +507,9 @@ class Evaluator:
             units = autoattack.n_units(name, settings, num_classes)
             for u in range(units):
                 todo = np.flatnonzero(robust)
-                for j, (pos, n) in enumerate(chunks(todo, size, quantum)):
+                for j, (pos, n) in enumerate(evaluation_batches.chunks(todo, size, quantum)):
                     k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a), u), j)
-                    x, y = load_batch(source, indices[pos], self.mesh)
+                    x, y = evaluation_batches.load_batch(source, indices[pos], self.mesh)
                     x_a, ok, inside = program(variables, x, y, k, np.int32(u))
                     ok, inside, pos = np.asarray(ok)[:n], np.asarray(inside)[:n], pos[:n]
                     _raise_if_outside(tm, inside)
@@ -647,9 +554,9 @@ class Evaluator:
         """Re-predicts every returned point in the evaluation's batches; checks the ball."""
         program = _compiled_final(self.apply_fn, self.mesh, tm)
         final = np.zeros(len(indices), bool)
-        for pos, n in chunks(np.arange(len(indices)), size):
-            x, y = _own_rows(source, indices[pos])
-            x_adv = adversarial.get(pos[_process_rows(len(pos))], x)
+        for pos, n in evaluation_batches.chunks(np.arange(len(indices)), size):
+            x, y = evaluation_batches.own_rows(source, indices[pos])
+            x_adv = adversarial.get(pos[evaluation_batches.process_rows(len(pos))], x)
             args = parallel.host_to_global((x_adv, x, y), self.mesh)
             ok, inside = program(variables, *args)
             _raise_if_outside(tm, np.asarray(inside)[:n])

@@ -66,11 +66,14 @@ def resolve_unroll(unroll: Unroll, n_steps: int) -> int | bool:
     return int(unroll)
 
 
-def run_loop(body: Callable, carry: Any, tables: dict[str, np.ndarray], unroll: int | bool) -> Any:
-    """Runs `carry = body(carry, row)` over the rows of `tables` (equal-length 1-D arrays).
+def run_loop(body: Callable, carry: Any, tables: dict[str, Any], unroll: int | bool) -> Any:
+    """Runs `carry = body(carry, row)` over the rows of `tables` (arrays of equal length).
 
-    With `unroll=True` the rows are NumPy scalars (static: the body may branch on them);
-    otherwise the loop is a `lax.scan` with `unroll` rows per loop body and rows are traced.
+    With `unroll=True` the loop is unrolled in Python and a row holds `table[i]` (static
+    NumPy scalars for NumPy tables: the body may branch on them); otherwise the loop is a
+    `lax.scan` with `unroll` rows per loop body and rows are traced. Every attack's loops run
+    here (APGD's and PGD's iterations, FAB's iterations and its targets x restarts); Square's
+    is a `lax.while_loop`, as it stops once every point is broken.
     """
     n = len(next(iter(tables.values())))
     if n == 0:

@@ -243,22 +243,17 @@ def fab_targeted_runs(
     restart = jnp.tile(jnp.arange(n_restarts), n_runs // n_restarts)
     keys = jax.random.split(key, n_runs)
 
-    def one(acc: FabResult, run: tuple[jax.Array, jax.Array, jax.Array]) -> FabResult:
-        t, r, k = run
-        start = where(r > 0, _random_start(k, x, norm, 0.5 * eps), x)
+    def one(acc: FabResult, run: dict[str, jax.Array]) -> FabResult:
+        start = where(run["restart"] > 0, _random_start(run["key"], x, norm, 0.5 * eps), x)
         best, dist = _targeted_run(
-            logits_fn, x, y, t, start, norm, n_iter, alpha_max, eta, beta, mode
+            logits_fn, x, y, run["target"], start, norm, n_iter, alpha_max, eta, beta, mode
         )
         closer = dist < acc.distance
         return FabResult(where(closer, best, acc.x_adv), jnp.where(closer, dist, acc.distance))
 
     acc = FabResult(x, jnp.where(clean_wrong, 0.0, jnp.inf).astype(jnp.float32))
-    if mode is True:
-        for i in range(n_runs):
-            acc = one(acc, (targets[i], restart[i], keys[i]))
-    else:
-        acc, _ = jax.lax.scan(lambda a, r: (one(a, r), None), acc, (targets, restart, keys))
-    return acc
+    runs = {"target": targets, "restart": restart, "key": keys}
+    return run_loop(one, acc, runs, True if mode is True else 1)
 
 
 def _validate(norm, n_target_classes, n_restarts, n_iter, alpha_max, eta, beta) -> None:

@@ -50,7 +50,7 @@ setuptools.setup(
             "dm-haiku>=0.0.17",
         ],
         # Importing PyTorch checkpoints (seasoning.import_weights --from=torch); the CPU build
-        # is enough (see README).
+        # is enough (see docs/importing.md).
         "torch": ["torch>=2.4"],
         # The PyTorch reference (fra31/auto-attack) for the cross-check tests and benchmarks.
         "test-torch": ["torch==2.13.0", "pyautoattack==0.2.0"],

@@ -8,7 +8,7 @@ Both sides attack the same batch with the same weights (the PyTorch twin of the 
 iterations), on this machine (the reference on the GPU when there is one, `--torch_device`),
 after one warm-up call each (ours compiles in it). The labels are the model's own predictions,
 so the reference (which only attacks correctly classified points) attacks the whole batch, as
-ours does. Prints one JSON line per model. Run by hand; results go into README.
+ours does. Prints one JSON line per model. Run by hand; results go into docs/benchmarks.md.
 """
 
 from __future__ import annotations

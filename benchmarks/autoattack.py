@@ -18,7 +18,8 @@ twin with the same weights (on the GPU when there is one, `--torch_device`). Bot
 our time includes tracing and compiling every attack (no persistent cache), the reference's
 its first call. Prints one JSON line per model and norm: robust accuracy of each, seconds of
 each, and their ratio. The Fashion-MNIST radii leave a mid-range robust accuracy on these
-briefly trained models (those of tests/test_reference.py). Run by hand; results go into README.
+briefly trained models (those of tests/test_reference.py). Run by hand; results go into
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ step train "${TRAIN_LIMIT:-120}" "$PY" benchmarks/train.py --models=cnn-small,wr
   --modes=nominal,linf --batch_size=128 --steps=20
 # Several test processes share the GPU: no up-front 75% allocation each. XLA:GPU of jax 0.11.2
 # aborts compiling one small L1 test program ("select_n... is live and cannot be removed");
-# disabling the multi-output fusion pass avoids it (see README, "GPUs").
+# disabling the multi-output fusion pass avoids it (see docs/training.md, "GPUs").
 read -r -a tests <<<"${TESTS:-tests/test_attacks.py tests/test_soup.py}"
 step tests "${TEST_LIMIT:-150}" env XLA_PYTHON_CLIENT_PREALLOCATE=false \
   XLA_FLAGS="${XLA_FLAGS:-} --xla_disable_hlo_passes=multi_output_fusion" "$PY" -m pytest -q -n 8 -p no:cacheprovider "${tests[@]}"

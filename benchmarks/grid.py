@@ -7,13 +7,13 @@
 Prints JSON lines: seconds and soups/s for (1) G forward passes of one plain model on the
 points, (2) the compiled grid (clean accuracy of G soups), (3) the loop that materialises each
 soup (`soup.combine`) and evaluates it; and the same for robust accuracy (AutoAttack fast,
-few iterations), where (4) the per-soup mode (`grid.evaluate_per_soup`: later attacks only on
+few iterations), where (4) the per-soup mode (`grid.evaluate_one_by_one`: later attacks only on
 the points still robust) joins in. (3) is the one evaluator's all_points schedule run on each
 soup in turn. Targets: (2) <= 1.1 x (1) and (3) >= 3 x (2).
 
 Ingredients: three randomly initialised models on random points and labels (default), or
 trained run dirs (`--ingredients`) on their test set, where robust accuracy, and so the
-per-soup mode's saving, is realistic. Run by hand; results go into README.
+per-soup mode's saving, is realistic. Run by hand; results go into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main(argv):
         key = jax.random.key(0)
         common = dict(settings=settings, key=key, mesh=mesh, batch_size=n_points)
         grid_s = _timed(
-            lambda: grid_lib.evaluate_grid(
+            lambda: grid_lib.evaluate_batched(
                 apply_fn,
                 stacked,
                 weights,
@@ -127,7 +127,7 @@ def main(argv):
         }
         if kind == "robust":
             per_soup_s = _timed(
-                lambda: grid_lib.evaluate_per_soup(
+                lambda: grid_lib.evaluate_one_by_one(
                     apply_fn, stacked, weights, source, indices, **common
                 ),
                 1,

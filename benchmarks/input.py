@@ -23,7 +23,7 @@ Pipelines:
   cifar10_train: decode|pad_crop(4)|flip_lr on the PNG records.
   fashion_mnist_train: the in-memory Fashion-MNIST training split, no augmentation.
 
-Run by hand; results go into README (Data).
+Run by hand; results go into docs/benchmarks.md ("Input throughput").
 """
 
 from __future__ import annotations

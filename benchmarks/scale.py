@@ -49,7 +49,7 @@ loop, as on accelerators), and turns them into images/s and minutes per epoch on
 not measurements, and are labelled so.
 
 Prints one JSON line per model and mode and a markdown table. Run by hand; results go into
-README.
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Both sides get one warm-up step (ours compiles in it). Our side uses `--devices`
 cores) on `--torch_device` (auto: CUDA when torch sees a GPU, else the CPU). On a GPU both
 sides run on the one accelerator and `--devices` has no effect.
 
-Prints one JSON line per model and mode. Run by hand; results go into README.
+Prints one JSON line per model and mode. Run by hand; results go into docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ not the reference's training: BatchNorm then normalises each micro-batch of 128 
 statistics.
 """
 
-from seasoning import config_lib
+from seasoning import config_lib, train_config
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False, eps=8 / 255)
-    c = config_lib.base_train_config()
+    c = train_config.base_train_config()
     c.dataset.update(
         name="cifar10", train_split="train", eval_split="test", crop_padding=4, flip=True
     )

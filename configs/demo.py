@@ -9,11 +9,12 @@ runlocal (every stage at a few steps and points: the integration test).
 """
 
 from seasoning import config_lib
+from seasoning.demo import config as demo_config
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False)
-    c = config_lib.base_demo_config()
+    c = demo_config.base_demo_config()
     # 400 steps (0.85 epoch) of Linf adversarial training with APGD-CE 3 at lr 0.1, then 60
     # steps (7,680 images) of each fine-tune with APGD 5 (the child configs: 10), at 5x their
     # lr (0.01 barely moves a model in 60 steps).

@@ -8,12 +8,12 @@ eps 0.1 on Fashion-MNIST is the usual choice of the robustness literature for th
 (e.g. Croce & Hein 2020 evaluate Linf 0.1 there); pixels are in [0, 1].
 """
 
-from seasoning import config_lib
+from seasoning import config_lib, train_config
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False, eps=0.1)
-    c = config_lib.base_train_config()
+    c = train_config.base_train_config()
     c.dataset.name = "fashion_mnist"
     # Fashion-MNIST's pixel mean and std; the model normalises its [0, 1] input itself.
     c.model = dict(name="cnn-small", mean=(0.2860,), std=(0.3530,))

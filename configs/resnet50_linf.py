@@ -11,13 +11,13 @@ crops and flips) with few-step PGD, as in the robust ImageNet models of Salman e
 (eps 4/255, 3 steps of 2.5 eps / 3, random start). Batch 512 (lr 0.2): our choice.
 """
 
-from seasoning import config_lib
+from seasoning import config_lib, train_config
 from seasoning.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False, eps=4 / 255)
-    c = config_lib.base_train_config()
+    c = train_config.base_train_config()
     # torchvision's RandomResizedCrop(224) (8-100% of the area, aspect 3/4-4/3) and flip;
     # eval: Resize(256) + CenterCrop(224).
     c.dataset.update(

@@ -27,7 +27,7 @@ Sources of the numbers:
   `--config.attack.chunks=c` (it runs on c parts of each micro-batch in turn; same x_adv).
 """
 
-from seasoning import config_lib
+from seasoning import config_lib, train_config
 from seasoning.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 _VARIANTS = {"b16": "vit-b16", "s16": "vit-s16", "ti16": "vit-ti16"}
@@ -37,7 +37,7 @@ def get_config(arg=None):
     arg = config_lib.parse_arg(arg, runlocal=False, variant="b16", eps=4 / 255)
     if arg.variant not in _VARIANTS:
         raise ValueError(f"Unknown variant {arg.variant!r}; expected one of {list(_VARIANTS)}.")
-    c = config_lib.base_train_config()
+    c = train_config.base_train_config()
     c.dataset.name = "imagenet2012"
     c.dataset.eval_split = "validation"
     # big_vision's vit_i1k ops: inception crop of 5-100% of the area, flip; eval: the shorter

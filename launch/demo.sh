@@ -3,7 +3,7 @@
 #   Linf adversarial training of the small CNN, its L2 / L1 / nominal fine-tunes, a sweep of
 #   their soups under a cheap attack, the ingredients and the selected soups re-checked with
 #   the four attacks of AutoAttack standard, soups selected for distribution shifts, and the
-#   report (configs/demo.py holds every size; README gives the time on a 2-core machine).
+#   report (configs/demo.py holds every size; docs/benchmarks.md gives its time on 2-core machines).
 # A second run reuses the finished stages; an interrupted one resumes. Environment:
 #   FRESH=1 deletes runs/demo first; RUNS=DIR puts the demo elsewhere;
 #   DEMO_CONFIG=configs/demo.py:runlocal runs every stage at a few steps (seconds each).

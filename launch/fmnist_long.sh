@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The long Fashion-MNIST recipe behind README's Ingredients, Soups and Shift tables (what
-# `make demo` ran before it was cut to minutes; `make demo` is the short version).
+# The long Fashion-MNIST recipe behind the Ingredients, Soups and Shift tables of docs/soups.md
+# and docs/shifts.md (what `make demo` ran before it was cut to minutes; `make demo` is the
+# short version).
 #   1. the root ingredient: Linf adversarial training of the small CNN (APGD-CE 10 steps,
 #      eps 0.1), EPOCHS epochs;
 #   2. its children, fine-tuned for 1 epoch each to L2 (0.8), L1 (10) and nominal training,

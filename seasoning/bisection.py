@@ -6,7 +6,7 @@ monotone predicate flips: no bracket to choose, no tolerance, the same 32 steps 
 
 The exact projections (`threat`), L1-APGD's top-k threshold and FAB's steps onto a hyperplane
 all reduce to such a search. On XLA:CPU it replaces a sort of each row, which costs ~100 ns per
-element there (see README, "Attack speed"), by 32 passes of an elementwise predicate.
+element there (see docs/benchmarks.md, "Attack speed"), by 32 passes of an elementwise predicate.
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ _SEARCH_DTYPE = flags.DEFINE_enum(
     list(evaluation.SEARCH_DTYPES),
     "The dtype the attacks search in (losses, gradients, steps); the --compute_dtype model "
     "judges every point at full float32 precision. same: the compute dtype. bfloat16 is faster "
-    "on GPUs and TPUs and slightly weaker (README, Evaluation).",
+    "on GPUs and TPUs and slightly weaker (docs/evaluation.md).",
 )
 _N_EXAMPLES = flags.DEFINE_integer("n_examples", 1000, "First N points of the split (0: all).")
 _BATCH = flags.DEFINE_integer("batch_size", 500, "Global points per compiled attack call.")

@@ -76,7 +76,7 @@ SCHEDULES = ("still_robust", "all_points")
 # The attacks' loops run rolled (`lax.scan`, one iteration a loop body) on every backend. On
 # CPU the default (`unroll=None`, `attacks._common`) unrolls budgets of up to 16 model
 # evaluations, which the training attack gains from; an evaluation does not: rolled, it compiles
-# faster and runs as fast (measured: README, Evaluation).
+# faster and runs as fast (measured: docs/evaluation.md, "Evaluating a run").
 UNROLL = 1
 # Survivor batches are padded to a multiple of this fraction of the batch size, so a later
 # attack's few points do not cost a whole batch, and each attack compiles for at most this

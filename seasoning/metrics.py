@@ -30,9 +30,9 @@ def _summary_writer_class() -> type:
 
     tensorboardX's writer module imports torch whenever it is installed (the `torch` and
     `test-torch` extras), only to accept torch tensors, which nothing here passes: that import
-    slowed the start of every training process (README, Development). It is refused while
-    tensorboardX loads (`sys.modules["torch"] = None` makes `import torch` raise ImportError, which
-    tensorboardX expects), unless torch is already imported.
+    slowed the start of every training process (docs/development.md, "How the suite is run").
+    It is refused while tensorboardX loads (`sys.modules["torch"] = None` makes `import torch`
+    raise ImportError, which tensorboardX expects), unless torch is already imported.
     """
     if "torch" in sys.modules:
         from tensorboardX import SummaryWriter

@@ -106,7 +106,7 @@ def split_cpu(requested: int, batch_size: int) -> int:
     """Splits the host CPU into several JAX devices; call before JAX starts its backends.
 
     On CPU, XLA runs the shards of a batch on separate threads, which keeps every core of a
-    small machine busy (the speed-up: README, "Speed"). GPU and TPU runs
+    small machine busy (the speed-up: docs/benchmarks.md, "Speed"). GPU and TPU runs
     are not affected (their devices are the accelerators).
 
     Args:

@@ -1,9 +1,10 @@
-"""The paper's recipes, built on the schema in `config_lib`.
+"""The paper's recipes, built on the schemas (`train_config`, `soup.config`, `shift.config`).
 
 The experiment configs in `configs/` call these: `child_config` is the `get_config` of a
 fine-tuning config (`configs/*_to_*.py`, the recipe `finetune_config`), `paper_soup_config` the
 `get_config` of a soup config (`configs/soup_*.py`, the ingredient sets `PAPER_SOUPS`).
-`config_lib` only loads and validates configs; what an experiment is lives here.
+`config_lib` only loads configs and the schemas say what keys exist; what an experiment is lives
+here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import os
 
 import ml_collections
 
-from seasoning import config_lib
+from seasoning import config_lib, train_config
+from seasoning.shift import config as shift_config
+from seasoning.soup import config as soup_config
 
 
 def finetune_config(
@@ -67,7 +70,7 @@ def finetune_config(
     c.num_epochs = num_epochs
     c.max_steps = 0
     c.init_from = init_from
-    c.imported_from = config_lib.base_train_config().imported_from  # the child is trained
+    c.imported_from = train_config.base_train_config().imported_from  # the child is trained
     return c
 
 
@@ -139,7 +142,7 @@ def run_child_config(arg: str | None) -> ml_collections.ConfigDict:
     parent = ml_collections.ConfigDict(
         workdir_lib.with_defaults(
             runs.read_config(arg.parent).to_dict(),
-            config_lib.as_json(config_lib.base_train_config()),
+            config_lib.as_json(train_config.base_train_config()),
         )
     )
     eps = arg.eps
@@ -183,14 +186,14 @@ def paper_soup_config(
       runs: the default of `runs`.
 
     Returns:
-      The soup config (`config_lib.base_soup_config` with these settings).
+      The soup config (`soup.config.base_soup_config` with these settings).
     """
     arg = config_lib.parse_arg(
         arg, runlocal=False, soup="l2", runs=runs, step=0.1, bn="interpolate"
     )
     config_lib.check_choice("soup", arg.soup, tuple(PAPER_SOUPS))
     suffixes = PAPER_SOUPS[arg.soup]
-    c = config_lib.base_soup_config()
+    c = soup_config.base_soup_config()
     c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
     c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
     c.grid.update(kind="simplex", step=arg.step)
@@ -226,11 +229,11 @@ def paper_shift_config(
       robust_examples: test images of the AutoAttack evaluation of the selected soups.
 
     Returns:
-      The shift config (`config_lib.base_shift_config` with these settings).
+      The shift config (`shift.config.base_shift_config` with these settings).
     """
     arg = config_lib.parse_arg(arg, runlocal=False, runs=runs, step=0.1)
     suffixes = ("", "_to_l2", "_to_l1", "_to_nominal")
-    c = config_lib.base_shift_config()
+    c = shift_config.base_shift_config()
     c.ingredients = tuple(f"{arg.runs}/{parent}{s}" for s in suffixes)
     c.labels = tuple(s.removeprefix("_to_") or "linf" for s in suffixes)
     c.shifts = tuple(shifts.values())

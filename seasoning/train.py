@@ -34,6 +34,7 @@ from seasoning import (
     parallel,
     preemption,
     runs,
+    train_config,
     training,
     trees,
 )
@@ -128,14 +129,14 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Setup:
     """Checks `config` and builds the run's pieces; reads data, writes nothing.
 
     Args:
-      config: a training config (see `config_lib.base_train_config`).
+      config: a training config (see `train_config.base_train_config`).
       mesh: the data mesh (default: every device of every process).
 
     Raises:
       UserError: a bad config value, a batch that does not split over the devices, missing
         data; each names the value and what was expected.
     """
-    config_lib.validate_train_config(config)
+    train_config.validate_train_config(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     parallel.check_batch_size(config.batch_size, mesh)
     training.check_batch_split(
@@ -287,8 +288,8 @@ def _train(
         workdir_lib.claim(
             workdir,
             config_lib.as_json(config),
-            config_lib.as_json(config_lib.base_train_config()),
-            free=config_lib.EXECUTION_KEYS,
+            config_lib.as_json(train_config.base_train_config()),
+            free=train_config.EXECUTION_KEYS,
         )
     ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
     writer = metrics_lib.MetricWriter(workdir, enabled=is_writer)

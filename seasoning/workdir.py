@@ -37,7 +37,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -330,7 +330,12 @@ def diff_dicts(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def check_result_file(
-    file: PathLike, settings: dict[str, Any], *, overwrite: bool = False, resume: bool = False
+    file: PathLike,
+    settings: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """The one guard for result files (eval.json, grid.json, shift.json).
 
@@ -344,6 +349,8 @@ def check_result_file(
       settings: everything that determines the result (JSON-like).
       overwrite: replace a file holding other settings (or an unfinished job).
       resume: continue an unfinished job with the same settings.
+      upgrade: maps the settings a file of an earlier version recorded to today's names
+        before they are compared (e.g. a renamed value); the caller writes today's.
 
     Returns:
       The file's content to reuse (complete) or continue (resume), or None to start afresh.
@@ -359,6 +366,8 @@ def check_result_file(
     if overwrite:
         return None
     old = existing.get("settings", {})
+    if upgrade is not None:
+        old = upgrade(old)
     if old != settings:
         diffs = "\n  ".join(diff_dicts(old, settings))
         raise errors.UserError(

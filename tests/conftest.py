@@ -68,6 +68,7 @@ _LONGEST_FIRST = (
     "test_attacks.py",
     "test_multiprocess_train.py",
     "test_shift_run.py",
+    "test_docs.py",
     "test_multiprocess.py",
     "test_evaluation.py",
     "test_shift_configs.py",

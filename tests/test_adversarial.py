@@ -6,11 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from seasoning import adversarial, config_lib, models, parallel, threat, training
+from seasoning import adversarial, models, parallel, threat, train_config, training
 
 
 def _sections(norm="linf", eps=0.1, **attack):
-    base = config_lib.base_train_config()
+    base = train_config.base_train_config()
     base.threat.update(norm=norm, eps=eps)
     base.attack.update(**{"name": "apgd", **attack})
     return base.threat, base.attack
@@ -225,10 +225,10 @@ def test_multi_norm_statistics_live_in_the_train_state():
     ],
 )
 def test_multi_norm_config_errors(mutate, message):
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     config.attack.update(name="apgd")
     config.threat.update(norm="multi", multi=("linf:0.1", "l2:0.8"))
-    config_lib.validate_train_config(config)  # the valid starting point
+    train_config.validate_train_config(config)  # the valid starting point
     mutate(config.threat)
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)

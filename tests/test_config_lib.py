@@ -3,14 +3,27 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from seasoning import adversarial, config_lib, data, errors, models, optim, recipes, soup
+from seasoning import (
+    adversarial,
+    config_lib,
+    data,
+    errors,
+    models,
+    optim,
+    recipes,
+    soup,
+    train_config,
+)
 from seasoning.attacks import autoattack
+from seasoning.soup import config as soup_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,7 +95,7 @@ def test_finetune_config_reads_its_parent(tmp_path):
     parent = config_lib.load_config(os.path.join(ROOT, "configs", "fmnist_cnn_linf.py"))
     (tmp_path / "config.json").write_text(json.dumps(config_lib.as_json(parent)))
     child = config_lib.load_config(f"{spec}:parent={tmp_path},norm=l2")
-    config_lib.validate_train_config(child)
+    train_config.validate_train_config(child)
     assert child.init_from == str(tmp_path)
     assert config_lib.as_json(child)["model"] == config_lib.as_json(parent)["model"]
     assert (child.threat.norm, child.threat.eps) == ("l2", 0.8)  # Fashion-MNIST's usual L2
@@ -95,7 +108,7 @@ def test_finetune_config_reads_its_parent(tmp_path):
 def test_shipped_training_configs_validate_and_build(path, variant):
     """Every training config, full and runlocal: valid, its attack and its model build."""
     config = config_lib.load_config(os.path.join(ROOT, path) + variant)
-    config_lib.validate_train_config(config)
+    train_config.validate_train_config(config)
     adversarial.make_training_attack(config.threat, config.attack)
     model = models.from_config(config, config.dataset.num_classes or 10)
     crops = [
@@ -125,27 +138,27 @@ def test_shipped_training_configs_validate_and_build(path, variant):
     ],
 )
 def test_validate_rejects(mutate, message):
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     mutate(config)
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
 
 
 def test_validate_rejects_unknown_and_mistyped_keys():
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     config.optimzer = dict(lr=0.1)
     with pytest.raises(ValueError, match=r"Unknown config key 'optimzer'.*'optimizer'"):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
     # A config file that builds its own ConfigDict can hold any type; the schema catches it.
     config = ml_collections.ConfigDict(
-        dict(config_lib.base_train_config().to_dict(), num_epochs="ten")
+        dict(train_config.base_train_config().to_dict(), num_epochs="ten")
     )
     with pytest.raises(ValueError, match=r"num_epochs='ten' has type str, expected int"):
-        config_lib.validate_train_config(config)
-    config = config_lib.base_train_config()
+        train_config.validate_train_config(config)
+    config = train_config.base_train_config()
     config.optimizer = dict(name="sgd", lr=0.1)
     with pytest.raises(ValueError, match=r"'optimizer' lacks .*momentum.*update"):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
 
 
 def _adversarial(c):
@@ -188,13 +201,13 @@ def _set(config, dotted, value):
 )
 def test_validate_train_ranges(key, value, expected):
     """Each numeric key out of range: the message names the key, the value and the range."""
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     if key.startswith("attack."):
         _adversarial(config)  # attack settings are checked only when there is an attack
     _set(config, key, value)
     message = re.escape(f"Config {key}={value!r}: expected ") + expected + r"\.$"
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
 
 
 @pytest.mark.parametrize(
@@ -206,35 +219,35 @@ def test_validate_train_ranges(key, value, expected):
     ],
 )
 def test_validate_train_rejects_attack_and_threat(mutate, message):
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     _adversarial(config)
     mutate(config)
     if config.threat.multi:
         config.threat.update(norm="multi", eps=0.0)
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
 
 
 def test_allowed_names_come_from_their_modules():
     """Every name the owning module accepts validates (config_lib keeps no copies)."""
     for name in data.DATASET_NAMES:
-        config = config_lib.base_train_config()
+        config = train_config.base_train_config()
         config.dataset.name = name
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
     for dtype in models.COMPUTE_DTYPES:
-        config = config_lib.base_train_config()
+        config = train_config.base_train_config()
         config.compute_dtype = dtype
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
     for optimizer in optim.OPTIMIZER_NAMES:
         for schedule in optim.SCHEDULE_NAMES:
-            config = config_lib.base_train_config()
+            config = train_config.base_train_config()
             config.optimizer.name, config.schedule.name = optimizer, schedule
-            config_lib.validate_train_config(config)
+            train_config.validate_train_config(config)
     for name in adversarial.ATTACK_NAMES[1:]:
-        config = config_lib.base_train_config()
+        config = train_config.base_train_config()
         _adversarial(config)
         config.attack.name = name
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
     for copy in ("DATASET_NAMES", "COMPUTE_DTYPES", "BN_POLICIES", "GRID_KINDS", "ATTACK_NAMES"):
         assert not hasattr(config_lib, copy)
 
@@ -249,11 +262,11 @@ SOUP_CONFIGS = sorted(
 @pytest.mark.parametrize("path", SOUP_CONFIGS)
 @pytest.mark.parametrize("variant", ["", ":runlocal", ":soup=l2_l1,bn=recalibrate"])
 def test_shipped_soup_configs_validate(path, variant):
-    config_lib.validate_soup_config(config_lib.load_config(os.path.join(ROOT, path) + variant))
+    soup_config.validate_soup_config(config_lib.load_config(os.path.join(ROOT, path) + variant))
 
 
 def _soup_config():
-    config = config_lib.base_soup_config()
+    config = soup_config.base_soup_config()
     config.ingredients = ("runs/a", "runs/b")
     return config
 
@@ -265,13 +278,13 @@ def test_soup_config_accepts_every_owned_name_and_another_dataset():
                 config = _soup_config()
                 config.grid.kind, config.bn_policy, config.eval.version = kind, bn, version
                 config.grid.weights = ((0.25, 0.75),) if kind == "list" else ()
-                config_lib.validate_soup_config(config)
+                soup_config.validate_soup_config(config)
     config = _soup_config()
     config.grid.update(kind="line", low=-0.5, high=1.5, step=0.5)
     config.eval.dataset = "cifar10:test[:1000]"
-    config_lib.validate_soup_config(config)
+    soup_config.validate_soup_config(config)
     config.eval.update(dataset="cifar100", threats=("linf:8/255",))  # no radii: named here
-    config_lib.validate_soup_config(config)
+    soup_config.validate_soup_config(config)
 
 
 @pytest.mark.parametrize(
@@ -296,7 +309,7 @@ def test_validate_soup_ranges(key, value, expected):
     _set(config, key, value)
     message = re.escape(f"Config {key}={value!r}: expected ") + expected + r"\.$"
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_soup_config(config)
+        soup_config.validate_soup_config(config)
 
 
 @pytest.mark.parametrize("low, high", [(0.5, 0.5), (1.0, 0.0)])
@@ -305,9 +318,9 @@ def test_line_grid_needs_low_below_high(low, high):
     config.grid.update(kind="line", low=low, high=high)
     message = f"grid.low={low!r}, grid.high={high!r}: expected low < high for grid.kind='line'"
     with pytest.raises(errors.UserError, match=re.escape(message)):
-        config_lib.validate_soup_config(config)
+        soup_config.validate_soup_config(config)
     config.grid.kind = "simplex"  # the bounds matter only to a line
-    config_lib.validate_soup_config(config)
+    soup_config.validate_soup_config(config)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +330,7 @@ def test_line_grid_needs_low_below_high(low, high):
         (lambda c: c.update(bn_policy="recalibrated"), r"bn_policy 'recalibrated'.*'recalibrate'"),
         (lambda c: c.eval.update(version="plus"), r"eval.version 'plus'.*standard, fast"),
         (lambda c: c.eval.update(compute_dtype="fp16"), r"eval.compute_dtype 'fp16'"),
-        (lambda c: c.update(evaluation="vmap"), r"evaluation 'vmap'.*per_soup"),
+        (lambda c: c.update(evaluation="vmap"), r"evaluation 'vmap'.*one_by_one"),
         (lambda c: c.eval.update(threats=("linf:x",)), r"eval.threats: .*'linf:x'"),
         (
             lambda c: c.eval.update(dataset="cifar1"),
@@ -338,7 +351,7 @@ def test_validate_soup_rejects(mutate, message):
     config = _soup_config()
     mutate(config)
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_soup_config(config)
+        soup_config.validate_soup_config(config)
 
 
 def test_paper_soup_recipe():
@@ -356,4 +369,21 @@ def test_finetune_recipe_keeps_model_and_data():
     assert child.dataset.to_dict() == parent.dataset.to_dict()
     assert (child.threat.norm, child.threat.eps, child.init_from) == ("l2", 0.8, "runs/p")
     assert (child.optimizer.lr, child.schedule.boundaries) == (0.01, (1 / 3, 2 / 3))
-    config_lib.validate_train_config(child)
+    train_config.validate_train_config(child)
+
+
+def test_schemas_and_config_files_load_without_jax():
+    """The schemas live beside their drivers, yet loading a config imports no JAX (2-3 s)."""
+    code = (
+        "import sys\n"
+        "from seasoning import config_lib\n"
+        "from seasoning.soup import config as soup_config\n"
+        "from seasoning.shift import config as shift_config\n"
+        "import seasoning.demo.config, seasoning.train_config\n"
+        "for path in ('configs/fmnist_cnn_linf.py', 'configs/fmnist_cnn_linf_to_l2.py',\n"
+        "             'configs/soup_fmnist.py', 'configs/shift_fmnist.py'):\n"
+        "    config_lib.load_config(path)\n"
+        "soup_config.base_soup_config(), shift_config.base_shift_config()\n"
+        "assert 'jax' not in sys.modules, 'jax was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

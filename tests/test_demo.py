@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from seasoning import config_lib, errors, stats
+from seasoning.demo import config as demo_config
 from seasoning.demo import report, selection, stages
+from seasoning.soup import config as soup_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "configs", "demo.py")
@@ -257,7 +259,7 @@ def test_sweep_weights_hold_each_family_once():
     assert len(rows) == 2 * line - 1 + (m + 1) * (m + 2) // 2 - m - 1
     # The argv spells them as the soup config's list grid, and the config accepts it.
     stage = stages.soup_stage(
-        config, "runs/x", "sweep", "t", "sweep", rows, config.sweep.attack, "grid"
+        config, "runs/x", "sweep", "t", "sweep", rows, config.sweep.attack, "batched"
     )
     weights = next(a for a in stage.argv if a.startswith("--config.grid.weights="))
     parsed = config_lib.load_config(
@@ -292,7 +294,7 @@ def test_eta_scales_the_expected_time_by_how_the_finished_stages_went(tmp_path):
 
 @pytest.mark.parametrize("variant", ["", ":runlocal"])
 def test_the_demo_configs_validate(variant):
-    config_lib.validate_demo_config(config_lib.load_config(DEMO + variant))
+    demo_config.validate_demo_config(config_lib.load_config(DEMO + variant))
 
 
 @pytest.mark.parametrize(
@@ -315,7 +317,7 @@ def test_the_demo_configs_validate(variant):
 def test_bad_demo_config_values_are_named(override, message):
     config = config_lib.load_config(DEMO, [override])
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_demo_config(config)
+        demo_config.validate_demo_config(config)
 
 
 @pytest.mark.parametrize(
@@ -333,7 +335,7 @@ def test_a_list_grid_is_checked(weights, message):
         ["grid.kind=list", f"grid.weights={weights}"],
     )
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_soup_config(config)
+        soup_config.validate_soup_config(config)
 
 
 def test_trend_counts_the_steps_along_a_line():

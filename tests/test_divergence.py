@@ -10,7 +10,17 @@ import jax
 import numpy as np
 import pytest
 
-from seasoning import checkpoints, cli, config_lib, divergence, errors, runs, train, trees
+from seasoning import (
+    checkpoints,
+    cli,
+    config_lib,
+    divergence,
+    errors,
+    runs,
+    train,
+    train_config,
+    trees,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = os.path.join(ROOT, "configs", "fmnist_cnn_linf.py:runlocal")
@@ -93,10 +103,10 @@ def test_each_error_exits_with_its_status_and_one_line(capsys, error, status):
     ],
 )
 def test_the_policy_values_are_checked(override, message):
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     config_lib.apply_override(config, override)
     with pytest.raises(errors.UserError, match=message):
-        config_lib.validate_train_config(config)
+        train_config.validate_train_config(config)
 
 
 @pytest.mark.slow

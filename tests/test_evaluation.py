@@ -228,9 +228,10 @@ def test_one_evaluation_set_up_for_every_driver():
     """`target`: the run's own split or another dataset's, the dataset's usual radii unless
     threat models are given (or defaults are off), overrides read from any mapping or config
     section by `autoattack.SETTINGS` (its other keys ignored)."""
-    from seasoning import config_lib
+    from seasoning import train_config
+    from seasoning.soup import config as soup_config
 
-    run_dataset = config_lib.base_train_config().dataset
+    run_dataset = train_config.base_train_config().dataset
     run_dataset.name = "fashion_mnist"
     own = evaluation.target(run_dataset)
     assert own.split == run_dataset.eval_split and own.dataset.name == "fashion_mnist"
@@ -244,5 +245,5 @@ def test_one_evaluation_set_up_for_every_driver():
     assert other.settings.overrides == (("n_iter", 7),) and other.settings.version == "fast"
     assert evaluation.target(run_dataset, "cifar10", default_threats=False).threats == ()
     # Every budget the soup schema's eval section may set is one of AutoAttack's, and back.
-    eval_keys = set(config_lib.base_soup_config().eval)
+    eval_keys = set(soup_config.base_soup_config().eval)
     assert set(autoattack.BUDGETS) <= eval_keys and "attacks" not in autoattack.BUDGETS

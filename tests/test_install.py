@@ -1,6 +1,7 @@
 """What `pip install -e '.[EXTRA]'` asks for on an accelerator machine (setup.py, as installed):
-a JAX range that keeps the versions the project was checked with, and the extras README names.
-Resolving them against an index is `make check-extras` (by hand: it needs the index)."""
+a JAX range that keeps the versions the project was checked with, and the extras that
+docs/training.md names. Resolving them against an index is `make check-extras` (by hand: it
+needs the index)."""
 
 import importlib.metadata
 import os
@@ -24,8 +25,8 @@ def _pinned(name: str) -> Version:
 
 
 def test_the_jax_range_keeps_the_versions_the_project_was_checked_with():
-    """CI's pinned JAX and the GPU runs' 0.11.2 (README "On a GPU or TPU machine") are in the
-    range, so pip keeps a machine's JAX of either instead of replacing it."""
+    """CI's pinned JAX and the GPU runs' 0.11.2 (docs/training.md "On a GPU or TPU machine") are
+    in the range, so pip keeps a machine's JAX of either instead of replacing it."""
     (jax,) = [r for r in _requirements() if r.name == "jax" and r.marker is None]
     assert _pinned("jax") in jax.specifier and Version("0.11.2") in jax.specifier
     (flax,) = [r for r in _requirements() if r.name == "flax" and r.marker is None]

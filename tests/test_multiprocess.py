@@ -66,10 +66,10 @@ def test_evaluate_on_two_processes_equals_one_process(runs, tmp_path):
 
 def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
     """The sweep that reported 129% accuracy on two processes (each fed the whole batch).
-    (Mode per_soup runs the evaluator of `seasoning.evaluate`, tested above.)"""
+    (Mode one_by_one runs the evaluator of `seasoning.evaluate`, tested above.)"""
     spec = os.path.join(CONFIGS, f"soup_fmnist.py:soup=l2,runs={runs},runlocal")
     overrides = [
-        "evaluation=grid",
+        "evaluation=batched",
         "eval.n_examples=44",
         "eval.batch_size=24",
         "chunk=3",
@@ -90,7 +90,7 @@ def test_soup_grid_sweep_on_two_processes_equals_one_process(runs, tmp_path):
         mesh=jobs.one_process_mesh(),
     )
     assert two["complete"] and (one["processes"], two["processes"]) == (1, 2)
-    assert two["settings"]["evaluation"] == one["settings"]["evaluation"] == "grid"
+    assert two["settings"]["evaluation"] == one["settings"]["evaluation"] == "batched"
     assert one["jax"]["devices"] == two["jax"]["devices"] == 4
     assert len(one["rows"]) == 3
     for row in two["rows"]:

@@ -11,7 +11,16 @@ import numpy as np
 import optax
 import pytest
 
-from seasoning import adversarial, config_lib, models, parallel, threat, train, training
+from seasoning import (
+    adversarial,
+    config_lib,
+    models,
+    parallel,
+    threat,
+    train,
+    train_config,
+    training,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_VIT = dict(image_size=16, patch_size=4, hidden_size=32, depth=2, num_heads=2, mlp_ratio=2)
@@ -21,7 +30,7 @@ LINF = "linf:0.1"
 
 def _attack(spec=LINF, steps=3, **attack):
     """APGD-CE without random start (deterministic, per example), as the training attacks."""
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     if "," in spec:
         config.threat.update(norm="multi", multi=tuple(spec.split(",")))
     else:
@@ -228,7 +237,7 @@ def test_remat_is_a_validated_model_keyword():
             for remat in (False, True)
         ]
         assert jax.tree.structure(shapes[0]) == jax.tree.structure(shapes[1])
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     config.model = dict(name="wrn-16-4", remat=True)
     assert models.from_config(config, 10).remat is True
     with pytest.raises(ValueError, match="remat='yes' must be True or False"):
@@ -397,12 +406,12 @@ def test_batch_split_errors_name_the_values(tmp_path):
         ("accumulate_steps", 3, "batch_size=128 is not divisible by accumulate_steps=3"),
         ("attack.chunks", 0, "attack.chunks=0: expected an integer >= 1"),
     ):
-        config = config_lib.base_train_config()
+        config = train_config.base_train_config()
         config_lib.apply_override(config, f"{key}={value}")
         with pytest.raises(ValueError, match=re.escape(message)):
-            config_lib.validate_train_config(config)
+            train_config.validate_train_config(config)
     # The driver checks the devices before it writes anything.
-    config = config_lib.base_train_config()
+    config = train_config.base_train_config()
     config.update(batch_size=40, accumulate_steps=4, max_steps=1)
     config.dataset.update(name="synthetic", num_train_examples=64)
     with pytest.raises(ValueError, match="accumulate_steps=4 times the 4 devices"):

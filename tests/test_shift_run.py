@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from seasoning import config_lib, data, errors, lease, stats, workdir
+from seasoning.shift import rows as rows_lib
 from seasoning.shift import run as run_lib
 from seasoning.shift import select, splits
 
@@ -278,7 +279,7 @@ def test_rows_are_keyed_by_stable_ids_and_older_runs_are_upgraded():
     """Files key a table row by its id (kind, method, members), never by the label a report
     shows; a run saved with name keys gets ids and renamed arrays on resume; an unknown
     selection method is a bug, not greedy."""
-    rows = run_lib.table_rows(["linf", "l2", "l1"], [[0, 2], [0, 1, 2]], ["grid", "greedy"])
+    rows = rows_lib.table_rows(["linf", "l2", "l1"], [[0, 2], [0, 1, 2]], ["grid", "greedy"])
     assert [r["id"] for r in rows] == [
         "ingredient/linf",
         "ingredient/l2",
@@ -295,7 +296,7 @@ def test_rows_are_keyed_by_stable_ids_and_older_runs_are_upgraded():
     arrays = {f"unseen/c/row/{r['name']}": np.full(3, i) for i, r in enumerate(rows)}
     arrays["unseen/c/labels"] = np.zeros(3)
     saved = {"rows": old_rows, "columns": [{"name": "c"}]}
-    run_lib.upgrade_rows(saved, arrays)
+    rows_lib.upgrade_rows(saved, arrays)
     assert saved["rows"] == rows
     assert sorted(arrays) == sorted([f"unseen/c/row/{r['id']}" for r in rows] + ["unseen/c/labels"])
     np.testing.assert_array_equal(arrays["unseen/c/row/specific/greedy"], np.full(3, 8))

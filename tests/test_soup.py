@@ -1,5 +1,8 @@
 """Soups: stacking, weighted sums, grids, greedy soups and BatchNorm recalibration."""
 
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -444,3 +447,18 @@ def test_recalibrate_errors(cnn):
 def test_policies():
     assert soup.BN_POLICIES == ("interpolate", "recalibrate")
     assert set(soup.__all__) <= set(dir(soup))
+
+
+def test_the_package_imports_its_code_on_first_use():
+    """`seasoning.soup` loads JAX only when a name is used, also when a submodule (which sets
+    itself as an attribute of the package) is imported first."""
+    code = (
+        "import sys\n"
+        "from seasoning import soup\n"
+        "assert 'jax' not in sys.modules\n"
+        "from seasoning.soup.mixing import stack\n"
+        "assert callable(soup.combine) and soup.combine.__name__ == 'combine'\n"
+        "assert soup.stack is stack and soup.bn.BN_POLICIES is soup.BN_POLICIES\n"
+        "assert set(soup.__all__) <= set(dir(soup))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

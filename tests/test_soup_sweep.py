@@ -102,10 +102,10 @@ def test_sweep_trades_linf_for_l2_and_writes_its_files(runs, swept):
 
 
 def test_one_hot_soups_score_as_seasoning_evaluate_scores_their_ingredient(runs, swept, tmp_path):
-    """per_soup mode (the default on CPU) attacks a soup as `seasoning.evaluate` attacks a model,
+    """one_by_one mode (the default on CPU) attacks a soup as `seasoning.evaluate` attacks a model,
     with the same keys: the w = 0 soup is the parent, point for point."""
     _, result = swept
-    assert result["settings"]["evaluation"] == "per_soup"
+    assert result["settings"]["evaluation"] == "one_by_one"
     parent = os.path.join(runs, "fmnist_cnn_linf")
     threats = [threat.parse(s) for s in THREATS]
     evaluated = evaluate.evaluate_run(
@@ -133,7 +133,7 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_rows(runs, swept, tmp_pa
     rows. While it runs it holds the workdir's lease: a second sweep there is refused."""
     config = _config(runs)
     workdir = str(tmp_path / "stopped")
-    real = grid_lib.evaluate_per_soup
+    real = grid_lib.evaluate_one_by_one
 
     def terminated_during_the_first_soup(*args, on_chunk, **kwargs):
         def terminate_then_save(first, flags):
@@ -146,10 +146,10 @@ def test_a_sweep_stopped_by_sigterm_resumes_to_the_same_rows(runs, swept, tmp_pa
 
         return real(*args, on_chunk=terminate_then_save, **kwargs)
 
-    monkeypatch.setattr(grid_lib, "evaluate_per_soup", terminated_during_the_first_soup)
+    monkeypatch.setattr(grid_lib, "evaluate_one_by_one", terminated_during_the_first_soup)
     with pytest.raises(errors.PreemptedError, match="after 1 of 3 soups.*--resume"):
         sweep.run_sweep(config, workdir)
-    monkeypatch.setattr(grid_lib, "evaluate_per_soup", real)
+    monkeypatch.setattr(grid_lib, "evaluate_one_by_one", real)
     assert sorted(os.listdir(workdir)) == ["grid.json"]  # the lease released
     with open(os.path.join(workdir, "grid.json")) as f:
         assert len(json.load(f)["rows"]) == 1  # the first soup was saved
@@ -177,7 +177,7 @@ def test_compiled_grid_equals_one_soup_at_a_time(runs):
     source = data.get_source(first.config.dataset, "test")
     indices = np.arange(90)  # batches of 48: a padded last batch
     key = jax.random.key(3)
-    fast = grid_lib.evaluate_grid(
+    fast = grid_lib.evaluate_batched(
         first.apply_fn,
         grid_lib.stacked_on_mesh(soup.stack(ingredients), mesh),
         weights,
@@ -206,7 +206,7 @@ def test_compiled_grid_equals_one_soup_at_a_time(runs):
     assert np.mean(np.abs(fast - slow)) < 0.005
 
 
-def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
+def test_one_by_one_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     """No threat models: clean accuracy only; `prepare` (the BN policy) reaches the soup."""
     config = _config(runs)
     first, ingredients = _ingredients(runs, config)
@@ -216,7 +216,7 @@ def test_per_soup_mode_recalibrates_each_soup_and_scores_clean_only(runs):
     x, y = data.to_float(images), np.asarray(labels, np.int32)
     mesh = parallel.make_mesh()
     weights = np.array([[0.5, 0.5]], np.float32)
-    acc = grid_lib.evaluate_per_soup(
+    acc = grid_lib.evaluate_one_by_one(
         first.apply_fn,
         soup.stack(ingredients),
         weights,

@@ -74,3 +74,19 @@ def test_mean_interval_of_groups():
     assert stats.mean_interval([np.ones(10, bool), np.ones(10, bool)])[1] == 1.0
     with pytest.raises(ValueError, match="summing to 1"):
         stats.mean_interval(groups, [0.5, 0.5, 0.5, 0.5])
+
+
+def test_the_closed_forms_equal_scipys_binomial_test():
+    """`interval` (beta quantiles) and `compare`'s p-value (twice a binomial tail) are the
+    exact Clopper-Pearson interval and two-sided test of scipy.stats.binomtest."""
+    from scipy.stats import binomtest
+
+    for n in [*range(1, 41), 100, 997]:
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            if not 0 <= k <= n:
+                continue
+            ci = binomtest(k, n).proportion_ci(0.95, method="exact")
+            np.testing.assert_allclose(stats.interval(k, n), (ci.low, ci.high), atol=1e-9)
+            a = np.r_[np.ones(k, bool), np.zeros(n - k, bool)]
+            got = stats.compare(a, ~a).p_value  # k points only a gets right, n - k only b
+            np.testing.assert_allclose(got, min(binomtest(k, n, 0.5).pvalue, 1.0), rtol=1e-9)

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from seasoning import config_lib, data, evaluation, models, optim, parallel, training
+from seasoning import data, evaluation, models, optim, parallel, train_config, training
 from seasoning.data import fashion_mnist
 
 
@@ -99,7 +99,7 @@ def test_bfloat16_compute_trains():
 
 
 def _schedule_config(**kw):
-    c = config_lib.base_train_config().schedule
+    c = train_config.base_train_config().schedule
     c.update(kw)
     return c
 
@@ -130,7 +130,7 @@ def test_weight_decay_skips_bn_and_bias_by_default():
     params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,)), "scale": jnp.ones((2,))}
     grads = jax.tree.map(jnp.zeros_like, params)
     for decay_all, expect_bias in ((False, 1.0), (True, 1.0 - 0.1 * 0.5)):
-        cfg = ml_collections.ConfigDict(config_lib.base_train_config().optimizer)
+        cfg = ml_collections.ConfigDict(train_config.base_train_config().optimizer)
         cfg.update(lr=0.1, momentum=0.0, weight_decay=0.5, decay_bn_and_bias=decay_all)
         tx = optim.make_optimizer(cfg, optax.constant_schedule(0.1))
         updates, _ = tx.update(grads, tx.init(params), params)

@@ -25,6 +25,7 @@ from absl import app, flags
 
 from seasoning import cli, config_lib, errors
 from seasoning import workdir as workdir_lib
+from seasoning.demo import config as demo_config
 from seasoning.demo import report, selection, stages
 
 _FRESH = flags.DEFINE_bool("fresh", False, "Delete the demo's workdir first and start over.")
@@ -108,7 +109,7 @@ def _run(group: list[stages.Stage], index: int, plan, record, env) -> None:
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str, fresh: bool = False) -> str:
     """Every stage, then report.md; returns the report's path."""
-    config_lib.validate_demo_config(config)
+    demo_config.validate_demo_config(config)
     if fresh:
         stages.check_clearable(workdir)
         if os.path.exists(workdir):

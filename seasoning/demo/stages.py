@@ -216,7 +216,7 @@ def recheck_stage(
     config: ml_collections.ConfigDict, workdir: str, weights: Sequence[Sequence[float]]
 ) -> Stage:
     """The re-check of the ingredients and selected soups, `weights` over `LABELS`, each soup
-    attacked as `seasoning.evaluate` attacks a model (evaluation per_soup)."""
+    attacked as `seasoning.evaluate` attacks a model (evaluation one_by_one)."""
     return soup_stage(
         config,
         workdir,
@@ -225,7 +225,7 @@ def recheck_stage(
         RECHECK_DIR,
         weights,
         config.recheck.attack,
-        "per_soup",
+        "one_by_one",
         LAST_GROUP,
     )
 

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from seasoning import checkpoints, config_lib, data, errors, models
+from seasoning import checkpoints, config_lib, data, errors, models, train_config
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.import_weights import layouts, readers
@@ -127,7 +127,9 @@ def import_run(
         "num_classes": num_classes,
     }
     with lease_lib.hold(lease_lib.of_workdir(workdir)):
-        workdir_lib.claim(workdir, config_json, config_lib.as_json(config_lib.base_train_config()))
+        workdir_lib.claim(
+            workdir, config_json, config_lib.as_json(train_config.base_train_config())
+        )
         ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
         if ckpt.latest_step() is not None:
             logging.info(
@@ -147,7 +149,7 @@ def run_config(imported: Imported, dataset: str, *, fmt: str, src: str, digest: 
       UserError: an unknown dataset, or one whose class count differs from the model's.
     """
     config_lib.check_choice("--dataset", dataset, data.DATASET_NAMES)
-    c = config_lib.base_train_config()
+    c = train_config.base_train_config()
     c.dataset.name = dataset
     num_classes = imported.model["num_classes"]
     size = imported.image_shape[0] if imported.image_shape else 0
@@ -167,7 +169,7 @@ def run_config(imported: Imported, dataset: str, *, fmt: str, src: str, digest: 
     c.imported_from.update(
         format=fmt, file=src, sha256=digest, normalization=imported.normalization
     )
-    config_lib.validate_train_config(c)
+    train_config.validate_train_config(c)
     return c
 
 

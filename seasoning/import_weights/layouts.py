@@ -330,7 +330,7 @@ def family(model_name: str) -> str:
 
 
 def importable_models() -> str:
-    """The model names import accepts, by format, for messages and README."""
+    """The model names import accepts, by format, for messages and docs/importing.md."""
     by_format: dict[str, list[str]] = {}
     names = {
         "wrn": "wrn-D-W",

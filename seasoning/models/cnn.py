@@ -1,7 +1,7 @@
 """A small CNN for 28x28 and 32x32 images that trains quickly on a CPU.
 
 It downsamples with stride-2 convolutions, not max-pooling: on CPU, XLA's max-pool backward
-pass is slow (README, Models), and strided convolutions cost less in both directions.
+pass is slow (docs/training.md, "Models"), and strided convolutions cost less in both directions.
 """
 
 from collections.abc import Sequence

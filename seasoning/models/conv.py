@@ -4,7 +4,8 @@ Attacks differentiate the model with respect to its input many times inside `lax
 transpose of a convolution (the input gradient) reads the kernel with its input and output
 features swapped; outside a loop XLA:CPU copies the kernel into the layout its fast convolution
 needs, but inside a while loop's body it does not, and the input-gradient convolutions fall back
-to a path several times slower (README, "Attack speed"; jax-ml/jax#12868 is the same effect).
+to a path several times slower (docs/benchmarks.md, "Attack speed"; jax-ml/jax#12868 is the
+same effect).
 `conv_general_dilated` here computes the same function and the same gradients, bit for bit,
 but builds the input gradient from a kernel whose feature axes are swapped explicitly (behind an
 `optimization_barrier`, so that XLA cannot fold the swap back into the convolution), which the

@@ -28,7 +28,7 @@ def shift_accuracy(predicted: np.ndarray, labels: np.ndarray, member: np.ndarray
 
 
 def row_key(row: dict) -> str:
-    """The key of a table row's arrays: its `id` (`run.row_id`); runs saved before rows had
+    """The key of a table row's arrays: its `id` (`rows.row_id`); runs saved before rows had
     ids keyed them by the row's name."""
     return row.get("id", row["name"])
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -34,7 +33,6 @@ from absl import logging
 from jax.sharding import Mesh
 
 from seasoning import (
-    config_lib,
     data,
     errors,
     evaluation,
@@ -48,7 +46,9 @@ from seasoning import (
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
 from seasoning.data.source import ConcatSource
+from seasoning.shift import config as shift_config
 from seasoning.shift import predict, report, select, splits
+from seasoning.shift.rows import ensembles_of, row_label, table_rows, upgrade_rows
 from seasoning.soup import grid as soup_grid
 
 SHIFT_FILE, ARRAYS_FILE, REPORT_FILE, WEIGHTS_PLOT = (
@@ -130,101 +130,6 @@ def load_columns(config: ml_collections.ConfigDict, first: runs.Run) -> list[Col
         unseen = np.concatenate([o + m.unseen for o, m in zip(starts, member_splits, strict=True)])
         columns.append(Column(name, spec, heads.pop(), concat, member_splits, adaptation, unseen))
     return columns
-
-
-def ensembles_of(config: ml_collections.ConfigDict, labels: list[str]) -> list[list[int]]:
-    """Ingredient indices of each logit ensemble (default: first + last, and all)."""
-    if config.ensembles:
-        return [[labels.index(p) for p in spec.split("+")] for spec in config.ensembles]
-    k = len(labels)
-    return [[0, k - 1], list(range(k))] if k > 2 else [list(range(k))]
-
-
-def row_label(kind: str, method: str = "", column: str = "") -> str:
-    """The table's label of a soup row (`kind` "single" or "specific"; a specific soup of one
-    `column`), as reports show it; files key rows by `row_id`, never by this."""
-    if kind == "single":
-        return f"single soup ({method})"
-    if column:
-        return f"{column} soup ({method})"
-    return f"dataset-specific soups ({method})"
-
-
-def row_id(kind: str, *, label: str = "", members: Sequence[int] = (), method: str = "") -> str:
-    """The stable key of a table row in shift.json and predictions.npz: `ingredient/<label>`,
-    `ensemble/<i>+<j>...` (ingredient indices), `single/<method>` or `specific/<method>`.
-
-    Raises:
-      ValueError: an unknown kind (a bug).
-    """
-    if kind == "ingredient":
-        return f"ingredient/{label}"
-    if kind == "ensemble":
-        return "ensemble/" + "+".join(str(i) for i in members)
-    if kind in ("single", "specific"):
-        return f"{kind}/{method}"
-    raise ValueError(f"Unknown table row kind {kind!r}.")
-
-
-def table_rows(labels: list[str], ensembles: list[list[int]], methods: list[str]) -> list[dict]:
-    """The rows of the paper's table: ingredients, ensembles, each method's soups; each with
-    its stable `id` (`row_id`) and its display `name`."""
-    rows = [
-        {
-            "id": row_id("ingredient", label=lab),
-            "name": lab,
-            "kind": "ingredient",
-            "fp": 1,
-            "ingredient": i,
-        }
-        for i, lab in enumerate(labels)
-    ]
-    for members in ensembles:
-        name = (
-            "ensemble of all"
-            if len(members) == len(labels) and len(labels) > 2
-            else "ensemble " + "+".join(labels[i] for i in members)
-        )
-        rows.append(
-            {
-                "id": row_id("ensemble", members=members),
-                "name": name,
-                "kind": "ensemble",
-                "fp": len(members),
-                "members": members,
-            }
-        )
-    for method in methods:
-        for kind in ("single", "specific"):
-            rows.append(
-                {
-                    "id": row_id(kind, method=method),
-                    "name": row_label(kind, method),
-                    "kind": kind,
-                    "fp": 1,
-                    "method": method,
-                }
-            )
-    return rows
-
-
-def upgrade_rows(result: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Gives the rows of a run saved before rows had ids their `id`, and renames its arrays
-    from the display name to the id (`unseen/<column>/row/<name>` -> `.../row/<id>`), so that
-    `--resume` continues it. Rows that have ids are left as they are."""
-    for row in result["rows"]:
-        if "id" in row:
-            continue
-        row["id"] = row_id(
-            row["kind"],
-            label=row["name"],
-            members=row.get("members", ()),
-            method=row.get("method", ""),
-        )
-        for column in result["columns"]:
-            old = f"unseen/{column['name']}/row/{row['name']}"
-            if old in arrays:
-                arrays[f"unseen/{column['name']}/row/{row['id']}"] = arrays.pop(old)
 
 
 class _Files:
@@ -358,7 +263,7 @@ def run_shift(
       BusyError: another live job holds the workdir.
       PreemptedError: stopped by SIGTERM (`resume=True` goes on).
     """
-    config_lib.validate_shift_config(config)
+    shift_config.validate_shift_config(config)
     run_dirs = list(config.ingredients)
     labels = runs.ingredient_labels(run_dirs, config.labels)
     ingredients = runs.load_ingredients(run_dirs, config.compute_dtype)

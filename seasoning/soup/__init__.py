@@ -26,25 +26,61 @@ BatchNorm (`BN_POLICIES`, module `soup.bn`): "interpolate" mixes the running sta
 any other leaf (what `combine` does); "recalibrate" then replaces them with statistics measured
 on training images, by `recalibrate_batch_stats` on the host or `bn.recalibrate_in_program`
 inside a compiled program, which fixes the variance collapse of averaged networks.
+
+The names above are imported from `soup.mixing`, `soup.search` and `soup.bn` on first use, so
+that `soup.config` (the soup config schema, which the experiment configs import) loads without
+JAX. `soup.grid` evaluates many soups per compiled program, `soup.sweep` is the driver's work.
 """
 
 from __future__ import annotations
 
-from seasoning.soup import bn
-from seasoning.soup.bn import BN_POLICIES, recalibrate_batch_stats
-from seasoning.soup.combine import (
-    GRID_KINDS,
-    SUM_ATOL,
-    check_weights,
-    combine,
-    combine_stacked,
-    line_grid,
-    mix,
-    simplex_grid,
-    stack,
-    uniform,
-)
-from seasoning.soup.search import GreedyResult, LearnedResult, greedy, learned, learned_weights
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seasoning.soup import bn
+    from seasoning.soup.bn import BN_POLICIES, recalibrate_batch_stats
+    from seasoning.soup.mixing import (
+        GRID_KINDS,
+        SUM_ATOL,
+        check_weights,
+        combine,
+        combine_stacked,
+        line_grid,
+        mix,
+        simplex_grid,
+        stack,
+        uniform,
+    )
+    from seasoning.soup.search import (
+        GreedyResult,
+        LearnedResult,
+        greedy,
+        learned,
+        learned_weights,
+    )
+
+# Each public name and the submodule that defines it.
+_OWNERS = {
+    "BN_POLICIES": "bn",
+    "recalibrate_batch_stats": "bn",
+    "GRID_KINDS": "mixing",
+    "SUM_ATOL": "mixing",
+    "check_weights": "mixing",
+    "combine": "mixing",
+    "combine_stacked": "mixing",
+    "line_grid": "mixing",
+    "mix": "mixing",
+    "simplex_grid": "mixing",
+    "stack": "mixing",
+    "uniform": "mixing",
+    "GreedyResult": "search",
+    "LearnedResult": "search",
+    "greedy": "search",
+    "learned": "search",
+    "learned_weights": "search",
+}
 
 __all__ = [
     "BN_POLICIES",
@@ -66,3 +102,19 @@ __all__ = [
     "stack",
     "uniform",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the soup code on first use of one of its names (PEP 562)."""
+    if name not in _OWNERS and name not in ("bn", "search"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    for module in ("bn", "mixing", "search"):
+        importlib.import_module(f"{__name__}.{module}")
+    package = sys.modules[__name__]
+    for key, module in _OWNERS.items():
+        setattr(package, key, getattr(sys.modules[f"{__name__}.{module}"], key))
+    return getattr(package, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -2,7 +2,7 @@
 
 Both modes measure soups with the one evaluator (`seasoning.evaluation`):
 
-`grid` (its `all_points` schedule, many soups per compiled program): the ingredients are
+`batched` (its `all_points` schedule, many soups per compiled program): the ingredients are
 stacked ([K, ...] leaves) and a chunk of weight rows [C, K] is evaluated by `jax.lax.map`
 (`vectorize` soups at a time under `jax.vmap`): each soup's variables are mixed inside the
 program (`soup.combine_stacked`), its BatchNorm statistics optionally re-estimated
@@ -11,12 +11,13 @@ program (`soup.combine_stacked`), its BatchNorm statistics optionally re-estimat
 last chunk padded), so memory stays bounded by C soups and a long grid can be saved, and
 resumed, after every chunk.
 
-`per_soup` (its `still_robust` schedule): each soup is mixed by one compiled program, then
+`one_by_one` (its `still_robust` schedule): each soup is mixed by one compiled program, then
 evaluated as `seasoning.evaluate` evaluates a model, each attack only on the points still
 robust, with the same keys, so a one-hot soup scores exactly as its ingredient's eval.json. It
 does less work (APGD-T only where APGD-CE failed) and wins where there is no idle hardware for
-side-by-side soups to fill: a CPU (measured in README). `auto` picks it on CPU, `grid`
-elsewhere.
+side-by-side soups to fill: a CPU (measured: docs/benchmarks.md, "Speed of the soup grid").
+`auto` picks it on CPU, `batched` elsewhere. The modes were called `grid` and `per_soup`
+before; those names are still accepted for one release (`OLD_MODE_NAMES`, CHANGELOG.md).
 
 Both run unchanged on many processes (each feeds its rows of every batch).
 """
@@ -40,7 +41,9 @@ if TYPE_CHECKING:  # the source only passes through to the evaluator
 
 Prepare = Callable[[Any], Any]  # a soup's variables -> the variables to evaluate (BN policy)
 
-MODES = ("auto", "grid", "per_soup")
+MODES = ("auto", "batched", "one_by_one")
+# The modes' names before (config values, grid.json records), accepted for one release.
+OLD_MODE_NAMES = {"grid": "batched", "per_soup": "one_by_one"}
 
 
 def mix_stacked(stacked: Any, weights: Any, prepare: Prepare | None = None) -> Any:
@@ -65,17 +68,40 @@ def _mix_positional(stacked: Any, weights: Any, *, prepare: Prepare | None) -> A
     return mix_stacked(stacked, weights, prepare)
 
 
+def current_mode_name(mode: str) -> str:
+    """`mode` under today's name (`OLD_MODE_NAMES`); any other value as it is."""
+    return OLD_MODE_NAMES.get(mode, mode)
+
+
 def resolve_mode(mode: str) -> str:
-    """'grid' or 'per_soup' for a config's `evaluation`: auto is per_soup on CPU, else grid.
+    """'batched' or 'one_by_one' for a config's `evaluation`: auto is one_by_one on CPU, else
+    batched; an old name (`OLD_MODE_NAMES`) is taken with a warning.
 
     Raises:
       UserError: an unknown mode.
     """
+    if mode in OLD_MODE_NAMES:
+        logging.warning(
+            "Soup evaluation mode %r is now called %r; the old name is accepted until the next "
+            "release (CHANGELOG.md).",
+            mode,
+            OLD_MODE_NAMES[mode],
+        )
+        mode = OLD_MODE_NAMES[mode]
     if mode not in MODES:
         raise errors.UserError(f"Unknown soup evaluation mode {mode!r}; expected one of {MODES}.")
     if mode == "auto":
-        return "per_soup" if jax.default_backend() == "cpu" else "grid"
+        return "one_by_one" if jax.default_backend() == "cpu" else "batched"
     return mode
+
+
+def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a grid.json written before the modes' renaming, with today's mode name
+    (so that `--resume` continues it and a finished sweep is reused)."""
+    mode = settings.get("evaluation")
+    if mode not in OLD_MODE_NAMES:
+        return settings
+    return {**settings, "evaluation": OLD_MODE_NAMES[mode]}
 
 
 @functools.lru_cache(maxsize=16)
@@ -91,8 +117,8 @@ def soups_flags_fn(
     [C, M, B]. `vectorize` soups are evaluated side by side (`jax.vmap`), the groups one after
     another (`lax.map`). Keep 1 unless a batch of points is too small to fill the device:
     vmapping soups turns every convolution into a grouped one, which was slower on a CPU and
-    on a GPU (README, "Speed of the soup grid"). Cached, so that every chunk and sweep with
-    these arguments compiles once.
+    on a GPU (docs/benchmarks.md, "Speed of the soup grid"). Cached, so that every chunk and
+    sweep with these arguments compiles once.
     """
 
     def flags_fn(model_arg, x, y, key):
@@ -108,7 +134,7 @@ def soups_flags_fn(
     return flags_fn
 
 
-def evaluate_grid(
+def evaluate_batched(
     apply_fn: evaluation.ApplyFn,
     stacked: Any,
     weights: np.ndarray,
@@ -125,7 +151,7 @@ def evaluate_grid(
     on_chunk: Callable[[int, np.ndarray], None] | None = None,
     start_row: int = 0,
 ) -> np.ndarray:
-    """Mode `grid`: the rows of `weights` [G, K], `chunk` soups per compiled call.
+    """Mode `batched`: the rows of `weights` [G, K], `chunk` soups per compiled call.
 
     Args:
       apply_fn: (variables, x) -> logits, eval mode; the same object for every call.
@@ -169,7 +195,7 @@ def evaluate_grid(
     return np.concatenate(out) if out else np.zeros((0, len(names)))
 
 
-def evaluate_per_soup(
+def evaluate_one_by_one(
     apply_fn: evaluation.ApplyFn,
     stacked: Any,
     weights: np.ndarray,
@@ -184,9 +210,9 @@ def evaluate_per_soup(
     on_chunk: Callable[[int, np.ndarray], None] | None = None,
     start_row: int = 0,
 ) -> np.ndarray:
-    """Mode `per_soup`: each soup mixed in a compiled program, then evaluated as a model.
+    """Mode `one_by_one`: each soup mixed in a compiled program, then evaluated as a model.
 
-    Arguments as `evaluate_grid`; `key` is used as `seasoning.evaluate` uses its seed's key,
+    Arguments as `evaluate_batched`; `key` is used as `seasoning.evaluate` uses its seed's key,
     so a one-hot soup scores exactly as its ingredient. `on_chunk` is called after each soup.
 
     Returns:
@@ -226,3 +252,7 @@ def _log_progress(done: int, total: int, done_now: int, t0: float) -> None:
 
 # Old name, removed in the next release (CHANGELOG.md).
 mix = deprecation.renamed(mix_stacked, "seasoning.soup.grid.mix")
+evaluate_grid = deprecation.renamed(evaluate_batched, "seasoning.soup.grid.evaluate_grid")
+evaluate_per_soup = deprecation.renamed(
+    evaluate_one_by_one, "seasoning.soup.grid.evaluate_per_soup"
+)

@@ -18,7 +18,7 @@ import optax
 from absl import logging
 
 from seasoning import errors
-from seasoning.soup.combine import PyTree, check_ingredients, combine_stacked, stack
+from seasoning.soup.mixing import PyTree, check_ingredients, combine_stacked, stack
 
 # ----------------------------------------------------------------------------------------
 # Greedy soup.

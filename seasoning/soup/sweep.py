@@ -3,13 +3,13 @@
 `run_sweep(config, workdir)` is what `python -m seasoning.soup` runs. It loads the ingredients
 (run dirs of `seasoning.train`, read with `runs.load` and checked to share one model and
 dataset), builds the grid of soup weights, evaluates every soup's clean and robust accuracy
-(`soup.grid`, in mode `grid` or `per_soup`) on the evaluation dataset (the ingredients' own, or
+(`soup.grid`, in mode `batched` or `one_by_one`) on the evaluation dataset (the ingredients' own, or
 config `eval.dataset`), and writes into the workdir:
 
 - `grid.json`: settings (ingredients and their checkpoint steps, weights, dataset, threat
   models, attack settings, seed, evaluation mode) and one row per soup with every metric, its
   95% interval and the per-point flags (`soup_row`; `stats`);
-  written after every chunk of soups (every soup in per_soup mode), so `--resume` continues an
+  written after every chunk of soups (every soup in one_by_one mode), so `--resume` continues an
   interrupted sweep where it stopped;
 - `grid.csv`: the same rows as a table;
 - plots: each metric against w (two ingredients), a simplex heat map per metric (three), and
@@ -32,7 +32,6 @@ from absl import logging
 from jax.sharding import Mesh
 
 from seasoning import (
-    config_lib,
     data,
     errors,
     evaluation,
@@ -45,6 +44,7 @@ from seasoning import (
 )
 from seasoning import lease as lease_lib
 from seasoning import workdir as workdir_lib
+from seasoning.soup import config as soup_config
 from seasoning.soup import grid as grid_lib
 
 GRID_FILE, CSV_FILE = "grid.json", "grid.csv"
@@ -77,7 +77,7 @@ def run_sweep(
       BusyError: another live job holds the workdir.
       PreemptedError: stopped by SIGTERM (`resume=True` goes on).
     """
-    config_lib.validate_soup_config(config)
+    soup_config.validate_soup_config(config)
     run_dirs = list(config.ingredients)
     labels = runs.ingredient_labels(run_dirs, config.labels)
     ingredients = runs.load_ingredients(run_dirs, config.eval.compute_dtype)
@@ -121,7 +121,9 @@ def run_sweep(
         lease_lib.hold(lease_lib.of_workdir(workdir, force=force_lease)),
         preemption.Watcher() as watcher,
     ):
-        previous = workdir_lib.check_result_file(out_path, record, resume=resume)
+        previous = workdir_lib.check_result_file(
+            out_path, record, resume=resume, upgrade=grid_lib.upgrade_settings
+        )
         rows = list(previous["rows"]) if previous else []
         is_writer = jax.process_index() == 0
 
@@ -171,8 +173,8 @@ def run_sweep(
                 start_row=len(rows),
             )
             stacked = grid_lib.stacked_on_mesh(stacked, mesh)
-            if mode == "grid":
-                grid_lib.evaluate_grid(
+            if mode == "batched":
+                grid_lib.evaluate_batched(
                     first.apply_fn,
                     stacked,
                     weights,
@@ -183,7 +185,7 @@ def run_sweep(
                     **common,
                 )
             else:
-                grid_lib.evaluate_per_soup(
+                grid_lib.evaluate_one_by_one(
                     first.apply_fn, stacked, weights, source, indices, **common
                 )
         result = {

@@ -473,14 +473,38 @@ def _flag(words: list[str], name: str) -> str:
     return value
 
 
+def _check_run_files(workdir: str, log: str) -> None:
+    """A `:runlocal` training run's files: config, metrics at every `log_every_steps` (5) and
+    the final evaluation, TensorBoard events, the last checkpoint; its train step compiled
+    once (JAX_LOG_COMPILES)."""
+    from seasoning import checkpoints
+
+    files = os.listdir(workdir)
+    assert "config.json" in files and "metrics.jsonl" in files, files
+    assert any(f.startswith("events.out.tfevents") for f in files), files
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["max_steps"] == 20
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    train_lines = [m for m in lines if "train/loss" in m]
+    assert [m["step"] for m in train_lines] == [5, 10, 15, 20]
+    assert all(m["train/images_per_s"] > 0 for m in train_lines)
+    evals = [m for m in lines if "eval/accuracy" in m]
+    assert [m["step"] for m in evals] == [20] and 0 <= evals[0]["eval/accuracy"] <= 1
+    tree, meta, step = checkpoints.read_numpy(workdir)
+    assert step == 20 and int(tree["step"]) == 20 and meta["model"]["name"] == "cnn-small"
+    assert log.count("Compiling jit(train_step)") == 1, log[-3000:]
+
+
 @pytest.mark.slow
 def test_the_readme_walkthrough_runs_as_written(tmp_path, family):
     """The five commands, run one after another in a fresh folder: each succeeds and writes its
-    artefact (checkpoints, grid.json, eval.json, shift.json)."""
+    artefact (a training run's files, grid.json, eval.json, shift.json)."""
     quick = str(tmp_path / "quick")
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
+        "JAX_LOG_COMPILES": "1",  # every compilation logged: the train step compiles once
         # Fashion-MNIST-C's images, shared with tests/test_shift_run.py (the same runlocal split).
         "SEASONING_CACHE_DIR": os.path.join(family.root, "corruption_cache"),
     }
@@ -495,8 +519,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, family):
         workdir = _flag(words, "workdir")
         driver = words[2]
         if driver == "seasoning.train":
-            assert os.listdir(os.path.join(workdir, "checkpoints")), step
-            assert os.path.isfile(os.path.join(workdir, "metrics.jsonl")), step
+            _check_run_files(workdir, done.stderr)
         else:
             name = {"seasoning.soup": "grid.json", "seasoning.evaluate": "eval.json"}
             with open(os.path.join(workdir, name.get(driver, "shift.json"))) as f:

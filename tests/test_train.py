@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +22,6 @@ from seasoning import (
     runs,
     threat,
     train,
-    training,
 )
 from seasoning import metrics as metrics_lib
 
@@ -42,27 +40,6 @@ def _cli(*args, **kwargs):
         text=True,
         **kwargs,
     )
-
-
-@pytest.mark.slow
-def test_runlocal_writes_run_files_and_compiles_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(training, "train_step", chex.assert_max_traces(training.train_step, n=1))
-    config = config_lib.load_config(f"{FMNIST}:runlocal", ["eval_every_steps=10"])
-    workdir = str(tmp_path / "run")
-    final = train.train_and_evaluate(config, workdir)
-    assert 0.0 <= final["accuracy"] <= 1.0
-    files = os.listdir(workdir)
-    assert "config.json" in files and "metrics.jsonl" in files
-    assert any(f.startswith("events.out.tfevents") for f in files)
-    assert json.load(open(os.path.join(workdir, "config.json")))["max_steps"] == 20
-    lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    train_lines = [m for m in lines if "train/loss" in m]
-    assert [m["step"] for m in train_lines] == [5, 10, 15, 20]
-    assert all(m["train/images_per_s"] > 0 for m in train_lines)
-    assert [m["step"] for m in lines if "eval/accuracy" in m] == [10, 20]
-    tree, meta, step = checkpoints.read_numpy(workdir)
-    assert step == 20 and int(tree["step"]) == 20
-    assert meta["model"]["name"] == "cnn-small"
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seasoning import errors
-from seasoning.data import radii
+from seasoning.data import corruptions, radii
 from seasoning.data.source import DatasetEntry, Head
 from seasoning.data.tfds_source import tfds_entry
 
@@ -38,23 +38,7 @@ IMAGENET_THREATS = radii.IMAGENET
 # tensorflow/datasets: tensorflow_datasets/datasets/imagenet2012_corrupted/
 # imagenet2012_corrupted_dataset_builder.py and image_classification/cifar10_corrupted.py).
 # The 4 extra corruptions (gaussian_blur, saturate, spatter, speckle_noise) are left out.
-IMAGENET_C_CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
+IMAGENET_C_CORRUPTIONS = corruptions.CORRUPTIONS  # the 15 benchmark corruptions
 CIFAR10_C_CORRUPTIONS = (
     "gaussian_noise",
     "shot_noise",

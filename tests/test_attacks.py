@@ -407,7 +407,9 @@ def _all_attacks(tm):
                 n_queries=20,
                 unroll=1,
             ),
-            "fab": attacks.fab(f, x, y, tm, key=key, n_iter=4, n_target_classes=2, n_restarts=2),
+            "fab": attacks.fab(
+                f, x, y, tm, key=key, n_iter=4, n_target_classes=2, n_restarts=2, unroll=1
+            ),
         }
         if tm.norm == "linf":
             out["apgd-dlr"] = attacks.apgd(f, x, y, tm, key=key, loss="dlr", n_iter=4, unroll=1)

@@ -219,10 +219,7 @@ def module_flags(kind: str, target: str) -> tuple[flags.FlagValues, bool]:
 
 def _validator(module: str):
     home, name = VALIDATORS[module]
-    try:
-        return getattr(importlib.import_module(home), name)
-    except ImportError:  # the schema's older home
-        return getattr(config_lib, name)
+    return getattr(importlib.import_module(home), name)
 
 
 def _fake_finetune_parent(spec: str, tmp_path) -> str:

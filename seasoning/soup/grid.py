@@ -98,10 +98,9 @@ def resolve_mode(mode: str) -> str:
 def upgrade_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The settings of a grid.json written before the modes' renaming, with today's mode name
     (so that `--resume` continues it and a finished sweep is reused)."""
-    mode = settings.get("evaluation")
-    if mode not in OLD_MODE_NAMES:
+    if settings.get("evaluation") not in OLD_MODE_NAMES:
         return settings
-    return {**settings, "evaluation": OLD_MODE_NAMES[mode]}
+    return {**settings, "evaluation": current_mode_name(settings["evaluation"])}
 
 
 @functools.lru_cache(maxsize=16)

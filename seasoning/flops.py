@@ -10,11 +10,16 @@ before any backend's rewrites, the same figure on a CPU, a GPU or a TPU host.
 XLA counts the body of a while loop once, whatever its trip count, so a program with a loop
 (an attack) is counted from its passes (`benchmarks/scale.py` multiplies them out); the passes
 themselves hold no loop.
+
+`program_ops` says what a compiled program is made of: XLA's fusions, the library calls a
+backend hands work to (cuDNN, cuBLAS), while loops, and host round trips, which an accelerator
+step must not have (each one stops the device until the host answers).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import jax
@@ -31,6 +36,33 @@ def cost_flops(program: Any) -> float:
     if isinstance(cost, list | tuple):  # older jax: one dict per program
         cost = cost[0]
     return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+# HLO instructions that move data between the device and the host while a program runs, and
+# the custom-call targets of JAX's host callbacks (`jax.pure_callback`, `jax.debug.print`, ...).
+_HOST_OPS = ("infeed", "outfeed", "send", "recv", "send-done", "recv-done")
+_HOST_CALLBACK = re.compile(r'custom_call_target="[^"]*callback[^"]*"')
+
+
+def program_ops(compiled: Any) -> dict[str, int]:
+    """What a compiled program is made of, counted in its HLO text.
+
+    Args:
+      compiled: a `jax.stages.Compiled` (`jax.jit(f).lower(...).compile()`).
+
+    Returns:
+      {"fusions": XLA fusions, "custom_calls": library calls (on GPUs the cuDNN/cuBLAS
+      convolutions, matmuls and fused attention; host callbacks too), "while_loops",
+      "host_round_trips": host callbacks, infeeds, outfeeds, sends and receives}.
+    """
+    hlo = compiled.as_text()
+    host_ops = sum(len(re.findall(rf" {op}\(", hlo)) for op in _HOST_OPS)
+    return {
+        "fusions": hlo.count(" fusion("),
+        "custom_calls": hlo.count(" custom-call("),
+        "while_loops": hlo.count(" while("),
+        "host_round_trips": host_ops + len(_HOST_CALLBACK.findall(hlo)),
+    }
 
 
 def on_cpu(tree: Any) -> Any:

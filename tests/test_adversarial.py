@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from seasoning import adversarial, models, parallel, threat, train_config, training
+from seasoning import adversarial, flops, models, parallel, threat, train_config, training
 
 
 def _sections(norm="linf", eps=0.1, **attack):
@@ -87,17 +87,22 @@ def test_training_attack_perturbs_every_example_misclassified_ones_too(name, nor
 
 
 @pytest.mark.slow
-def test_adversarial_train_step_trains_on_attacked_images():
-    """Same state and batch: the adversarial step sees a higher loss than the clean step."""
+@pytest.mark.parametrize("attack_steps", [3, 20])  # the attack unrolled, and as a loop
+def test_adversarial_train_step_trains_on_attacked_images(attack_steps):
+    """Same state and batch: the adversarial step sees a higher loss than the clean step, and
+    it is one compiled program, attack included, with no host round trip inside."""
     model, _, x, y = _model_and_batch(n=32)
     mesh = parallel.make_mesh()
     batch = parallel.host_to_global({"image": x, "label": y}, mesh)
-    attack = adversarial.make_training_attack(*_sections("linf", 0.1, steps=3))
+    attack = adversarial.make_training_attack(*_sections("linf", 0.1, steps=attack_steps))
     results = {}
     for label, att in (("clean", None), ("adversarial", attack)):
         state = training.create_train_state(model, optax.sgd(0.1), jax.random.key(0), (28, 28, 1))
         step = training.make_train_step(mesh, model=model, attack=att)
-        results[label] = step(state, batch, jax.random.key(2))
+        compiled = step.lower(state, batch, jax.random.key(2)).compile()
+        results[label] = compiled(state, batch, jax.random.key(2))
+    ops = flops.program_ops(compiled)
+    assert ops["host_round_trips"] == 0, ops
     (clean_state, clean_metrics), (adv_state, adv_metrics) = results.values()
     assert float(adv_metrics["loss"]) > float(clean_metrics["loss"]) + 0.01
     assert int(adv_state.step) == int(clean_state.step) == 1

@@ -53,3 +53,20 @@ def test_a_training_step_counts_as_xla_cpu_counts_the_compiled_step():
     step = jax.jit(functools.partial(training.train_step, model=model))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     assert flops.cost_flops(compiled) / 8 == pytest.approx(per_image["train"], rel=0.05)
+
+
+def test_program_ops_counts_loops_and_host_round_trips():
+    def with_host(x):
+        jax.debug.print("sum {}", x.sum())
+        y = jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        return jax.lax.fori_loop(0, x.shape[0] + 3, lambda i, v: v * 1.5 + 1.0, y)
+
+    def on_device(x):
+        return jax.lax.fori_loop(0, x.shape[0] + 3, lambda i, v: v * 1.5 + 1.0, jnp.sin(x))
+
+    x = jnp.ones(3)
+    host = flops.program_ops(jax.jit(with_host).lower(x).compile())
+    assert host["host_round_trips"] == 2 and host["while_loops"] == 1
+    assert host["custom_calls"] >= 2  # the callbacks are custom calls too
+    device = flops.program_ops(jax.jit(on_device).lower(x).compile())
+    assert device["host_round_trips"] == 0 and device["while_loops"] == 1

@@ -27,10 +27,12 @@ for a CPU device without loops (the same count whatever backend runs the step), 
 number of times the step runs it. An APGD run of n iterations evaluates its
 start and every iterate: n + 1 forward+backward passes, plus the clean forward; a fully unrolled
 loop (CPU, at most 16 evaluations) skips the last backward: n forward+backward and 2 forwards.
-On XLA:CPU, where the compiled step has no while loop at all, its own cost analysis (times
-the device count) is exact and is used; `flops_xla` is the raw figure of the compiled step
-(on a GPU an undercount, kept to show it) and `flops_passes` the count from passes (they agree
-within ~1-4% where both are exact). No MFU is printed from a count of 0.
+Model FLOPs: with `--remat`, the forward passes the backward passes recompute are not
+counted (`pass_flops` lowers the model without remat), so MFU compares across remat settings.
+On XLA:CPU, where the compiled step has no while loop at all (and no remat), its own cost
+analysis (times the device count) is exact and is used; `flops_xla` is the raw figure of the
+compiled step (on a GPU an undercount, kept to show it) and `flops_passes` the count from
+passes (they agree within ~1-4% where both are exact). No MFU is printed from a count of 0.
 
 Peak. On CPU, the machine's measured float32 matmul rate (a batched `jnp.dot` over every local
 device; fake CPU devices and local processes share the same cores); on GPU and TPU, the dense
@@ -345,8 +347,9 @@ def run_modes() -> list[dict]:
         for mode in _MODES.value:
             m = measure(name, mode, batch, _APGD_CALLS.value if mode == "apgd" else steps)
             passes = step_passes(mode, per_image, _APGD_ITER.value) * batch
-            # The compiled step's own count only where it is exact: XLA:CPU, no while loop.
-            exact_xla = jax.default_backend() == "cpu" and not m["has_loop"]
+            # The compiled step's own count only where it is exact: XLA:CPU, no while loop,
+            # no rematerialisation (whose recomputed forward passes are not model FLOPs).
+            exact_xla = jax.default_backend() == "cpu" and not m["has_loop"] and not _REMAT.value
             flops = m["flops_xla"] if exact_xla else passes
             achieved = flops / m["seconds"] / 1e12
             row = {

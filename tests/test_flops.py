@@ -70,3 +70,22 @@ def test_program_ops_counts_loops_and_host_round_trips():
     assert host["custom_calls"] >= 2  # the callbacks are custom calls too
     device = flops.program_ops(jax.jit(on_device).lower(x).compile())
     assert device["host_round_trips"] == 0 and device["while_loops"] == 1
+
+
+def test_a_rematerialised_model_counts_its_model_flops_not_the_recomputation():
+    """MFU counts the model's arithmetic: remat's recomputed forward passes, which the
+    lowered gradient of a remat model holds, are left out, so remat on and off compare."""
+    kw = dict(num_classes=10, image_size=32, patch_size=8, depth=2)
+    plain, remat = (models.get_model("vit-ti16", remat=r, **kw) for r in (False, True))
+    x = jnp.zeros((4, 32, 32, 3))
+    variables = plain.init(jax.random.key(0), x)
+
+    def gradient_flops(model):
+        loss = lambda x: model.apply(variables, x).sum()  # noqa: E731
+        return flops.cost_flops(jax.jit(jax.grad(loss)).lower(x))
+
+    assert gradient_flops(remat) > 1.1 * gradient_flops(plain)  # what the lowering holds
+    assert flops.pass_flops(remat, (32, 32, 3), batch=4) == flops.pass_flops(
+        plain, (32, 32, 3), batch=4
+    )
+    assert remat.remat  # the caller's model is left as it was

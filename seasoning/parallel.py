@@ -26,6 +26,14 @@ DATA_AXIS = "data"
 _MULTI_PROCESS_ENV = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")
 # jax.distributed's own default.
 DEFAULT_HEARTBEAT_TIMEOUT = 100
+# XLA:CPU's collectives between the CPU devices of one process wait for every device's thread
+# at a rendezvous, warn after 20 s and abort the process after 40 more. A busy machine's
+# scheduler can hold one thread back that long (seen: the demo beside a 2-worker pytest on 2
+# cores died in its first all-reduce), so a split CPU waits longer, still ending a true hang.
+CPU_COLLECTIVE_TIMEOUTS = {
+    "xla_cpu_collective_call_warn_stuck_timeout_seconds": 120,
+    "xla_cpu_collective_call_terminate_timeout_seconds": 1800,
+}
 
 
 def initialize_distributed(
@@ -102,6 +110,22 @@ def _looks_multi_process() -> bool:
     return int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+def lengthen_cpu_collective_timeouts(timeouts: dict[str, int] | None = None) -> None:
+    """Adds XLA:CPU's collective timeouts to XLA_FLAGS, keeping any the user set there.
+
+    Call before JAX starts its backends (XLA reads XLA_FLAGS once); child processes inherit
+    the flags.
+
+    Args:
+      timeouts: flag name -> seconds (default `CPU_COLLECTIVE_TIMEOUTS`).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    timeouts = CPU_COLLECTIVE_TIMEOUTS if timeouts is None else timeouts
+    missing = [f"--{name}={s}" for name, s in timeouts.items() if f"--{name}=" not in flags]
+    if missing:
+        os.environ["XLA_FLAGS"] = " ".join([flags, *missing]).strip()
+
+
 def split_cpu(requested: int, batch_size: int) -> int:
     """Splits the host CPU into several JAX devices; call before JAX starts its backends.
 
@@ -120,6 +144,7 @@ def split_cpu(requested: int, batch_size: int) -> int:
     """
     if requested == 0:
         return 0
+    lengthen_cpu_collective_timeouts()  # several CPU devices: their all-reduces may wait
     if requested < 0:
         if "JAX_NUM_CPU_DEVICES" in os.environ or "device_count" in os.environ.get("XLA_FLAGS", ""):
             return 0

@@ -45,6 +45,11 @@ import jax  # noqa: E402
 # of their CPU time in the kernel switching threads (measured, three attack and training test
 # files: 112 CPU-s with 8 devices, 95 with 4, of which system time 29 s and 11 s).
 jax.config.update("jax_num_cpu_devices", 4)
+# Two workers share the cores: at an all-reduce of these devices, wait as the drivers wait
+# (XLA:CPU's own limit aborts the process after 60 s; `parallel.CPU_COLLECTIVE_TIMEOUTS`).
+from seasoning import parallel  # noqa: E402
+
+parallel.lengthen_cpu_collective_timeouts()
 # The same settings here too, should a plugin have imported jax before the variables were set.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(

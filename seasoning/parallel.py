@@ -8,6 +8,7 @@ fake CPU devices in the tests, on a GPU, and on a multi-host TPU pod or GPU clus
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import socket
@@ -113,12 +114,16 @@ def _looks_multi_process() -> bool:
 def lengthen_cpu_collective_timeouts(timeouts: dict[str, int] | None = None) -> None:
     """Adds XLA:CPU's collective timeouts to XLA_FLAGS, keeping any the user set there.
 
-    Call before JAX starts its backends (XLA reads XLA_FLAGS once); child processes inherit
-    the flags.
+    Only where JAX has no GPU or TPU plugin: XLA ends the process at a flag it does not know,
+    and a plugin's own XLA reads XLA_FLAGS too (the flags are in jaxlib 0.10.2 and 0.11.2;
+    accelerator runs do not split the CPU anyway). Call before JAX starts its backends (XLA
+    reads XLA_FLAGS once); child processes inherit the flags.
 
     Args:
       timeouts: flag name -> seconds (default `CPU_COLLECTIVE_TIMEOUTS`).
     """
+    if any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu")):
+        return
     flags = os.environ.get("XLA_FLAGS", "")
     timeouts = CPU_COLLECTIVE_TIMEOUTS if timeouts is None else timeouts
     missing = [f"--{name}={s}" for name, s in timeouts.items() if f"--{name}=" not in flags]

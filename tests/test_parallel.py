@@ -1,6 +1,7 @@
 """`seasoning.parallel`'s CPU set-up: XLA:CPU's collectives between the CPU devices of one
 process, which abort the whole process when one device's thread is held back too long."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -59,6 +60,17 @@ def test_timeouts_are_added_once_and_the_users_own_are_kept(monkeypatch):
     monkeypatch.setattr(jax.config, "update", lambda *args: None)  # backends started here
     parallel.split_cpu(2, 8)  # what every driver calls on a CPU
     assert f"--{TERMINATE}={parallel.CPU_COLLECTIVE_TIMEOUTS[TERMINATE]}" in os.environ["XLA_FLAGS"]
+
+
+def test_no_flag_is_added_where_a_gpu_or_tpu_plugin_is_installed(monkeypatch):
+    """A plugin's own XLA reads XLA_FLAGS too, and ends the process at a flag it lacks."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: name == "jax_plugins" or real(name)
+    )
+    parallel.lengthen_cpu_collective_timeouts()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
 
 
 @pytest.mark.slow

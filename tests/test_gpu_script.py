@@ -57,8 +57,8 @@ def test_a_plan_runs_its_steps_in_the_order_it_names(tmp_path):
 
 
 def test_the_budget_cuts_a_step_short_and_skips_the_rest(tmp_path):
-    # Unbounded, these two steps would sleep 60 s; the budget ends the run after ~3 s.
-    done, seconds = _run(tmp_path, 30, STEPS="scale apgd_cifar", BUDGET=5, MIN_STEP=2)
+    # Unbounded, these two steps would sleep 60 s; the budget ends the run after ~2 s.
+    done, seconds = _run(tmp_path, 30, STEPS="scale apgd_cifar", BUDGET=4, MIN_STEP=1)
     assert done.returncode == 0, done.stderr
     assert seconds < 25, seconds
     log = (tmp_path / "out" / "log.txt").read_text()

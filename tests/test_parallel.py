@@ -75,12 +75,9 @@ def test_no_flag_is_added_where_a_gpu_or_tpu_plugin_is_installed(monkeypatch):
 
 @pytest.mark.slow
 def test_the_timeout_is_the_one_xla_cpu_aborts_a_late_all_reduce_on():
-    """With a 1 s limit a device 4 s late aborts the process, which shows XLA:CPU reads the
-    flags (under the defaults, 20 s and 40 s, the same program waits for it; with ours, as the
-    drivers and the tests set them, far longer)."""
+    """With 1 s limits a device 4 s late aborts the process, which shows XLA:CPU reads the
+    flags (under its defaults, 20 s and 40 s, the same program waits for the device; under
+    ours, as the drivers and the tests set them, far longer)."""
     aborted = _straggler({WARN: 1, TERMINATE: 1}, late=4)
-    assert aborted.returncode != 0
+    assert aborted.returncode != 0 and not aborted.stdout.strip()
     assert "Termination timeout for `all reduce" in aborted.stderr, aborted.stderr[-2000:]
-    waited = _straggler({WARN: 1, TERMINATE: 30}, late=4)
-    assert waited.returncode == 0, waited.stderr[-2000:]
-    assert waited.stdout.split() == ["4.0"]

@@ -27,9 +27,9 @@
 # seconds (default 20) is skipped and named in the log, to run in another call. Each step has
 # its own time limit, and a failed step does not stop the next. Packages the machine lacks
 # come from benchmarks/gpu_packages.sh, run where there is a network: wheels to install there
-# first, and pyautoattack unpacked in SITE (default .pysite), which goes first on PYTHONPATH. Logs: $OUT/log.txt; benchmark JSON lines:
-# $OUT/results.jsonl (each script prints a line per row as it finishes, so a step cut short
-# keeps the rows it finished).
+# first, and pyautoattack unpacked in SITE (default .pysite), which goes first on PYTHONPATH.
+# Logs: $OUT/log.txt; benchmark JSON lines: $OUT/results.jsonl (each script prints a line per
+# row as it finishes, so a step cut short keeps the rows it finished).
 set -u
 OUT=${OUT:-/tmp/seasoning_gpu}
 SITE=${SITE:-.pysite}
